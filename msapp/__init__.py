@@ -1,0 +1,123 @@
+"""ms: the bridge between a cloud PBX (Asterisk) and MoySklad's telephony and CRM."""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Optional
+
+from flask import Flask, jsonify, request
+from sqlalchemy import event
+from werkzeug.exceptions import HTTPException
+
+from . import logging_setup
+from . import settings as settings_mod
+from .errors import ApiError
+from .extensions import db, migrate
+from .jobs import JobQueue, WorkerPool
+from .services.config import ConfigStore
+from .state import MsState
+
+MAX_BODY = 64 * 1024
+MIGRATIONS_DIR = os.path.join(os.path.dirname(__file__), "migrations")
+log = logging.getLogger("msapp")
+
+
+def create_app(config: Optional[Mapping[str, str]] = None) -> Flask:
+    """Build the app. `config` overrides environment variables (same names, e.g. MS_DATABASE_URL)."""
+    env = dict(os.environ)
+    env.update({k: str(v) for k, v in (config or {}).items() if v is not None})
+    settings = settings_mod.load(env)
+
+    app = Flask(__name__, instance_path=settings.instance_dir)
+    app.config.update(
+        SECRET_KEY=settings.secret_key,
+        SQLALCHEMY_DATABASE_URI=settings.database_url,
+        SQLALCHEMY_ENGINE_OPTIONS=_engine_options(settings),
+        MAX_CONTENT_LENGTH=MAX_BODY,
+        JSON_SORT_KEYS=False,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+    )
+    logging_setup.configure(settings.log_dir, settings.log_level)
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=MIGRATIONS_DIR, render_as_batch=True)
+    with app.app_context():
+        if settings.is_sqlite:
+            _sqlite_pragmas(db.engine)
+
+    queue = JobQueue(lease_seconds=settings.job_lease_seconds, worker_id=env.get("MS_WORKER_ID"))
+    app.extensions["ms"] = MsState(
+        settings=settings,
+        queue=queue,
+        pool=WorkerPool(app, queue, settings.workers),
+        configs=ConfigStore(settings.phone_api_url, settings.public_url),
+    )
+
+    from .ops import bp as ops_bp
+
+    app.register_blueprint(ops_bp)
+    _register_errors(app)
+
+    from .cli import enterprise_group
+
+    app.cli.add_command(enterprise_group)
+    return app
+
+
+def _engine_options(settings) -> dict:
+    if settings.is_sqlite:
+        return {"connect_args": {"timeout": 30, "check_same_thread": False}}
+    return {
+        "pool_pre_ping": True,
+        "pool_size": settings.workers + 8,
+        "max_overflow": 16,
+        "connect_args": {"connect_timeout": 5},
+    }
+
+
+def _sqlite_pragmas(engine) -> None:
+    """WAL, a busy timeout, and BEGIN IMMEDIATE so concurrent writers wait instead of failing."""
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn, _record):
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _register_errors(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError):
+        return jsonify(exc.body()), exc.status
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        messages = {413: f"body is larger than {MAX_BODY // 1024} KiB", 404: "not found",
+                    405: "method not allowed"}
+        return jsonify({"error": messages.get(exc.code, exc.description or exc.name)}), exc.code
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        from .redact import redact_text
+
+        log.exception("unhandled error on %s %s", request.method, redact_text(request.path))
+        db.session.rollback()
+        if _is_database_down(exc):
+            return jsonify({"error": "database unavailable, try again"}), 503
+        return jsonify({"error": "internal error"}), 500
+
+
+def _is_database_down(exc: Exception) -> bool:
+    from sqlalchemy.exc import DBAPIError
+
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated or "connect" in str(exc).lower())

@@ -1,0 +1,4 @@
+"""`python -m msapp ...`: the commands ms.sh runs."""
+from .cli import main
+
+main()

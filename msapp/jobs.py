@@ -1,0 +1,318 @@
+"""Durable job queue (table `ms_jobs`) and the worker pool that runs it.
+
+Rules (DESIGN.md section 7):
+- `enqueue` adds a row to the caller's session: the job exists exactly when the caller's commit does.
+- A job is claimed only when no earlier job with the same `key` is pending or running, so the jobs
+  of one call run strictly in order. Dead jobs do not block their successors.
+- A claim is a conditional UPDATE (status and lease checked), so two claimers never both win; on
+  PostgreSQL the candidates are also selected `FOR UPDATE SKIP LOCKED` so consumers do not queue up.
+- A running job whose lease expired (its process died) is claimed again; the crash counts as an attempt.
+- Failures back off exponentially with jitter; a handler may ask for a wait (`Retry(after)`), or for a
+  wait that is not an attempt (`Defer(after)`, e.g. our own rate limiter); `Permanent` is dead at once.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import random
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Callable, Optional
+
+from sqlalchemy import and_, exists, func, or_, select, update
+
+from . import metrics
+from .clock import utcnow
+from .extensions import db
+from .models import Job
+from .redact import redact_text
+
+log = logging.getLogger("msapp.jobs")
+
+BACKOFF_BASE = 1.0
+BACKOFF_CAP = 300.0
+ACTIVE = ("pending", "running")
+
+
+class Retry(Exception):
+    """Try again after `after` seconds (counts as an attempt)."""
+
+    def __init__(self, after: float, reason: str = ""):
+        super().__init__(reason or f"retry after {after:.3f}s")
+        self.after = max(0.0, float(after))
+
+
+class Defer(Exception):
+    """Run again after `after` seconds without counting an attempt (local pacing, not a failure)."""
+
+    def __init__(self, after: float, reason: str = ""):
+        super().__init__(reason or f"deferred {after:.3f}s")
+        self.after = max(0.0, float(after))
+
+
+class Permanent(Exception):
+    """The job can never succeed: mark it dead now."""
+
+
+@dataclass(frozen=True)
+class JobContext:
+    id: int
+    kind: str
+    key: str
+    enterprise_number: Optional[str]
+    payload: dict
+    attempts: int
+    max_attempts: int
+
+
+Handler = Callable[[JobContext], Any]
+
+
+def backoff(attempts: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
+    """Exponential backoff with jitter: between half and all of min(cap, base * 2^(attempts-1))."""
+    ceiling = min(cap, base * (2 ** max(0, attempts - 1)))
+    return random.uniform(ceiling / 2, ceiling)
+
+
+class JobQueue:
+    """Enqueue, claim, finish and inspect jobs. One instance per app; thread-safe."""
+
+    def __init__(self, lease_seconds: float = 120.0, worker_id: Optional[str] = None):
+        self.lease_seconds = lease_seconds
+        self.worker_id = worker_id or f"{uuid.uuid4().hex[:8]}"
+        self.handlers: dict[str, tuple[Handler, int]] = {}
+        self._wakeup = threading.Condition()
+        self._claim_lock = threading.Lock()
+
+    # -- registration and enqueue -------------------------------------------------------------
+    def register(self, kind: str, handler: Handler, max_attempts: int = 10) -> None:
+        self.handlers[kind] = (handler, max_attempts)
+
+    def enqueue(self, kind: str, key: str, payload: Optional[dict] = None, *,
+                enterprise_number: Optional[str] = None, delay: float = 0.0,
+                max_attempts: Optional[int] = None) -> Job:
+        """Add a job to the current session; it is durable when the caller commits."""
+        if max_attempts is None:
+            max_attempts = self.handlers.get(kind, (None, 10))[1]
+        now = utcnow()
+        job = Job(kind=kind, key=key, payload=payload or {}, enterprise_number=enterprise_number,
+                  status="pending", attempts=0, max_attempts=max_attempts,
+                  run_at=now + timedelta(seconds=delay), created_at=now, updated_at=now)
+        db.session.add(job)
+        return job
+
+    def notify(self) -> None:
+        """Wake idle workers of this process (call after committing new jobs)."""
+        with self._wakeup:
+            self._wakeup.notify_all()
+
+    def wait(self, timeout: float) -> None:
+        with self._wakeup:
+            self._wakeup.wait(timeout)
+
+    # -- claim and finish --------------------------------------------------------------------
+    def claim(self, busy_enterprises: frozenset = frozenset()) -> Optional[JobContext]:
+        """Take one due job (or one whose lease expired), or None. Commits its own transaction."""
+        with self._claim_lock:  # threads of one process never race each other for the same rows
+            try:
+                return self._claim(busy_enterprises)
+            except Exception:
+                db.session.rollback()
+                raise
+
+    def _claim(self, busy: frozenset) -> Optional[JobContext]:
+        j = Job.__table__
+        p = j.alias("p")
+        now = utcnow()
+        blocked = exists().where(p.c.key == j.c.key, p.c.id < j.c.id, p.c.status.in_(ACTIVE))
+        due = or_(and_(j.c.status == "pending", j.c.run_at <= now),
+                  and_(j.c.status == "running", j.c.lease_until < now))
+        query = select(j.c.id, j.c.status, j.c.lease_until).where(due, ~blocked)
+        if busy:
+            query = query.where(or_(j.c.enterprise_number.is_(None), j.c.enterprise_number.not_in(busy)))
+        query = query.order_by(j.c.run_at, j.c.id).limit(8)
+        if db.engine.dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True, of=j)
+        for row in db.session.execute(query).all():
+            same_state = and_(j.c.id == row.id, j.c.status == row.status)
+            if row.status == "running":
+                same_state = and_(same_state, j.c.lease_until == row.lease_until)
+            result = db.session.execute(
+                update(j).where(same_state).values(
+                    status="running", attempts=j.c.attempts + 1, locked_by=self.worker_id,
+                    lease_until=now + timedelta(seconds=self.lease_seconds), updated_at=now))
+            if result.rowcount == 1:
+                job = db.session.execute(select(j).where(j.c.id == row.id)).one()
+                db.session.commit()
+                if row.status == "running":
+                    log.warning("job %s (%s) taken again after its lease expired", job.id, job.kind)
+                return JobContext(job.id, job.kind, job.key, job.enterprise_number, dict(job.payload or {}),
+                                  job.attempts, job.max_attempts)
+        db.session.commit()
+        return None
+
+    def _finish(self, job_id: int, **values: Any) -> None:
+        j = Job.__table__
+        values.setdefault("updated_at", utcnow())
+        db.session.execute(update(j).where(j.c.id == job_id, j.c.locked_by == self.worker_id,
+                                           j.c.status == "running").values(**values))
+        db.session.commit()
+
+    def complete(self, job: JobContext) -> None:
+        self._finish(job.id, status="done", lease_until=None, locked_by=None)
+
+    def fail(self, job: JobContext, exc: BaseException) -> str:
+        """Record a failed run: reschedule, defer or mark dead. Returns the new status."""
+        error = redact_text(f"{type(exc).__name__}: {exc}")[:2000]
+        now = utcnow()
+        if isinstance(exc, Defer):
+            self._finish(job.id, status="pending", attempts=job.attempts - 1, lease_until=None,
+                         locked_by=None, run_at=now + timedelta(seconds=exc.after))
+            return "pending"
+        if isinstance(exc, Permanent) or job.attempts >= job.max_attempts:
+            self._finish(job.id, status="dead", lease_until=None, locked_by=None, last_error=error)
+            metrics.JOBS_DEAD.labels(job.kind).inc()
+            log.error("job %s (%s, key %s) is dead after %s attempts: %s", job.id, job.kind, job.key,
+                      job.attempts, error)
+            return "dead"
+        wait = backoff(job.attempts)
+        if isinstance(exc, Retry):
+            wait = exc.after * random.uniform(1.0, 1.1)
+        self._finish(job.id, status="pending", lease_until=None, locked_by=None, last_error=error,
+                     run_at=now + timedelta(seconds=wait))
+        metrics.JOB_RETRIES.labels(job.kind).inc()
+        log.info("job %s (%s) attempt %s failed, retry in %.2fs: %s", job.id, job.kind, job.attempts,
+                 wait, error)
+        return "pending"
+
+    def retry_dead(self, job_id: int, enterprise_number: Optional[str] = None) -> bool:
+        """Put a dead job back in the queue with fresh attempts; False if it is not dead (or not theirs)."""
+        j = Job.__table__
+        cond = and_(j.c.id == job_id, j.c.status == "dead")
+        if enterprise_number is not None:
+            cond = and_(cond, j.c.enterprise_number == enterprise_number)
+        now = utcnow()
+        result = db.session.execute(update(j).where(cond).values(
+            status="pending", attempts=0, run_at=now, updated_at=now))
+        db.session.commit()
+        if result.rowcount:
+            self.notify()
+        return bool(result.rowcount)
+
+    def run_one(self, job: JobContext) -> str:
+        """Run the handler of a claimed job and record the outcome. Returns the job's new status."""
+        entry = self.handlers.get(job.kind)
+        try:
+            if entry is None:
+                raise Permanent(f"no handler for job kind {job.kind!r}")
+            entry[0](job)
+            db.session.commit()
+        except Exception as exc:  # any failure of a handler is the job's failure, never the worker's
+            db.session.rollback()
+            if not isinstance(exc, (Retry, Defer, Permanent)):
+                log.debug("job %s failed: %s", job.id, redact_text(traceback.format_exc()))
+            return self.fail(job, exc)
+        self.complete(job)
+        return "done"
+
+    # -- inspection ---------------------------------------------------------------------------
+    def stats(self) -> dict:
+        j = Job.__table__
+        row = db.session.execute(select(
+            func.count().filter(j.c.status.in_(ACTIVE)),
+            func.min(j.c.created_at).filter(j.c.status == "pending"),
+            func.count().filter(j.c.status == "dead"),
+        )).one()
+        db.session.commit()
+        oldest = (utcnow() - row[1]).total_seconds() if row[1] else 0.0
+        return {"depth": int(row[0] or 0), "oldest_pending_age_seconds": round(max(0.0, oldest), 3),
+                "dead": int(row[2] or 0)}
+
+
+class WorkerPool:
+    """`size` threads, each claiming and running jobs inside an app context."""
+
+    def __init__(self, app, queue: JobQueue, size: int, idle_poll: float = 0.5):
+        self.app = app
+        self.queue = queue
+        self.size = size
+        self.idle_poll = idle_poll
+        # A slow enterprise may hold at most this many of this process's workers at once.
+        self.per_enterprise = max(1, math.ceil(size / 2))
+        self._running: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._claim_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        if self._threads:
+            return
+        self._stop.clear()
+        for i in range(self.size):
+            t = threading.Thread(target=self._loop, name=f"ms-worker-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self.queue.notify()
+        for t in self._threads:
+            t.join(timeout)
+        self._threads = []
+
+    def alive(self) -> int:
+        return sum(1 for t in self._threads if t.is_alive())
+
+    def _busy(self) -> frozenset:
+        with self._lock:
+            return frozenset(k for k, n in self._running.items() if n >= self.per_enterprise)
+
+    def _track(self, enterprise: Optional[str], delta: int) -> None:
+        if enterprise is None:
+            return
+        with self._lock:
+            self._running[enterprise] = self._running.get(enterprise, 0) + delta
+            if self._running[enterprise] <= 0:
+                del self._running[enterprise]
+
+    def _loop(self) -> None:
+        with self.app.app_context():
+            while not self._stop.is_set():
+                try:
+                    with self._claim_lock:  # claim and count it as one step, or two workers race past the cap
+                        job = self.queue.claim(self._busy())
+                        if job is not None:
+                            self._track(job.enterprise_number, 1)
+                except Exception as exc:  # database down: keep the thread, try again shortly
+                    log.warning("claiming a job failed: %s", redact_text(str(exc)).splitlines()[0])
+                    db.session.remove()
+                    self._stop.wait(1.0)
+                    continue
+                if job is None:
+                    self.queue.wait(self.idle_poll)
+                    continue
+                started = time.monotonic()
+                try:
+                    self.queue.run_one(job)
+                except Exception as exc:
+                    log.error("recording the result of job %s failed: %s", job.id, redact_text(str(exc)))
+                    db.session.remove()
+                finally:
+                    self._track(job.enterprise_number, -1)
+                    metrics.JOB_SECONDS.labels(job.kind).observe(time.monotonic() - started)
+            db.session.remove()
+
+
+def release_orphans(queue: JobQueue) -> int:
+    """Hand back jobs this worker id left running (its previous process died): no wait for the lease."""
+    j = Job.__table__
+    result = db.session.execute(update(j).where(j.c.status == "running", j.c.locked_by == queue.worker_id)
+                                .values(status="pending", lease_until=None, locked_by=None,
+                                        run_at=utcnow(), updated_at=utcnow()))
+    db.session.commit()
+    return result.rowcount or 0

@@ -1,0 +1,112 @@
+"""Tables of DESIGN.md section 4.
+
+`enterprises` and `integration_logs` may belong to the PBX platform: the service maps only the
+columns it uses and never alters those tables. `ms_*` tables are the service's own.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Optional
+
+from sqlalchemy import JSON, Boolean, DateTime, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from .clock import utcnow
+from .extensions import db
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+
+class Enterprise(db.Model):
+    __tablename__ = "enterprises"
+
+    number: Mapped[str] = mapped_column(Text, primary_key=True)
+    name: Mapped[Optional[str]] = mapped_column(Text)
+    secret: Mapped[Optional[str]] = mapped_column(Text)
+    integrations_config: Mapped[Optional[dict[str, Any]]] = mapped_column(JSONType)
+
+
+class IntegrationLog(db.Model):
+    __tablename__ = "integration_logs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    enterprise_number: Mapped[Optional[str]] = mapped_column(Text)
+    integration_type: Mapped[str] = mapped_column(Text, default="ms")
+    event_type: Mapped[Optional[str]] = mapped_column(Text)
+    request_data: Mapped[Optional[Any]] = mapped_column(JSONType)
+    response_data: Mapped[Optional[Any]] = mapped_column(JSONType)
+    status: Mapped[Optional[str]] = mapped_column(Text)
+    error_message: Mapped[Optional[str]] = mapped_column(Text)
+
+
+class WebhookKey(db.Model):
+    """Exact, indexed lookup of an enterprise by webhook uuid: the key is sha256(uuid), never the uuid."""
+
+    __tablename__ = "ms_webhooks"
+
+    uuid_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    enterprise_number: Mapped[str] = mapped_column(Text, nullable=False, index=True)
+
+
+class Call(db.Model):
+    """One PBX call: what the PBX told us (desired state) and what MoySklad has been sent."""
+
+    __tablename__ = "ms_calls"
+    __table_args__ = (UniqueConstraint("enterprise_number", "unique_id", name="uq_ms_calls_call"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    enterprise_number: Mapped[str] = mapped_column(Text, nullable=False)
+    unique_id: Mapped[str] = mapped_column(Text, nullable=False)
+    direction: Mapped[str] = mapped_column(String(8), nullable=False)
+    phone: Mapped[str] = mapped_column(Text, nullable=False)
+    # desired state, merged from events
+    extensions: Mapped[list] = mapped_column(JSONType, default=list)
+    answered_extension: Mapped[Optional[str]] = mapped_column(Text)
+    start_time: Mapped[Optional[datetime]] = mapped_column(DateTime)
+    answer_time: Mapped[Optional[datetime]] = mapped_column(DateTime)
+    end_time: Mapped[Optional[datetime]] = mapped_column(DateTime)
+    call_status: Mapped[Optional[str]] = mapped_column(String(16))
+    record_url: Mapped[Optional[str]] = mapped_column(Text)
+    notify: Mapped[bool] = mapped_column(Boolean, default=True)
+    status: Mapped[str] = mapped_column(String(16), default="ringing")
+    # what MoySklad has been sent
+    ms_call_id: Mapped[Optional[str]] = mapped_column(Text)
+    external_id: Mapped[Optional[str]] = mapped_column(Text)
+    create_attempted: Mapped[bool] = mapped_column(Boolean, default=False)
+    shown: Mapped[list] = mapped_column(JSONType, default=list)
+    hidden: Mapped[list] = mapped_column(JSONType, default=list)
+    answer_sent: Mapped[bool] = mapped_column(Boolean, default=False)
+    end_sent: Mapped[bool] = mapped_column(Boolean, default=False)
+    sequence: Mapped[int] = mapped_column(Integer, default=0)
+    counterparty_id: Mapped[Optional[str]] = mapped_column(Text)
+    customer_created: Mapped[bool] = mapped_column(Boolean, default=False)
+    order_id: Mapped[Optional[str]] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+
+class Job(db.Model):
+    """Durable work: claimed by workers, run in id order within one `key`."""
+
+    __tablename__ = "ms_jobs"
+    __table_args__ = (
+        Index("ix_ms_jobs_due", "status", "run_at"),
+        Index("ix_ms_jobs_key", "key", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    enterprise_number: Mapped[Optional[str]] = mapped_column(Text)
+    key: Mapped[str] = mapped_column(Text, nullable=False)
+    kind: Mapped[str] = mapped_column(String(64), nullable=False)
+    payload: Mapped[dict] = mapped_column(JSONType, default=dict)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=10)
+    run_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow)
+    lease_until: Mapped[Optional[datetime]] = mapped_column(DateTime)
+    locked_by: Mapped[Optional[str]] = mapped_column(Text)
+    last_error: Mapped[Optional[str]] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow, onupdate=utcnow)

@@ -1,0 +1,311 @@
+"""The `ms` config of one enterprise (DESIGN.md section 4.1): read, validate, merge, mask, find by webhook.
+
+The service owns only the key `ms` of `enterprises.integrations_config`; every other key is written
+back exactly as read, under a row lock so a concurrent writer of another integration is not lost.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import hmac
+import re
+import uuid
+from typing import Any, Optional
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+import phonenumbers
+from sqlalchemy import select
+
+from ..errors import ApiError, ValidationFailed
+from ..extensions import db
+from ..models import Enterprise, WebhookKey
+from ..redact import MASK, mask_tail
+
+NOTIFY_MODES = ("during", "answer", "none")
+ORDER_MODES = ("none", "new_customer", "always")
+SIGNATURE_MODES = ("off", "log", "enforce")
+SECRET_FIELDS = ("integration_code", "api_token")
+_ID = re.compile(r"^[0-9a-fA-F-]{8,64}$")
+_TOKEN = re.compile(r"^[\x21-\x7e]{1,512}$")
+_UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
+DEFAULTS: dict[str, Any] = {
+    "enabled": False,
+    "integration_code": "",
+    "api_token": "",
+    "webhook_uuid": "",
+    "timezone": "Europe/Minsk",
+    "default_region": "BY",
+    "notifications": {"call_notify_mode": "during", "notify_incoming": True, "notify_outgoing": False},
+    "incoming_call_actions": {"create_customers": True, "create_orders": "none",
+                              "order_state": None, "order_source": None, "organization": None},
+    "outgoing_call_actions": {"create_customers": False, "create_orders": "none"},
+    "signature_mode": "log",
+}
+_SECTIONS = ("notifications", "incoming_call_actions", "outgoing_call_actions")
+_KNOWN = set(DEFAULTS) | {"phone_api_url", "webhook_url", "employee_mapping"}
+
+
+def webhook_hash(value: str) -> str:
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+def _order_mode(value: Any) -> Any:
+    """Legacy booleans and `create_order` values -> the new `create_orders` words."""
+    if value is True:
+        return "always"
+    if value is False or value is None:
+        return "none"
+    return value
+
+
+def upgrade_legacy(raw: dict) -> dict:
+    """Map the old service's keys (create_client, create_order, boolean create_orders) to the new form."""
+    cfg = copy.deepcopy(raw)
+    incoming = dict(cfg.get("incoming_call_actions") or {})
+    if "create_client" in cfg and "create_customers" not in incoming:
+        incoming["create_customers"] = bool(cfg["create_client"])
+    if "create_order" in cfg and "create_orders" not in incoming:
+        incoming["create_orders"] = _order_mode(cfg["create_order"])
+    if "order_source" in cfg:  # the old service kept a sales channel name at the top level
+        legacy_source = cfg.pop("order_source")
+        incoming.setdefault("order_source", legacy_source or None)
+    for key in ("create_client", "create_order"):
+        cfg.pop(key, None)
+    for section in ("incoming_call_actions", "outgoing_call_actions"):
+        part = incoming if section == "incoming_call_actions" else dict(cfg.get(section) or {})
+        if "create_orders" in part and isinstance(part["create_orders"], bool):
+            part["create_orders"] = _order_mode(part["create_orders"])
+        if part:
+            cfg[section] = part
+    return cfg
+
+
+def normalize(raw: Optional[dict], phone_api_url: str, public_url: str) -> dict:
+    """A complete config: defaults, then the stored (possibly legacy) values, then derived fields."""
+    stored = upgrade_legacy(raw or {})
+    cfg = copy.deepcopy(DEFAULTS)
+    for key, value in stored.items():
+        if key in _SECTIONS and isinstance(value, dict):
+            cfg[key] = {**cfg[key], **value}
+        else:
+            cfg[key] = value
+    cfg["phone_api_url"] = phone_api_url
+    cfg["webhook_url"] = f"{public_url}/ms/webhook/{cfg['webhook_uuid']}" if cfg.get("webhook_uuid") else ""
+    return cfg
+
+
+def public_view(cfg: dict) -> dict:
+    """The config as an API answer or page may show it: secrets masked, `*_set` flags beside them."""
+    out = copy.deepcopy(cfg)
+    out.pop("webhook_uuid", None)  # shown once, inside webhook_url, which the admin pastes into MoySklad
+    for key in SECRET_FIELDS:
+        out[f"{key}_set"] = bool(cfg.get(key))
+        out[key] = mask_tail(cfg.get(key))
+    return out
+
+
+def _bool(errors: dict, name: str, value: Any) -> Any:
+    if not isinstance(value, bool):
+        errors[name] = "must be true or false"
+    return value
+
+
+def _choice(errors: dict, name: str, value: Any, choices: tuple) -> Any:
+    if value not in choices:
+        errors[name] = f"must be one of: {', '.join(choices)}"
+    return value
+
+
+def _optional_id(errors: dict, name: str, value: Any) -> Any:
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str) or not _ID.match(value):
+        errors[name] = "must be a MoySklad id"
+    return value
+
+
+def _section(errors: dict, name: str, value: Any, rules: dict) -> dict:
+    if not isinstance(value, dict):
+        errors[name] = "must be an object"
+        return {}
+    out = {}
+    for key, item in value.items():
+        field = f"{name}.{key}"
+        rule = rules.get(key)
+        if rule is None:
+            errors[field] = "unknown field"
+            continue
+        out[key] = rule(errors, field, item)
+    return out
+
+
+_ACTION_RULES = {
+    "create_customers": _bool,
+    "create_orders": lambda e, n, v: _choice(e, n, _order_mode(v) if isinstance(v, bool) else v, ORDER_MODES),
+    "order_state": _optional_id,
+    "order_source": _optional_id,
+    "organization": _optional_id,
+}
+_NOTIFY_RULES = {
+    "call_notify_mode": lambda e, n, v: _choice(e, n, v, NOTIFY_MODES),
+    "notify_incoming": _bool,
+    "notify_outgoing": _bool,
+}
+
+
+def validate_update(payload: Any) -> dict:
+    """Check a (partial) config update; raise ValidationFailed naming each bad field."""
+    if not isinstance(payload, dict):
+        raise ApiError(400, "body must be a JSON object")
+    payload = upgrade_legacy(payload)
+    errors: dict[str, str] = {}
+    clean: dict[str, Any] = {}
+    for key, value in payload.items():
+        if key not in _KNOWN:
+            errors[key] = "unknown field"
+        elif key in ("phone_api_url", "webhook_url", "webhook_uuid"):
+            continue  # read-only: set by the service's settings, never by an admin
+        elif key == "employee_mapping":
+            clean[key] = value
+        elif key == "enabled":
+            clean[key] = _bool(errors, key, value)
+        elif key in SECRET_FIELDS:
+            if value is None or value == "" or (isinstance(value, str) and value.startswith(MASK)):
+                continue  # masked or omitted: keep the stored value
+            if not isinstance(value, str) or not _TOKEN.match(value.strip()):
+                errors[key] = "must be the key as MoySklad shows it (printable, no spaces)"
+            clean[key] = value.strip() if isinstance(value, str) else value
+        elif key == "timezone":
+            if not isinstance(value, str) or not _valid_timezone(value):
+                errors[key] = "unknown time zone (use a name such as Europe/Minsk)"
+            clean[key] = value
+        elif key == "default_region":
+            region = value.upper() if isinstance(value, str) else value
+            if region not in phonenumbers.SUPPORTED_REGIONS:
+                errors[key] = "must be a two-letter country code such as BY or RU"
+            clean[key] = region
+        elif key == "signature_mode":
+            clean[key] = _choice(errors, key, value, SIGNATURE_MODES)
+        elif key == "notifications":
+            clean[key] = _section(errors, key, value, _NOTIFY_RULES)
+        else:
+            clean[key] = _section(errors, key, value, _ACTION_RULES)
+    if errors:
+        raise ValidationFailed(errors)
+    return clean
+
+
+def _valid_timezone(name: str) -> bool:
+    if name not in available_timezones():
+        return False
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+def _stored_form(cfg: dict) -> dict:
+    """What is written to the database: the new key names, no derived fields."""
+    return {k: v for k, v in cfg.items() if k != "webhook_url"}
+
+
+class ConfigStore:
+    """Reads and writes enterprise configs; bound to the service's URLs from settings."""
+
+    def __init__(self, phone_api_url: str, public_url: str):
+        self.phone_api_url = phone_api_url
+        self.public_url = public_url
+
+    def enterprise(self, number: str, lock: bool = False) -> Enterprise:
+        query = select(Enterprise).where(Enterprise.number == number)
+        if lock:
+            query = query.with_for_update()
+        ent = db.session.scalars(query).first()
+        if ent is None:
+            raise ApiError(404, "unknown enterprise", "enterprise_number")
+        return ent
+
+    def read(self, number: str) -> dict:
+        return self.of(self.enterprise(number))
+
+    def of(self, ent: Enterprise) -> dict:
+        return normalize((ent.integrations_config or {}).get("ms"), self.phone_api_url, self.public_url)
+
+    def has_config(self, ent: Enterprise) -> bool:
+        return isinstance((ent.integrations_config or {}).get("ms"), dict)
+
+    def save(self, number: str, payload: Any) -> dict:
+        """Validate and merge an update into the stored config; commit; return the full config."""
+        update = validate_update(payload)
+        ent = self.enterprise(number, lock=True)
+        cfg = self.of(ent)
+        for key, value in update.items():
+            if key in _SECTIONS:
+                cfg[key] = {**cfg[key], **value}
+            else:
+                cfg[key] = value
+        if not cfg.get("webhook_uuid"):
+            cfg["webhook_uuid"] = str(uuid.uuid4())
+        self._write(ent, cfg)
+        db.session.commit()
+        return self.of(ent)
+
+    def regenerate_webhook(self, number: str) -> dict:
+        """Give the enterprise a new webhook uuid; the old one stops working at once."""
+        ent = self.enterprise(number, lock=True)
+        cfg = self.of(ent)
+        cfg["webhook_uuid"] = str(uuid.uuid4())
+        self._write(ent, cfg)
+        db.session.commit()
+        return self.of(ent)
+
+    def delete(self, number: str) -> None:
+        """Remove the `ms` key (and its webhook); other integrations' keys stay."""
+        ent = self.enterprise(number, lock=True)
+        rest = {k: v for k, v in (ent.integrations_config or {}).items() if k != "ms"}
+        ent.integrations_config = rest
+        db.session.execute(WebhookKey.__table__.delete().where(WebhookKey.enterprise_number == number))
+        db.session.commit()
+
+    def _write(self, ent: Enterprise, cfg: dict) -> None:
+        whole = dict(ent.integrations_config or {})
+        whole["ms"] = _stored_form(cfg)
+        ent.integrations_config = whole
+        self._index_webhook(ent.number, cfg.get("webhook_uuid"))
+
+    def _index_webhook(self, number: str, webhook_uuid: Optional[str]) -> None:
+        table = WebhookKey.__table__
+        db.session.execute(table.delete().where(table.c.enterprise_number == number))
+        if webhook_uuid:
+            db.session.execute(table.insert().values(uuid_sha256=webhook_hash(webhook_uuid),
+                                                     enterprise_number=number))
+
+    def find_by_webhook(self, candidate: str) -> Optional[tuple[Enterprise, dict]]:
+        """The enterprise whose webhook uuid is exactly `candidate` (indexed; constant-time confirm)."""
+        if not isinstance(candidate, str) or not _UUID4.match(candidate):
+            return None
+        row = db.session.get(WebhookKey, webhook_hash(candidate))
+        if row is None:
+            return None
+        ent = db.session.get(Enterprise, row.enterprise_number)
+        if ent is None:
+            return None
+        cfg = self.of(ent)
+        if not hmac.compare_digest(str(cfg.get("webhook_uuid") or "").encode(), candidate.encode()):
+            return None
+        return ent, cfg
+
+    def reindex_webhooks(self) -> int:
+        """Rebuild ms_webhooks from the stored configs (configs written by the old service). Commits."""
+        count = 0
+        db.session.execute(WebhookKey.__table__.delete())
+        for ent in db.session.scalars(select(Enterprise)):
+            ms = (ent.integrations_config or {}).get("ms")
+            value = ms.get("webhook_uuid") if isinstance(ms, dict) else None
+            if isinstance(value, str) and _UUID4.match(value):
+                self._index_webhook(ent.number, value)
+                count += 1
+        db.session.commit()
+        return count

@@ -1,0 +1,25 @@
+"""The service objects one app holds (settings, queue, workers, config store)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from flask import current_app
+
+from .jobs import JobQueue, WorkerPool
+from .services.config import ConfigStore
+from .settings import Settings
+
+
+@dataclass
+class MsState:
+    settings: Settings
+    queue: JobQueue
+    pool: WorkerPool
+    configs: ConfigStore
+    services: Optional[Any] = None
+
+
+def ms() -> MsState:
+    """The MsState of the current app."""
+    return current_app.extensions["ms"]

@@ -1,0 +1,140 @@
+import pytest
+from sqlalchemy import select
+
+from msapp.errors import ApiError, ValidationFailed
+from msapp.extensions import db
+from msapp.models import Enterprise, WebhookKey
+from msapp.services.config import normalize, public_view, upgrade_legacy
+from msapp.state import ms
+
+
+@pytest.fixture
+def ent(ctx):
+    db.session.add(Enterprise(number="0367", name="Co", secret="s3cr3t",
+                              integrations_config={"bitrix": {"keep": [1, 2]}, "retailcrm": "x"}))
+    db.session.commit()
+    return "0367"
+
+
+def test_legacy_keys_are_read():
+    cfg = normalize({"create_client": False, "create_order": "always", "order_source": "Звонок",
+                     "employee_mapping": {"151": "id"}}, "https://p", "https://pub")
+    assert cfg["incoming_call_actions"]["create_customers"] is False
+    assert cfg["incoming_call_actions"]["create_orders"] == "always"
+    assert cfg["incoming_call_actions"]["order_source"] == "Звонок"
+    assert cfg["employee_mapping"] == {"151": "id"}
+    assert "create_client" not in cfg and "create_order" not in cfg
+
+
+@pytest.mark.parametrize("value,expected", [(True, "always"), (False, "none"), ("new_customer", "new_customer")])
+def test_boolean_create_orders_from_seed_readme(value, expected):
+    out = upgrade_legacy({"incoming_call_actions": {"create_orders": value}})
+    assert out["incoming_call_actions"]["create_orders"] == expected
+
+
+def test_save_merges_and_keeps_other_integrations(ent):
+    store = ms().configs
+    store.save(ent, {"enabled": True, "integration_code": "phonekey0123456789",
+                     "notifications": {"notify_outgoing": True}})
+    cfg = store.save(ent, {"incoming_call_actions": {"create_orders": "new_customer"}})
+    row = db.session.get(Enterprise, ent)
+    assert row.integrations_config["bitrix"] == {"keep": [1, 2]}
+    assert row.integrations_config["retailcrm"] == "x"
+    assert cfg["enabled"] is True and cfg["integration_code"] == "phonekey0123456789"
+    assert cfg["notifications"] == {"call_notify_mode": "during", "notify_incoming": True, "notify_outgoing": True}
+    assert cfg["incoming_call_actions"]["create_orders"] == "new_customer"
+    assert cfg["incoming_call_actions"]["create_customers"] is True
+    assert "webhook_url" not in row.integrations_config["ms"]
+
+
+def test_legacy_config_is_rewritten_in_new_form_on_save(ent):
+    row = db.session.get(Enterprise, ent)
+    row.integrations_config = {**row.integrations_config, "ms": {"create_client": True, "create_order": "none"}}
+    db.session.commit()
+    ms().configs.save(ent, {"enabled": True})
+    stored = db.session.get(Enterprise, ent).integrations_config["ms"]
+    assert "create_client" not in stored and "create_order" not in stored
+    assert stored["incoming_call_actions"]["create_customers"] is True
+
+
+def test_secrets_masked_and_masked_write_keeps_value(ent):
+    store = ms().configs
+    store.save(ent, {"integration_code": "d03627d59c1948a0f9a6aa1e267c954bfd03d763", "api_token": "tok-abcdefgh1234"})
+    view = public_view(store.read(ent))
+    assert view["integration_code"] == "••••d763" and view["integration_code_set"] is True
+    assert "d03627" not in str(view) and "tok-abcdefgh" not in str(view)
+    assert "webhook_uuid" not in view and view["webhook_url"].startswith("https://bot.example.by/ms/webhook/")
+    store.save(ent, {"integration_code": "••••d763", "api_token": ""})
+    cfg = store.read(ent)
+    assert cfg["integration_code"] == "d03627d59c1948a0f9a6aa1e267c954bfd03d763"
+    assert cfg["api_token"] == "tok-abcdefgh1234"
+
+
+@pytest.mark.parametrize("payload,field", [
+    ({"enabled": "yes"}, "enabled"),
+    ({"timezone": "Mars/Olympus"}, "timezone"),
+    ({"default_region": "XX"}, "default_region"),
+    ({"signature_mode": "maybe"}, "signature_mode"),
+    ({"notifications": {"call_notify_mode": "loud"}}, "notifications.call_notify_mode"),
+    ({"notifications": {"notify_incoming": 1}}, "notifications.notify_incoming"),
+    ({"incoming_call_actions": {"create_orders": "sometimes"}}, "incoming_call_actions.create_orders"),
+    ({"incoming_call_actions": {"order_state": "'; drop table"}}, "incoming_call_actions.order_state"),
+    ({"outgoing_call_actions": {"bogus": 1}}, "outgoing_call_actions.bogus"),
+    ({"integration_code": "has spaces in it"}, "integration_code"),
+    ({"nonsense": 1}, "nonsense"),
+    ({"notifications": []}, "notifications"),
+])
+def test_validation_names_the_field(ent, payload, field):
+    with pytest.raises(ValidationFailed) as info:
+        ms().configs.save(ent, payload)
+    assert info.value.status == 400 and info.value.field == field
+
+
+def test_body_must_be_an_object(ent):
+    with pytest.raises(ApiError) as info:
+        ms().configs.save(ent, ["enabled"])
+    assert info.value.status == 400
+
+
+def test_unknown_enterprise_is_404(ctx):
+    with pytest.raises(ApiError) as info:
+        ms().configs.read("9999")
+    assert info.value.status == 404
+
+
+def test_phone_api_url_is_read_only(ent):
+    cfg = ms().configs.save(ent, {"phone_api_url": "https://evil.example/api", "enabled": True})
+    assert cfg["phone_api_url"] == "https://api.moysklad.ru/api/phone/1.0"
+    assert db.session.get(Enterprise, ent).integrations_config["ms"]["phone_api_url"] == cfg["phone_api_url"]
+
+
+def test_webhook_lookup_exact_and_regenerate(ent):
+    store = ms().configs
+    old = store.save(ent, {"enabled": True})["webhook_uuid"]
+    found = store.find_by_webhook(old)
+    assert found is not None and found[0].number == ent
+    for bad in (old.upper(), old[:-1], old + "0", "%", "_", "%25", old.replace("-", ""), "", None):
+        assert store.find_by_webhook(bad) is None
+    new = store.regenerate_webhook(ent)["webhook_uuid"]
+    assert new != old and store.find_by_webhook(old) is None
+    assert store.find_by_webhook(new)[0].number == ent
+    assert db.session.scalar(select(WebhookKey.uuid_sha256)) != new  # only the hash is stored
+
+
+def test_delete_removes_only_ms(ent):
+    store = ms().configs
+    uuid_ = store.save(ent, {"enabled": True})["webhook_uuid"]
+    store.delete(ent)
+    row = db.session.get(Enterprise, ent)
+    assert row.integrations_config == {"bitrix": {"keep": [1, 2]}, "retailcrm": "x"}
+    assert store.find_by_webhook(uuid_) is None
+
+
+def test_reindex_finds_configs_written_by_the_old_service(ent):
+    uuid_ = "6f1b9a9e-6a55-4c8e-9d1e-2f0d7b1c9a10"
+    row = db.session.get(Enterprise, ent)
+    row.integrations_config = {**row.integrations_config, "ms": {"enabled": True, "webhook_uuid": uuid_}}
+    db.session.commit()
+    assert ms().configs.find_by_webhook(uuid_) is None
+    assert ms().configs.reindex_webhooks() == 1
+    assert ms().configs.find_by_webhook(uuid_)[0].number == ent

@@ -1,0 +1,245 @@
+"""The durable queue: transactions, per-key order, backoff, leases, dead jobs, concurrent consumers."""
+import threading
+import time
+from datetime import timedelta
+
+from msapp.clock import utcnow
+from msapp.extensions import db
+from msapp.jobs import Defer, JobQueue, Permanent, Retry, WorkerPool, backoff, release_orphans
+from msapp.models import Job
+from msapp.state import ms
+from tests.conftest import dispose, make_app
+
+
+def job(job_id):
+    db.session.expire_all()
+    return db.session.get(Job, job_id)
+
+
+def add(kind="test", key="k", payload=None, **kw):
+    j = ms().queue.enqueue(kind, key, payload or {}, **kw)
+    db.session.commit()
+    return j.id
+
+
+def test_enqueue_is_part_of_the_callers_transaction(ctx):
+    ms().queue.enqueue("test", "k", {"a": 1})
+    db.session.rollback()
+    assert db.session.query(Job).count() == 0
+    ms().queue.enqueue("test", "k", {"a": 1})
+    db.session.commit()
+    assert db.session.query(Job).count() == 1
+
+
+def test_jobs_of_one_key_run_in_order_other_keys_are_not_held(ctx):
+    q = ms().queue
+    a1, a2, b1 = add(key="A"), add(key="A"), add(key="B")
+    first = q.claim()
+    assert first.id == a1
+    assert q.claim().id == b1  # A2 waits for A1; B is independent
+    assert q.claim() is None
+    q.complete(first)
+    assert q.claim().id == a2
+
+
+def test_dead_job_does_not_block_its_successors(ctx):
+    q = ms().queue
+    a1, a2 = add(key="A", max_attempts=1), add(key="A")
+    q.fail(q.claim(), RuntimeError("boom"))
+    assert job(a1).status == "dead"
+    assert q.claim().id == a2
+
+
+def test_failure_backs_off_exponentially_with_jitter(ctx):
+    q = ms().queue
+    jid = add()
+    waits = []
+    for attempt in range(1, 5):
+        db.session.query(Job).filter_by(id=jid).update({"run_at": utcnow()})
+        db.session.commit()
+        claimed = q.claim()
+        assert claimed.attempts == attempt
+        before = utcnow()
+        q.fail(claimed, ConnectionError("refused"))
+        waits.append((job(jid).run_at - before).total_seconds())
+        assert job(jid).status == "pending" and "refused" in job(jid).last_error
+    for attempt, wait in enumerate(waits, start=1):
+        ceiling = 2 ** (attempt - 1)
+        assert ceiling / 2 - 0.05 <= wait <= ceiling + 0.05
+    assert all(0.5 * min(300, 2 ** (n - 1)) <= backoff(n) <= min(300, 2 ** (n - 1)) for n in range(1, 20))
+
+
+def test_handler_can_ask_for_a_wait(ctx):
+    q = ms().queue
+    jid = add()
+    before = utcnow()
+    q.fail(q.claim(), Retry(30, "429 from MoySklad"))
+    wait = (job(jid).run_at - before).total_seconds()
+    assert 30 <= wait <= 33.5 and job(jid).attempts == 1
+
+
+def test_defer_is_not_an_attempt(ctx):
+    q = ms().queue
+    jid = add()
+    q.fail(q.claim(), Defer(0.5))
+    assert job(jid).attempts == 0 and job(jid).status == "pending"
+    assert q.claim() is None  # not due yet
+
+
+def test_dead_after_last_attempt_and_retry_from_admin(ctx):
+    q = ms().queue
+    jid = add(max_attempts=2)
+    q.fail(q.claim(), RuntimeError("first"))
+    db.session.query(Job).filter_by(id=jid).update({"run_at": utcnow()})
+    db.session.commit()
+    q.fail(q.claim(), RuntimeError("second Lognex-Phone-Auth-Token: abcdef123"))
+    dead = job(jid)
+    assert dead.status == "dead" and "second" in dead.last_error and "abcdef123" not in dead.last_error
+    assert q.claim() is None
+    assert q.retry_dead(jid, enterprise_number="other") is False  # another enterprise's job
+    assert q.retry_dead(jid) is True
+    assert q.retry_dead(jid) is False  # no longer dead
+    again = q.claim()
+    assert again.id == jid and again.attempts == 1
+
+
+def test_permanent_error_is_dead_at_once(ctx):
+    q = ms().queue
+    jid = add()
+    q.fail(q.claim(), Permanent("401 bad key"))
+    assert job(jid).status == "dead" and job(jid).attempts == 1
+
+
+def test_unknown_kind_is_dead(ctx):
+    q = ms().queue
+    jid = add(kind="nobody-handles-this")
+    assert q.run_one(q.claim()) == "dead"
+    assert "no handler" in job(jid).last_error
+
+
+def test_expired_lease_is_taken_again_and_late_finish_is_ignored(ctx):
+    crashed = JobQueue(lease_seconds=0.2, worker_id="crashed")
+    rescuer = JobQueue(lease_seconds=30, worker_id="rescuer")
+    jid = add()
+    taken = crashed.claim()
+    assert taken.id == jid and rescuer.claim() is None
+    time.sleep(0.3)
+    again = rescuer.claim()
+    assert again.id == jid and again.attempts == 2
+    crashed.complete(taken)  # the "dead" process wakes up: its finish must not count
+    assert job(jid).status == "running" and job(jid).locked_by == "rescuer"
+    rescuer.complete(again)
+    assert job(jid).status == "done"
+
+
+def test_restart_releases_its_own_orphans_at_once(ctx):
+    q = JobQueue(lease_seconds=3600, worker_id="host:8023")
+    jid = add()
+    q.claim()
+    assert ms().queue.claim() is None  # lease still valid
+    assert release_orphans(JobQueue(worker_id="host:8023")) == 1
+    assert job(jid).status == "pending"
+    assert ms().queue.claim().id == jid
+
+
+def test_pool_runs_jobs_in_per_key_order(ctx):
+    seen, lock = [], threading.Lock()
+
+    def handler(j):
+        time.sleep(0.002)
+        with lock:
+            seen.append((j.key, j.payload["n"]))
+
+    q = ms().queue
+    q.register("test", handler)
+    for n in range(40):
+        q.enqueue("test", f"call-{n % 4}", {"n": n}, enterprise_number=f"e{n % 2}")
+    db.session.commit()
+    pool = WorkerPool(ctx, q, 4, idle_poll=0.05)
+    pool.start()
+    try:
+        deadline = time.time() + 20
+        while len(seen) < 40 and time.time() < deadline:
+            time.sleep(0.05)
+    finally:
+        pool.stop()
+    assert len(seen) == 40
+    for key in {k for k, _ in seen}:
+        ns = [n for k, n in seen if k == key]
+        assert ns == sorted(ns)
+    assert db.session.query(Job).filter(Job.status != "done").count() == 0
+
+
+def test_slow_enterprise_does_not_hold_all_workers(ctx):
+    release = threading.Event()
+    done_fast = []
+
+    def handler(j):
+        if j.enterprise_number == "slow":
+            release.wait(10)
+        else:
+            done_fast.append(j.id)
+
+    q = ms().queue
+    q.register("test", handler)
+    for n in range(8):
+        q.enqueue("test", f"slow-{n}", {}, enterprise_number="slow")
+    for n in range(5):
+        q.enqueue("test", f"fast-{n}", {}, enterprise_number="fast")
+    db.session.commit()
+    pool = WorkerPool(ctx, q, 4, idle_poll=0.05)
+    pool.start()
+    try:
+        deadline = time.time() + 10
+        while len(done_fast) < 5 and time.time() < deadline:
+            time.sleep(0.05)
+        assert len(done_fast) == 5  # while every slow job is still blocked
+    finally:
+        release.set()
+        pool.stop()
+
+
+def test_two_consumers_never_run_one_job_twice(db_url, tmp_path):
+    apps = [make_app(db_url, tmp_path / f"p{i}") for i in range(2)]
+    runs, lock = [], threading.Lock()
+
+    def handler_for(name):
+        def handler(j):
+            with lock:
+                runs.append((name, j.id))
+        return handler
+
+    with apps[0].app_context():
+        q = ms().queue
+        for n in range(120):
+            q.enqueue("test", f"key-{n}", {"n": n})
+        db.session.commit()
+    pools = []
+    for i, app in enumerate(apps):
+        app.extensions["ms"].queue.register("test", handler_for(f"p{i}"))
+        pool = WorkerPool(app, app.extensions["ms"].queue, 3, idle_poll=0.02)
+        pools.append(pool)
+    for pool in pools:
+        pool.start()
+    deadline = time.time() + 60
+    while len(runs) < 120 and time.time() < deadline:
+        time.sleep(0.05)
+    for pool in pools:
+        pool.stop()
+    ids = [jid for _, jid in runs]
+    assert len(ids) == 120 and len(set(ids)) == 120
+    assert {name for name, _ in runs} == {"p0", "p1"}  # both really consumed
+    with apps[0].app_context():
+        assert db.session.query(Job).filter(Job.status == "done").count() == 120
+    for app in apps:
+        dispose(app)
+
+
+def test_stats(ctx):
+    add()
+    jid = add(key="other", max_attempts=1)
+    q = ms().queue
+    db.session.query(Job).filter_by(id=jid).update({"created_at": utcnow() - timedelta(seconds=5)})
+    db.session.commit()
+    stats = q.stats()
+    assert stats["depth"] == 2 and stats["oldest_pending_age_seconds"] >= 5 and stats["dead"] == 0

@@ -1,0 +1,100 @@
+"""Migrations create the schema on both databases and never touch existing platform tables."""
+import sqlalchemy as sa
+
+from msapp.extensions import db
+from tests.conftest import dispose, make_app
+
+OWN_TABLES = {"ms_calls", "ms_jobs", "ms_webhooks", "ms_alembic_version"}
+
+
+def _inspect(app):
+    with app.app_context():
+        insp = sa.inspect(db.engine)
+        return {t: ({c["name"] for c in insp.get_columns(t)}, {i["name"] for i in insp.get_indexes(t)})
+                for t in insp.get_table_names()}
+
+
+def test_fresh_database_gets_all_tables(db_url, tmp_path):
+    app = make_app(db_url, tmp_path)
+    tables = _inspect(app)
+    assert {"enterprises", "integration_logs"} | OWN_TABLES <= set(tables)
+    assert "alembic_version" not in tables  # our version table never collides with the platform's
+    with app.app_context():
+        assert db.session.execute(sa.text("SELECT version_num FROM ms_alembic_version")).scalar() == "0001"
+    dispose(app)
+
+
+def test_upgrade_twice_is_a_no_op(db_url, tmp_path):
+    app = make_app(db_url, tmp_path)
+    before = _inspect(app)
+    dispose(app)
+    app = make_app(db_url, tmp_path)
+    assert _inspect(app) == before
+    dispose(app)
+
+
+PLATFORM_DDL = {
+    "sqlite": [
+        "CREATE TABLE enterprises (number TEXT PRIMARY KEY, name TEXT, secret TEXT, integrations_config JSON,"
+        " is_enabled BOOLEAN DEFAULT 1, bot_token TEXT)",
+        "CREATE INDEX ix_platform_ent_name ON enterprises (name)",
+        "CREATE TABLE integration_logs (id INTEGER PRIMARY KEY AUTOINCREMENT, created_at TIMESTAMP,"
+        " enterprise_number TEXT, integration_type TEXT, event_type TEXT, request_data JSON,"
+        " response_data JSON, status TEXT, error_message TEXT, duration_ms INTEGER)",
+        "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)",
+        "INSERT INTO alembic_version VALUES ('platform_42')",
+    ],
+    "postgresql": [
+        "CREATE TABLE enterprises (number TEXT PRIMARY KEY, name TEXT, secret TEXT, integrations_config JSONB,"
+        " is_enabled BOOLEAN DEFAULT TRUE, bot_token TEXT)",
+        "CREATE INDEX ix_platform_ent_name ON enterprises (name)",
+        "CREATE TABLE integration_logs (id SERIAL PRIMARY KEY, created_at TIMESTAMPTZ DEFAULT now(),"
+        " enterprise_number TEXT, integration_type TEXT, event_type TEXT, request_data JSONB,"
+        " response_data JSONB, status TEXT, error_message TEXT, duration_ms INTEGER)",
+        "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)",
+        "INSERT INTO alembic_version VALUES ('platform_42')",
+    ],
+}
+ROWS = [
+    "INSERT INTO enterprises (number, name, secret, integrations_config, bot_token) VALUES "
+    "('0367', 'Acme', 'sec', '{\"bitrix\": {\"x\": 1}, \"ms\": {\"enabled\": true,"
+    " \"webhook_uuid\": \"6f1b9a9e-6a55-4c8e-9d1e-2f0d7b1c9a10\"}}', 'bot')",
+    "INSERT INTO integration_logs (enterprise_number, integration_type, event_type, status, duration_ms)"
+    " VALUES ('0367', 'bitrix', 'call', 'success', 12)",
+]
+
+
+def _rows(app):
+    with app.app_context():
+        out = {}
+        for table, order in (("enterprises", "number"), ("integration_logs", "id"), ("alembic_version", "1")):
+            rows = db.session.execute(sa.text(f"SELECT * FROM {table} ORDER BY {order}")).all()
+            out[table] = [tuple(str(v) for v in r) for r in rows]
+        return out
+
+
+def test_existing_platform_tables_are_left_unchanged(db_url, tmp_path):
+    kind = "postgresql" if db_url.startswith("postgresql") else "sqlite"
+    engine = sa.create_engine(db_url.replace("postgresql://", "postgresql+psycopg2://", 1))
+    with engine.begin() as conn:
+        for stmt in PLATFORM_DDL[kind] + ROWS:
+            conn.execute(sa.text(stmt))
+    engine.dispose()
+    from msapp import create_app
+
+    app = create_app({"MS_DATABASE_URL": db_url, "MS_INSTANCE_DIR": str(tmp_path / "i"),
+                      "MS_LOG_DIR": str(tmp_path / "l"), "MS_WORKERS": "0"})
+    before_schema = {t: v for t, v in _inspect(app).items() if t not in OWN_TABLES}
+    before_rows = _rows(app)
+    from msapp.schema import upgrade_database
+
+    upgrade_database(app)
+    after = _inspect(app)
+    assert {t: v for t, v in after.items() if t not in OWN_TABLES} == before_schema
+    assert OWN_TABLES <= set(after)
+    assert _rows(app) == before_rows
+    # the config written by the old service is found by its webhook uuid after the migration
+    with app.app_context():
+        found = app.extensions["ms"].configs.find_by_webhook("6f1b9a9e-6a55-4c8e-9d1e-2f0d7b1c9a10")
+        assert found and found[0].number == "0367"
+    dispose(app)

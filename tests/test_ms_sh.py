@@ -1,0 +1,95 @@
+"""End to end: ms.sh start/status/stop in a temporary copy of the project, on a free port."""
+import os
+import shutil
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def project(tmp_path):
+    dest = tmp_path / "ms"
+    dest.mkdir()
+    for name in ("ms.sh", "setup.cfg", "pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, dest / name)
+    shutil.copytree(ROOT / "msapp", dest / "msapp", copy_function=shutil.copy2,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    venv = Path(sys.prefix)
+    if not (venv / ".ms-installed-test").exists() and not (venv / ".ms-installed").exists():
+        pytest.skip("tests are not running from the .venv that ms.sh made")
+    (dest / ".venv").symlink_to(venv)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MS_") and k != "DATABASE_URL"}
+    env.update(MS_PORT=str(port), MS_WORKERS="2")
+    yield dest, env, port
+    subprocess.run(["./ms.sh", "stop"], cwd=dest, env=env, capture_output=True, timeout=60)
+
+
+def sh(dest, env, *args):
+    return subprocess.run(["./ms.sh", *args], cwd=dest, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_start_status_stop(project):
+    dest, env, port = project
+    assert sh(dest, env, "status").returncode == 3
+    started = sh(dest, env, "start")
+    assert started.returncode == 0, started.stderr + started.stdout
+    assert f"http://127.0.0.1:{port}/ms-admin/" in started.stdout
+    assert "admin_token" in started.stdout
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+        assert r.status == 200
+    assert (dest / "instance" / "admin_token").stat().st_mode & 0o777 == 0o600
+    assert sh(dest, env, "status").returncode == 0
+    again = sh(dest, env, "start")
+    assert again.returncode == 0 and "already running" in again.stdout
+    assert sh(dest, env, "logs").returncode == 0
+    assert sh(dest, env, "stop").returncode == 0
+    assert sh(dest, env, "status").returncode == 3
+    assert sh(dest, env, "stop").returncode == 0  # idempotent
+
+
+def test_never_signals_a_process_it_did_not_start(project):
+    dest, env, _ = project
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (dest / "instance").mkdir(exist_ok=True)
+        (dest / "instance" / "ms.pid").write_text(f"{stranger.pid}\n")
+        assert sh(dest, env, "status").returncode == 1
+        sh(dest, env, "stop")
+        assert stranger.poll() is None  # still alive
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+@pytest.mark.parametrize("name,value,fragment", [
+    ("MS_PORT", "99999", "MS_PORT"),
+    ("MS_DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none", "database unreachable"),
+    ("MS_DATABASE_URL", "oracle://x/y", "unsupported database"),
+])
+def test_bad_settings_stop_start_with_one_line(project, name, value, fragment):
+    dest, env, _ = project
+    r = sh(dest, {**env, name: value}, "start")
+    assert r.returncode != 0
+    assert fragment in r.stderr and "Traceback" not in r.stderr + r.stdout
+    assert len([line for line in r.stderr.splitlines() if line.startswith("ms:")]) == 1
+
+
+def test_port_in_use_is_reported(project):
+    import socket
+
+    dest, env, port = project
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+        s.listen()
+        r = sh(dest, env, "start")
+    assert r.returncode != 0 and "cannot listen" in r.stderr
+    assert sh(dest, env, "status").returncode == 3

@@ -1,0 +1,57 @@
+import logging
+
+import pytest
+
+from msapp import logging_setup
+from msapp.redact import mask_tail, redact_obj, redact_text
+
+UUID = "6f1b9a9e-6a55-4c8e-9d1e-2f0d7b1c9a10"
+
+
+@pytest.mark.parametrize("text,secret", [
+    ("Lognex-Phone-Auth-Token: d03627d59c1948a0f9a6", "d03627d59c1948a0f9a6"),
+    ("headers={'Authorization': 'Bearer abc123token'}", "abc123token"),
+    ("Authorization: Basic YWRtaW46cGFzcw==", "YWRtaW46cGFzcw=="),
+    (f"POST /ms/webhook/{UUID} 200", UUID),
+    ('{"integration_code": "k3y-value", "x": 1}', "k3y-value"),
+    ("GET http://127.0.0.1:8018/api/makecallexternal?code=151&phone=%2B375&clientId=s3cr3t", "s3cr3t"),
+    ("api_token=tok999", "tok999"),
+    ("X-Internal-Token: inttok", "inttok"),
+])
+def test_redact_text(text, secret):
+    out = redact_text(text)
+    assert secret not in out and "••••" in out
+
+
+def test_redact_obj_masks_secret_keys_deeply():
+    obj = {"headers": {"Lognex-Phone-Auth-Token": "k", "Content-Type": "application/json"},
+           "body": {"api_token": "t", "name": "Иван", "items": [{"secret": "s"}]},
+           "url": f"https://bot.example.by/ms/webhook/{UUID}"}
+    out = redact_obj(obj)
+    assert out["headers"]["Lognex-Phone-Auth-Token"] == "••••"
+    assert out["headers"]["Content-Type"] == "application/json"
+    assert out["body"]["api_token"] == "••••" and out["body"]["name"] == "Иван"
+    assert out["body"]["items"][0]["secret"] == "••••"
+    assert UUID not in out["url"]
+    assert obj["body"]["api_token"] == "t"  # the original is untouched
+
+
+def test_mask_tail():
+    assert mask_tail("d03627d59c1948a0f9a6aa1e267c954bfd03d763") == "••••d763"
+    assert mask_tail("short") == "••••" and mask_tail("") == "" and mask_tail(None) == ""
+
+
+def test_log_file_is_redacted(tmp_path):
+    logging_setup.configure(str(tmp_path), "INFO")
+    log = logging.getLogger("msapp.test")
+    log.info("sending Lognex-Phone-Auth-Token: %s to %s", "supersecretkey", f"/ms/webhook/{UUID}")
+    try:
+        raise ValueError("Authorization: Bearer leakedtoken")
+    except ValueError:
+        log.exception("failed")
+    for handler in logging.getLogger("msapp").handlers:
+        handler.flush()
+    text = (tmp_path / "ms.log").read_text()
+    assert "sending" in text and "failed" in text
+    for secret in ("supersecretkey", UUID, "leakedtoken"):
+        assert secret not in text

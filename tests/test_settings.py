@@ -1,0 +1,67 @@
+import os
+import stat
+
+import pytest
+
+from msapp import settings
+from msapp.settings import SettingsError
+
+
+def base_env(tmp_path, **extra):
+    env = {"MS_INSTANCE_DIR": str(tmp_path / "inst"), "MS_LOG_DIR": str(tmp_path / "logs")}
+    env.update(extra)
+    return env
+
+
+def test_defaults_match_design(tmp_path):
+    s = settings.load(base_env(tmp_path))
+    assert (s.host, s.port, s.workers, s.lookup_timeout) == ("127.0.0.1", 8023, 4, 1.5)
+    assert s.public_url == "http://localhost:8023"
+    assert s.phone_api_url == "https://api.moysklad.ru/api/phone/1.0"
+    assert s.json_api_url == "https://api.moysklad.ru/api/remap/1.2"
+    assert s.originate_url == "http://127.0.0.1:8018/api/makecallexternal"
+    assert s.database_url == "sqlite:///" + str(tmp_path / "inst" / "ms.db")
+    assert s.internal_token is None and s.log_level == "INFO"
+
+
+def test_admin_token_generated_once_with_mode_0600(tmp_path):
+    first = settings.load(base_env(tmp_path))
+    path = tmp_path / "inst" / "admin_token"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert settings.load(base_env(tmp_path)).admin_token == first.admin_token
+    assert len(first.admin_token) >= 32
+
+
+def test_env_overrides(tmp_path):
+    s = settings.load(base_env(
+        tmp_path, MS_PORT="9000", MS_HOST="0.0.0.0", MS_WORKERS="2", MS_ADMIN_TOKEN="tok",
+        MS_INTERNAL_TOKEN="int", MS_PUBLIC_URL="https://bot.example.by/", MS_LOOKUP_TIMEOUT="0.5",
+        DATABASE_URL="postgresql://u@db/x", MS_LOG_LEVEL="debug"))
+    assert (s.port, s.host, s.workers, s.admin_token, s.internal_token) == (9000, "0.0.0.0", 2, "tok", "int")
+    assert s.public_url == "https://bot.example.by"
+    assert s.database_url == "postgresql+psycopg2://u@db/x"
+    assert s.lookup_timeout == 0.5 and s.log_level == "DEBUG"
+
+
+def test_ms_database_url_wins_over_database_url(tmp_path):
+    s = settings.load(base_env(tmp_path, MS_DATABASE_URL="sqlite:////tmp/a.db", DATABASE_URL="postgresql://x/y"))
+    assert s.database_url == "sqlite:////tmp/a.db"
+
+
+@pytest.mark.parametrize("name,value,fragment", [
+    ("MS_PORT", "abc", "MS_PORT"),
+    ("MS_PORT", "70000", "out of range"),
+    ("MS_PORT", "0", "out of range"),
+    ("MS_WORKERS", "-1", "MS_WORKERS"),
+    ("MS_LOOKUP_TIMEOUT", "soon", "MS_LOOKUP_TIMEOUT"),
+    ("MS_DATABASE_URL", "not a url", "MS_DATABASE_URL"),
+    ("MS_DATABASE_URL", "mysql://u@h/db", "unsupported database"),
+    ("MS_PUBLIC_URL", "ftp://x", "MS_PUBLIC_URL"),
+    ("MS_PHONE_API_URL", "api.moysklad.ru", "MS_PHONE_API_URL"),
+    ("MS_LOG_LEVEL", "LOUD", "MS_LOG_LEVEL"),
+])
+def test_invalid_settings_are_one_line_errors(tmp_path, name, value, fragment):
+    with pytest.raises(SettingsError) as info:
+        settings.load(base_env(tmp_path, **{name: value}))
+    assert fragment in str(info.value)
+    assert "\n" not in str(info.value)
