@@ -234,3 +234,25 @@ def enterprise_configure(number, json_config):
         _fail("config must be a JSON object")
     cfg = ms().configs.save(number, payload)
     click.echo(json.dumps(public_view(cfg), ensure_ascii=False, indent=2))
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8081, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--seed", type=click.Path(exists=True, dir_okay=False), help="JSON seed (default: the demo data)")
+def sandbox(host, port, seed):
+    """Run the MoySklad sandbox alone (Phone API, JSON API, control API, cards page)."""
+    from .sandbox import SandboxServer
+
+    try:
+        server = SandboxServer(host, port, seed)
+    except OSError as exc:
+        _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", 2)
+    except ValueError as exc:
+        _fail(f"bad seed file: {exc}", 2)
+    keys = server.state.keys()["demo"]
+    click.echo(f"sandbox on {server.url}  (cards page: {server.url}/sandbox/)")
+    click.echo(f"  MS_PHONE_API_URL={server.phone_url}")
+    click.echo(f"  MS_JSON_API_URL={server.json_url}")
+    click.echo(f"  demo keys: GET {server.url}/sandbox/api/keys (phone key ends …{keys['phone_api_key'][-4:]})")
+    server.server.run()

@@ -132,3 +132,19 @@ def ctx(app):
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def sandbox_server():
+    from msapp.sandbox import SandboxServer
+
+    server = SandboxServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def sandbox(sandbox_server):
+    """The MoySklad sandbox on a real socket, reset to its seed for each test."""
+    sandbox_server.state.reset()
+    return sandbox_server

@@ -1,0 +1,102 @@
+"""Phone numbers (phonenumbers, E.164) and times (MoySklad wants Moscow time, `YYYY-MM-DD HH:MM:SS.mmm`)."""
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from functools import lru_cache
+from typing import Optional
+from zoneinfo import ZoneInfo
+
+import phonenumbers
+
+MOSCOW = ZoneInfo("Europe/Moscow")
+MS_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+_PBX_LOCAL = re.compile(r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d{1,6})?$")
+_EXTENSION = re.compile(r"^\d{1,10}$")
+
+
+def to_e164(raw: object, region: str = "BY") -> Optional[str]:
+    """The number in E.164 (`+375297111222`), or None if `raw` is not a plausible phone number."""
+    if not isinstance(raw, str) or not raw.strip() or len(raw) > 64:
+        return None
+    text = raw.strip()
+    digits = re.sub(r"\D", "", text)
+    if not text.startswith("+") and len(digits) >= 11 and not text.startswith(("8", "0")):
+        text = "+" + digits  # "375297111222", "79991234567": international without the plus
+    try:
+        number = phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException:
+        return None
+    # Valid for its country; or at least possible when written internationally (new number ranges).
+    if not phonenumbers.is_valid_number(number):
+        if not (text.startswith("+") and phonenumbers.is_possible_number(number)):
+            return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def is_extension(value: object) -> bool:
+    return isinstance(value, str) and bool(_EXTENSION.match(value))
+
+
+def national_digits(e164: str) -> str:
+    """The national significant number: what MoySklad's free-text `search` is given."""
+    try:
+        return str(phonenumbers.parse(e164, None).national_number)
+    except phonenumbers.NumberParseException:
+        return re.sub(r"\D", "", e164)
+
+
+@lru_cache(maxsize=4096)
+def phones_in_text(text: str, region: str) -> tuple[str, ...]:
+    """Every phone number in a free-text field such as "8 (029) 711-12-22; +375 29 711-12-22"."""
+    if not text:
+        return ()
+    found = []
+    for match in phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.POSSIBLE):
+        found.append(phonenumbers.format_number(match.number, phonenumbers.PhoneNumberFormat.E164))
+    if not found:
+        for part in re.split(r"[;,/]|\s{2,}", text):
+            e164 = to_e164(part, region)
+            if e164:
+                found.append(e164)
+    return tuple(dict.fromkeys(found))
+
+
+def phone_matches(stored: Optional[str], e164: str, region: str) -> bool:
+    """Whether a stored free-text phone field holds the number `e164`."""
+    return bool(stored) and e164 in phones_in_text(stored, region)
+
+
+def parse_pbx_time(value: object, tz_name: str) -> Optional[datetime]:
+    """PBX time -> naive UTC. Local `YYYY-MM-DD HH:MM:SS` (in tz_name) or ISO 8601 with offset; None if empty.
+
+    Raises ValueError on anything else.
+    """
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or len(value) > 40:
+        raise ValueError("time must be 'YYYY-MM-DD HH:MM:SS' or ISO 8601")
+    text = value.strip()
+    try:
+        if _PBX_LOCAL.match(text):
+            local = datetime.fromisoformat(text.replace(" ", "T"))
+            aware = local.replace(tzinfo=ZoneInfo(tz_name))
+        else:
+            aware = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            if aware.tzinfo is None:
+                raise ValueError("ISO 8601 time needs an offset")
+    except ValueError:
+        raise ValueError("time must be 'YYYY-MM-DD HH:MM:SS' or ISO 8601 with offset") from None
+    return aware.astimezone(timezone.utc).replace(tzinfo=None)
+
+
+def to_moysklad_time(utc_naive: datetime) -> str:
+    """Naive UTC -> MoySklad's `YYYY-MM-DD HH:MM:SS.mmm` in Moscow time."""
+    moscow = utc_naive.replace(tzinfo=timezone.utc).astimezone(MOSCOW)
+    return moscow.strftime(MS_TIME_FORMAT) + f".{moscow.microsecond // 1000:03d}"
+
+
+def from_moysklad_time(text: str) -> datetime:
+    """MoySklad's Moscow `YYYY-MM-DD HH:MM:SS[.mmm]` -> naive UTC."""
+    local = datetime.fromisoformat(text.strip().replace(" ", "T"))
+    return local.replace(tzinfo=MOSCOW).astimezone(timezone.utc).replace(tzinfo=None)

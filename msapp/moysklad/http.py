@@ -1,0 +1,120 @@
+"""The transport both clients share: headers MoySklad requires, timeouts, limits, metrics, exchange log."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any, Callable, Optional
+
+import requests
+
+from .. import metrics
+from .errors import MoySkladError
+from .limiter import Limiter
+
+ACCEPT = "application/json;charset=utf-8"
+DEFAULT_TIMEOUT = (3.05, 10.0)
+Exchange = Callable[[dict], None]
+_local = threading.local()
+
+
+def thread_session() -> requests.Session:
+    """One requests.Session per thread (sessions are not thread-safe; connections are reused)."""
+    session = getattr(_local, "session", None)
+    if session is None:
+        session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=8, max_retries=0)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        _local.session = session
+    return session
+
+
+class ApiClient:
+    """Base of PhoneApi and JsonApi. Subclasses set `api` and implement `auth_headers`."""
+
+    api = ""
+
+    def __init__(self, base_url: str, *, enterprise: str = "-", limiter: Optional[Limiter] = None,
+                 timeout: tuple = DEFAULT_TIMEOUT, on_exchange: Optional[Exchange] = None,
+                 max_wait: float = 2.0, session: Optional[requests.Session] = None):
+        self.base_url = base_url.rstrip("/")
+        self.enterprise = enterprise
+        self.limiter = limiter
+        self.timeout = timeout
+        self.on_exchange = on_exchange
+        self.max_wait = max_wait
+        self._session = session
+
+    def auth_headers(self) -> dict:
+        raise NotImplementedError
+
+    def request(self, method: str, path: str, *, body: Any = None, params: Optional[dict] = None,
+                event: str = "") -> Any:
+        """Send one request; return the decoded JSON (None for 204); raise MoySkladError on failure."""
+        headers = {"Accept-Encoding": "gzip", "Accept": ACCEPT, **self.auth_headers()}
+        data = None
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+            data = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        url = self.base_url + path
+        session = self._session or thread_session()
+        started = time.monotonic()
+        record = {"api": self.api, "event": event or f"{method} {path}", "method": method, "path": path,
+                  "params": params, "request": body}
+        if self.limiter is not None:
+            with self.limiter.slot(self.enterprise, self.api, self.max_wait):
+                return self._send(session, method, url, headers, data, params, record, started)
+        return self._send(session, method, url, headers, data, params, record, started)
+
+    def _send(self, session, method, url, headers, data, params, record, started):
+        try:
+            resp = session.request(method, url, headers=headers, data=data, params=params,
+                                   timeout=self.timeout, allow_redirects=False)
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            err = MoySkladError(0, type(exc).__name__, api=self.api, network=True)
+            self._done(record, started, "network", error=err)
+            raise err from None
+        if resp.status_code >= 300:
+            err = MoySkladError.from_response(resp, self.api)
+            outcome = "rate_limited" if resp.status_code == 429 else f"{resp.status_code // 100}xx"
+            self._done(record, started, outcome, status=resp.status_code, response=_safe_json(resp), error=err)
+            raise err
+        payload = None
+        if resp.status_code != 204 and resp.content:
+            try:
+                payload = resp.json()
+            except ValueError:
+                err = MoySkladError(resp.status_code, "answer is not JSON", api=self.api)
+                self._done(record, started, "bad_answer", status=resp.status_code, error=err)
+                raise err from None
+        self._done(record, started, "ok", status=resp.status_code, response=payload)
+        return payload
+
+    def _done(self, record: dict, started: float, outcome: str, *, status: int = 0, response: Any = None,
+              error: Optional[MoySkladError] = None) -> None:
+        latency = time.monotonic() - started
+        metrics.MS_REQUESTS.labels(self.api, outcome).inc()
+        metrics.MS_LATENCY.labels(self.api).observe(latency)
+        if self.on_exchange is not None:
+            record.update(status=status, response=response, outcome=outcome,
+                          latency_ms=round(latency * 1000, 1), error=str(error) if error else None)
+            self.on_exchange(record)
+
+
+def _safe_json(resp: requests.Response) -> Any:
+    try:
+        return resp.json()
+    except ValueError:
+        return None
+
+
+def meta(href: str, type_: str) -> dict:
+    """A bare meta object (`{href, type, mediaType}`) as the Phone API wants it."""
+    return {"href": href, "type": type_, "mediaType": "application/json"}
+
+
+def id_from_href(href: Optional[str]) -> Optional[str]:
+    if not href:
+        return None
+    return href.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
