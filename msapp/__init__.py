@@ -15,7 +15,11 @@ from . import settings as settings_mod
 from .errors import ApiError
 from .extensions import db, migrate
 from .jobs import JobQueue, WorkerPool
+from .services.callflow import CallSync
 from .services.config import ConfigStore
+from .services.customers import Customers
+from .services.events import SYNC_KIND
+from .services.moysklad_clients import MoySkladClients
 from .state import MsState
 
 MAX_BODY = 64 * 1024
@@ -48,16 +52,24 @@ def create_app(config: Optional[Mapping[str, str]] = None) -> Flask:
             _sqlite_pragmas(db.engine)
 
     queue = JobQueue(lease_seconds=settings.job_lease_seconds, worker_id=env.get("MS_WORKER_ID"))
+    configs = ConfigStore(settings.phone_api_url, settings.public_url)
+    clients = MoySkladClients(settings)
+    customers = Customers(clients)
+    queue.register(SYNC_KIND, CallSync(clients, configs, customers), max_attempts=12)
     app.extensions["ms"] = MsState(
         settings=settings,
         queue=queue,
         pool=WorkerPool(app, queue, settings.workers),
-        configs=ConfigStore(settings.phone_api_url, settings.public_url),
+        configs=configs,
+        clients=clients,
+        customers=customers,
     )
 
+    from .internal import bp as internal_bp
     from .ops import bp as ops_bp
 
     app.register_blueprint(ops_bp)
+    app.register_blueprint(internal_bp)
     _register_errors(app)
 
     from .cli import enterprise_group

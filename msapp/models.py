@@ -81,8 +81,12 @@ class Call(db.Model):
     end_sent: Mapped[bool] = mapped_column(Boolean, default=False)
     sequence: Mapped[int] = mapped_column(Integer, default=0)
     counterparty_id: Mapped[Optional[str]] = mapped_column(Text)
+    customer_checked: Mapped[bool] = mapped_column(Boolean, default=False)
+    customer_attempted: Mapped[bool] = mapped_column(Boolean, default=False)
     customer_created: Mapped[bool] = mapped_column(Boolean, default=False)
+    order_attempted: Mapped[bool] = mapped_column(Boolean, default=False)
     order_id: Mapped[Optional[str]] = mapped_column(Text)
+    last_error: Mapped[Optional[str]] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
 

@@ -17,7 +17,8 @@ class MsState:
     queue: JobQueue
     pool: WorkerPool
     configs: ConfigStore
-    services: Optional[Any] = None
+    clients: Optional[Any] = None  # services.moysklad_clients.MoySkladClients
+    customers: Optional[Any] = None  # services.customers.Customers
 
 
 def ms() -> MsState:

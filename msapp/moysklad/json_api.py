@@ -50,13 +50,22 @@ class JsonApi(ApiClient):
         return None
 
     def create_counterparty(self, name: str, phone: str, owner_id: Optional[str] = None,
-                            description: str = "", company_type: str = "individual") -> dict:
+                            description: str = "", company_type: str = "individual",
+                            external_code: Optional[str] = None) -> dict:
         body = {"name": name[:255], "phone": phone, "companyType": company_type}
+        if external_code:
+            body["externalCode"] = external_code[:255]
         if description:
             body["description"] = description[:4096]
         if owner_id:
             body["owner"] = self.meta_of("employee", owner_id)
         return self.request("POST", "/entity/counterparty", body=body, event="counterparty.create") or {}
+
+    def find_by_external_code(self, entity: str, code: str) -> Optional[dict]:
+        """The entity created with this externalCode (the idempotency probe after a lost answer)."""
+        rows = self._rows(f"/entity/{entity}", {"filter": f"externalCode={code.replace(';', chr(92) + ';')}"},
+                          event=f"{entity}.by_external_code")
+        return rows[0] if rows else None
 
     def get_counterparty(self, counterparty_id: str) -> dict:
         return self.request("GET", f"/entity/counterparty/{counterparty_id}", event="counterparty.get") or {}
@@ -90,9 +99,11 @@ class JsonApi(ApiClient):
     # -- orders -----------------------------------------------------------------------------------
     def create_customer_order(self, organization_id: str, agent_id: str, *, state_id: Optional[str] = None,
                               sales_channel_id: Optional[str] = None, owner_id: Optional[str] = None,
-                              description: str = "") -> dict:
+                              description: str = "", external_code: Optional[str] = None) -> dict:
         body = {"organization": self.meta_of("organization", organization_id),
                 "agent": self.meta_of("counterparty", agent_id)}
+        if external_code:
+            body["externalCode"] = external_code[:255]
         if state_id:
             body["state"] = {"meta": meta(self.href(f"entity/customerorder/metadata/states/{state_id}"), "state")}
         if sales_channel_id:

@@ -84,6 +84,11 @@ def _guard(api: str):
 
 def _finish(resp: Response) -> Response:
     st = state()
+    if g.get("sandbox_admitted") and resp.status_code < 300:
+        with st.lock:
+            lost = st.faults.take_lost(g.sandbox_api, g.sandbox_account)
+        if lost:  # the change is applied; only the answer is lost
+            resp = reply({"errors": [{"error": "Gateway Timeout (answer lost, injected)", "code": 504}]}, 504)
     st.record({"t": g.get("sandbox_started"), "done": time.time(), "api": g.get("sandbox_api"),
                "account": g.get("sandbox_account"), "method": request.method, "path": request.path,
                "query": request.query_string.decode("utf-8", "replace"), "status": resp.status_code,
@@ -338,4 +343,7 @@ def remap_create_order():
 
 @remap_bp.get("/entity/customerorder")
 def remap_orders():
-    return reply(_list(g.acc.orders, "customerorder"))
+    rows = g.acc.orders
+    for name, op, value in _filter(request.args.get("filter")):
+        rows = [o for o in rows if _match(o.get(name), op, value)]
+    return reply(_list(rows, "customerorder"))

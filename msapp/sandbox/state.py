@@ -72,6 +72,13 @@ class Faults:
     api: str = "both"  # phone | json | both
     account: Optional[str] = None  # None = every account
     phone_api_disabled: bool = False  # answer like an account without the telephony solution (55008)
+    lose_next: int = 0  # apply the next N requests but answer 504, as if the answer were lost on the way
+
+    def take_lost(self, api: str, account: str) -> bool:
+        if self.lose_next > 0 and self.applies(api, account):
+            self.lose_next -= 1
+            return True
+        return False
 
     def applies(self, api: str, account: str) -> bool:
         return self.api in ("both", api) and self.account in (None, account)
@@ -326,6 +333,7 @@ class SandboxState:
             cp = {"id": str(uuid.uuid4()), "name": str(body["name"])[:255], "phone": body.get("phone"),
                   "email": body.get("email"), "owner": owner_id, "description": body.get("description"),
                   "companyType": body.get("companyType") or "legal", "contactpersons": [],
+                  "externalCode": body.get("externalCode") or uuid.uuid4().hex,
                   "created": datetime.now().strftime("%Y-%m-%d %H:%M:%S.000")}
             acc.counterparties[cp["id"]] = cp
             return cp

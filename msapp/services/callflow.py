@@ -1,0 +1,272 @@
+"""The call state machine (DESIGN.md section 6), run by the workers as job kind `call.sync`.
+
+Each run reconciles one call: the row holds what the PBX reported (desired state) and what MoySklad has
+been sent; the run sends only the difference, in the fewest requests the Phone API allows:
+
+| moment           | request                                                                  |
+|------------------|--------------------------------------------------------------------------|
+| first dial       | POST /call with SHOW for every ringing extension                         |
+| more extensions  | POST /call/{id}/event (one) or PUT /call/{id} with events (several)      |
+| answer           | PUT /call/{id}: extension, STARTTIME for the answerer, HIDE the others   |
+| hangup           | PUT /call/{id}: endTime, recordUrl, comment, counterparty, HIDE the rest |
+
+Events that arrive together are folded into fewer requests; a call that ended before it was created
+is created whole in one POST. No transaction is held across a MoySklad request, and every result is
+committed as soon as MoySklad confirms it, so a crash repeats at most the request in flight; a create
+whose answer was lost is probed by externalId before it is sent again.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Optional
+
+from sqlalchemy import update
+
+from .. import metrics
+from ..extensions import db
+from ..jobs import Defer, JobContext
+from ..models import Call, Enterprise
+from ..moysklad import MoySkladError, RateLimited, RetryPolicy
+from ..moysklad.formats import to_moysklad_time
+from ..moysklad.http import id_from_href, meta
+from ..redact import redact_text
+from .customers import Customers
+from .moysklad_clients import MoySkladClients
+
+log = logging.getLogger("msapp.callflow")
+RESULT_WORDS = {"answered": "принят", "missed": "пропущен", "busy": "занято"}
+
+
+@dataclass
+class Snapshot:
+    """Plain values of a call row, read in one short transaction."""
+
+    id: int
+    enterprise_number: str
+    unique_id: str
+    direction: str
+    phone: str
+    extensions: list
+    answered_extension: Optional[str]
+    start_time: Optional[datetime]
+    answer_time: Optional[datetime]
+    end_time: Optional[datetime]
+    call_status: Optional[str]
+    record_url: Optional[str]
+    notify: bool
+    ms_call_id: Optional[str]
+    create_attempted: bool
+    shown: list = field(default_factory=list)
+    hidden: list = field(default_factory=list)
+    answer_sent: bool = False
+    end_sent: bool = False
+    sequence: int = 0
+    counterparty_id: Optional[str] = None
+    created_at: Optional[datetime] = None
+    customer_checked: bool = False
+    customer_attempted: bool = False
+    customer_created: bool = False
+    order_attempted: bool = False
+    order_id: Optional[str] = None
+
+    @classmethod
+    def of(cls, call: Call) -> Snapshot:
+        return cls(**{name: getattr(call, name) for name in cls.__dataclass_fields__})
+
+    @property
+    def incoming(self) -> bool:
+        return self.direction == "in"
+
+    @property
+    def caller(self) -> Optional[str]:
+        return self.extensions[0] if self.extensions else None
+
+
+def card_mode(snap: Snapshot, cfg: dict) -> str:
+    """`during`, `answer` or `none` for this call under the enterprise's notification settings."""
+    notes = cfg.get("notifications") or {}
+    if not snap.notify:
+        return "none"
+    if snap.incoming and not notes.get("notify_incoming", True):
+        return "none"
+    if not snap.incoming and not notes.get("notify_outgoing", False):
+        return "none"
+    return notes.get("call_notify_mode") or "during"
+
+
+def _fmt_duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def comment(snap: Snapshot) -> str:
+    """Direction, result, who, and duration, in the users' language."""
+    status = snap.call_status or ("answered" if snap.answered_extension else "missed")
+    parts = ["Входящий звонок" if snap.incoming else "Исходящий звонок", RESULT_WORDS.get(status, status)]
+    if snap.incoming and snap.answered_extension:
+        parts.append(f"ответил доб. {snap.answered_extension}")
+    elif snap.incoming and snap.extensions:
+        parts.append("звонили: " + ", ".join(f"доб. {e}" for e in snap.extensions))
+    elif not snap.incoming and snap.caller:
+        parts.append(f"звонил доб. {snap.caller}")
+    start = snap.start_time
+    if status == "answered" and snap.answer_time and (not snap.end_time or snap.answer_time <= snap.end_time):
+        start = snap.answer_time
+    if start and snap.end_time:
+        label = "разговор" if status == "answered" else "ожидание"
+        parts.append(f"{label} {_fmt_duration((snap.end_time - start).total_seconds())}")
+    return " · ".join(parts)
+
+
+class CallSync:
+    """Job handler for `call.sync`."""
+
+    def __init__(self, clients: MoySkladClients, configs, customers: Customers):
+        self.clients = clients
+        self.configs = configs
+        self.customers = customers
+        self.policy = RetryPolicy()
+
+    def __call__(self, job: JobContext) -> None:
+        call = db.session.get(Call, job.payload.get("call_id"))
+        if call is None:
+            return
+        ent = db.session.get(Enterprise, call.enterprise_number)
+        cfg = self.configs.of(ent) if ent is not None else {}
+        snap = Snapshot.of(call)
+        db.session.commit()  # never hold a transaction across a MoySklad request
+        if not cfg.get("enabled") or not cfg.get("integration_code"):
+            log.info("call %s of %s not sent: integration disabled or without key", snap.unique_id,
+                     snap.enterprise_number)
+            return
+        try:
+            self.sync(snap, cfg, job)
+        except RateLimited as exc:
+            raise Defer(exc.after) from None
+        except MoySkladError as exc:
+            self._save(snap, last_error=redact_text(str(exc))[:1000])
+            raise self.policy.as_job_error(exc) from None
+
+    # -- the steps --------------------------------------------------------------------------------
+    def sync(self, snap: Snapshot, cfg: dict, job: JobContext) -> None:
+        phone = self.clients.phone(snap.enterprise_number, cfg, context={"unique_id": snap.unique_id})
+        mode = card_mode(snap, cfg)
+        if snap.ms_call_id is None and snap.create_attempted:
+            self._probe(snap, phone)
+        if snap.ms_call_id is None:
+            if snap.end_time is not None:
+                self.customers.before_end(snap, cfg, job, self._save)
+            self._create(snap, cfg, phone, mode)
+        if snap.end_time is None:
+            self._more_cards(snap, phone, mode)
+            self._answer(snap, phone, mode)
+            return
+        if not snap.end_sent:
+            self.customers.before_end(snap, cfg, job, self._save)
+            self._end(snap, cfg, phone)
+        self.customers.after_end(snap, cfg, job, self._save)
+
+    def _probe(self, snap: Snapshot, phone) -> None:
+        """A create was sent before and its answer lost: find the call by externalId instead of repeating."""
+        try:
+            found = phone.update_call_by_extid(snap.unique_id, {})
+        except MoySkladError as exc:
+            if exc.status == 404:
+                return
+            raise
+        if found.get("id"):
+            self._save(snap, ms_call_id=found["id"], counterparty_id=snap.counterparty_id or
+                       id_from_href((found.get("counterparty") or {}).get("href")))
+            log.warning("call %s: create answer was lost; found it by externalId", snap.unique_id)
+
+    def _event(self, snap: Snapshot, kind: str, extension: str) -> dict:
+        snap.sequence += 1
+        return {"eventType": kind, "extension": extension, "sequence": snap.sequence}
+
+    def _create(self, snap: Snapshot, cfg: dict, phone, mode: str) -> None:
+        body = {"externalId": snap.unique_id, "number": snap.phone, "isIncoming": snap.incoming,
+                "startTime": to_moysklad_time(snap.start_time or snap.created_at)}
+        events, shown, answer_sent = [], [], False
+        ended = snap.end_time is not None
+        if not snap.incoming and snap.caller:
+            body["extension"] = snap.caller  # known at once and final: the caller
+        if ended:
+            body.update(self._final_fields(snap, cfg))
+        elif snap.incoming and snap.answered_extension and mode != "none":
+            body["extension"] = snap.answered_extension
+            events = [self._event(snap, "SHOW", snap.answered_extension),
+                      self._event(snap, "STARTTIME", snap.answered_extension)]
+            shown, answer_sent = [snap.answered_extension], True
+        elif snap.incoming and mode == "during":
+            events = [self._event(snap, "SHOW", ext) for ext in snap.extensions]
+            shown = list(snap.extensions)
+        elif not snap.incoming and mode != "none" and snap.caller:
+            events = [self._event(snap, "SHOW", snap.caller)]
+            shown = [snap.caller]
+        if events:
+            body["events"] = events
+        self._save(snap, create_attempted=True, sequence=snap.sequence)
+        created = phone.create_call(body)
+        metrics.CALLS_CREATED.inc()
+        linked = id_from_href((created.get("counterparty") or {}).get("href"))
+        self._save(snap, ms_call_id=created.get("id"), shown=shown, answer_sent=answer_sent or ended,
+                   end_sent=ended, hidden=list(shown) if ended else snap.hidden, last_error=None,
+                   counterparty_id=snap.counterparty_id or linked)
+
+    def _more_cards(self, snap: Snapshot, phone, mode: str) -> None:
+        if not (snap.incoming and mode == "during") or snap.answered_extension:
+            return
+        new = [ext for ext in snap.extensions if ext not in snap.shown]
+        if not new:
+            return
+        events = [self._event(snap, "SHOW", ext) for ext in new]
+        if len(events) == 1:
+            phone.send_event(snap.ms_call_id, events[0])
+        else:
+            phone.update_call(snap.ms_call_id, {"events": events})
+        self._save(snap, shown=snap.shown + new, sequence=snap.sequence)
+
+    def _answer(self, snap: Snapshot, phone, mode: str) -> None:
+        who = snap.answered_extension
+        if not snap.incoming or not who or snap.answer_sent or mode == "none":
+            return  # without cards the extension rides on the final PUT
+        events = []
+        if who not in snap.shown:
+            events.append(self._event(snap, "SHOW", who))
+        events.append(self._event(snap, "STARTTIME", who))
+        others = [ext for ext in snap.shown if ext != who and ext not in snap.hidden]
+        events += [self._event(snap, "HIDE", ext) for ext in others]
+        phone.update_call(snap.ms_call_id, {"extension": who, "events": events})
+        self._save(snap, answer_sent=True, shown=list(dict.fromkeys(snap.shown + [who])),
+                   hidden=snap.hidden + others, sequence=snap.sequence)
+
+    def _final_fields(self, snap: Snapshot, cfg: dict) -> dict:
+        end = max(snap.end_time, snap.start_time) if snap.start_time else snap.end_time
+        body = {"endTime": to_moysklad_time(end), "comment": comment(snap)}
+        if snap.incoming and snap.answered_extension and not snap.answer_sent:
+            body["extension"] = snap.answered_extension
+        if snap.record_url:
+            body["recordUrl"] = [snap.record_url]
+        if snap.counterparty_id:
+            body["counterparty"] = meta(f"{self.clients.settings.json_api_url}/entity/counterparty/"
+                                        f"{snap.counterparty_id}", "counterparty")
+        return body
+
+    def _end(self, snap: Snapshot, cfg: dict, phone) -> None:
+        body = self._final_fields(snap, cfg)
+        pending = [ext for ext in snap.shown if ext not in snap.hidden]
+        if pending:
+            body["events"] = [self._event(snap, "HIDE", ext) for ext in pending]
+        phone.update_call(snap.ms_call_id, body)
+        self._save(snap, end_sent=True, answer_sent=True, hidden=snap.hidden + pending, sequence=snap.sequence,
+                   last_error=None)
+
+    def _save(self, snap: Snapshot, **values) -> None:
+        """Commit progress at once (and mirror it in the snapshot)."""
+        for name, value in values.items():
+            if hasattr(snap, name):
+                setattr(snap, name, value)
+        db.session.execute(update(Call).where(Call.id == snap.id).values(**values))
+        db.session.commit()

@@ -1,0 +1,154 @@
+"""Customers and orders around a call: find the caller by phone (cached), create them when the config
+says so (owner = who answered or called), and create a customer order (none / new customer / always).
+
+JSON API trouble never keeps a call out of MoySklad's history: after a few retryable failures, or at
+once on a permanent one, the step is given up (logged in the journal) and the call completes unlinked.
+Creates carry an externalCode, so a create whose answer was lost is found instead of made twice.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from typing import Callable, Optional
+
+from .. import metrics
+from ..jobs import JobContext
+from ..moysklad import MoySkladError, RateLimited, RetryPolicy
+from .moysklad_clients import MoySkladClients
+
+log = logging.getLogger("msapp.customers")
+HIT_TTL, MISS_TTL, LIST_TTL = 600.0, 60.0, 600.0
+GIVE_UP_AFTER = 3
+_ID = re.compile(r"^[0-9a-fA-F-]{8,64}$")
+
+
+class Customers:
+    def __init__(self, clients: MoySkladClients):
+        self.clients = clients
+        self.policy = RetryPolicy()
+
+    # -- lookups (shared with the dialplan routes) ----------------------------------------------
+    def find(self, number: str, cfg: dict, e164: str, **client_kw) -> Optional[dict]:
+        """The counterparty with this phone, or None; cached (hits 10 min, misses 1 min)."""
+        key = (number, "customer", e164)
+        cached = self.clients.cache.get(key, default=KeyError)
+        if cached is not KeyError:
+            return cached
+        found = self.clients.json(number, cfg, **client_kw).find_counterparty_by_phone(
+            e164, cfg.get("default_region") or "BY")
+        self.clients.cache.set(key, found, HIT_TTL if found else MISS_TTL)
+        return found
+
+    def _cached_list(self, number: str, cfg: dict, kind: str, fetch: Callable) -> list:
+        key = (number, kind)
+        rows = self.clients.cache.get(key)
+        if rows is None:
+            rows = fetch(self.clients.json(number, cfg))
+            self.clients.cache.set(key, rows, LIST_TTL)
+        return rows
+
+    # -- around the end of a call ---------------------------------------------------------------
+    @staticmethod
+    def _actions(snap, cfg: dict) -> dict:
+        return cfg.get("incoming_call_actions" if snap.incoming else "outgoing_call_actions") or {}
+
+    def _owner_extension(self, snap) -> Optional[str]:
+        return snap.answered_extension if snap.incoming else snap.caller
+
+    def _give_up(self, exc: MoySkladError, job: JobContext, what: str, snap) -> bool:
+        """True when the step should be abandoned rather than retried."""
+        if self.policy.retryable(exc) and job.attempts < GIVE_UP_AFTER:
+            return False
+        log.error("call %s of %s: %s given up: %s", snap.unique_id, snap.enterprise_number, what, exc)
+        return True
+
+    def before_end(self, snap, cfg: dict, job: JobContext, save: Callable) -> None:
+        """Find or create the caller so the final PUT can link the call to them."""
+        if snap.counterparty_id or snap.customer_checked:
+            return
+        actions = self._actions(snap, cfg)
+        wants_customer = bool(actions.get("create_customers"))
+        wants_order = actions.get("create_orders") in ("always", "new_customer")
+        if not (wants_customer or wants_order) or not cfg.get("api_token"):
+            save(snap, customer_checked=True)
+            return
+        number = snap.enterprise_number
+        code = f"ms-call-{number}-{snap.unique_id}"
+        try:
+            found = self.find(number, cfg, snap.phone)
+            if found is None and snap.customer_attempted:
+                found = self.clients.json(number, cfg).find_by_external_code("counterparty", code)
+            if found is not None:
+                save(snap, counterparty_id=found["id"], customer_checked=True)
+                return
+            if not wants_customer:
+                save(snap, customer_checked=True)
+                return
+            owner = self.clients.employee_for_extension(number, cfg, self._owner_extension(snap))
+            save(snap, customer_attempted=True)
+            created = self.clients.json(number, cfg).create_counterparty(
+                snap.phone, snap.phone, owner_id=owner["id"] if owner else None, external_code=code,
+                description=f"Создан автоматически по звонку {snap.phone}")
+        except RateLimited:
+            raise
+        except MoySkladError as exc:
+            if not self._give_up(exc, job, "customer lookup/creation", snap):
+                raise
+            save(snap, customer_checked=True)
+            return
+        metrics.CUSTOMERS_CREATED.inc()
+        self.clients.cache.set((number, "customer", snap.phone), {
+            "id": created.get("id"), "name": created.get("name"), "phone": snap.phone,
+            "href": (created.get("meta") or {}).get("href"), "owner_href": None, "contact_persons": [],
+            "matched_by": "created"}, HIT_TTL)
+        save(snap, counterparty_id=created.get("id"), customer_created=True, customer_checked=True)
+
+    def after_end(self, snap, cfg: dict, job: JobContext, save: Callable) -> None:
+        """Create the customer order the config asks for (once)."""
+        mode = self._actions(snap, cfg).get("create_orders") or "none"
+        if snap.order_id is not None or mode == "none" or not snap.counterparty_id or not cfg.get("api_token"):
+            return
+        if mode == "new_customer" and not snap.customer_created:
+            return
+        number = snap.enterprise_number
+        settings = cfg.get("incoming_call_actions") or {}
+        code = f"ms-call-{number}-{snap.unique_id}"
+        try:
+            api = self.clients.json(number, cfg)
+            if snap.order_attempted:
+                found = api.find_by_external_code("customerorder", code)
+                if found is not None:
+                    save(snap, order_id=found.get("id"))
+                    return
+            organization = settings.get("organization") or self._first_organization(number, cfg)
+            if organization is None:
+                log.error("call %s: no organization in MoySklad, order not created", snap.unique_id)
+                save(snap, order_id="")
+                return
+            owner = self.clients.employee_for_extension(number, cfg, self._owner_extension(snap))
+            save(snap, order_attempted=True)
+            order = api.create_customer_order(
+                organization, snap.counterparty_id, state_id=settings.get("order_state"),
+                sales_channel_id=self._sales_channel(number, cfg, settings.get("order_source")),
+                owner_id=owner["id"] if owner else None, external_code=code,
+                description=f"Заказ по звонку {snap.phone}")
+        except RateLimited:
+            raise
+        except MoySkladError as exc:
+            if not self._give_up(exc, job, "customer order", snap):
+                raise
+            save(snap, order_id="")
+            return
+        metrics.ORDERS_CREATED.inc()
+        save(snap, order_id=order.get("id") or "")
+
+    def _first_organization(self, number: str, cfg: dict) -> Optional[str]:
+        rows = self._cached_list(number, cfg, "organizations", lambda api: api.organizations())
+        return rows[0]["id"] if rows else None
+
+    def _sales_channel(self, number: str, cfg: dict, source: Optional[str]) -> Optional[str]:
+        """An id as given; a name (the old service stored names) is looked up among the sales channels."""
+        if not source or _ID.match(source):
+            return source or None
+        rows = self._cached_list(number, cfg, "saleschannels", lambda api: api.sales_channels())
+        return next((r["id"] for r in rows if (r.get("name") or "").strip().lower() == source.strip().lower()), None)

@@ -1,0 +1,232 @@
+"""PBX call events: validate (with fallbacks to the raw Asterisk event), store, and queue the sync.
+
+Nothing here talks to MoySklad. `accept()` writes the call row, the inbound log row and the sync job
+in one transaction; the 202 is sent only after that commit (accept = stored).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Optional
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from .. import metrics
+from ..clock import utcnow
+from ..errors import ApiError, ValidationFailed
+from ..extensions import db
+from ..models import Call, Enterprise, Job
+from ..moysklad.formats import is_extension, parse_pbx_time, to_e164
+from . import exchange_log
+
+EVENT_TYPES = ("dial", "answer", "hangup", "log")
+CALL_STATUSES = {"answered": "answered", "missed": "missed", "busy": "busy", "noanswer": "missed",
+                 "no_answer": "missed", "cancel": "missed", "2": "answered", "1": "busy", "0": "missed"}
+DIRECTIONS = {"in": "in", "incoming": "in", "inbound": "in", "0": "in", "out": "out", "outgoing": "out",
+              "outbound": "out", "1": "out", "internal": "internal", "2": "internal"}
+_UNIQUE_ID = re.compile(r"^[A-Za-z0-9._:@\-]{1,128}$")
+_ENTERPRISE = re.compile(r"^[A-Za-z0-9_\-]{1,32}$")
+_URL = re.compile(r"^https?://[^\s\"'<>]{1,2040}$")
+SYNC_KIND = "call.sync"
+
+
+@dataclass
+class CallEvent:
+    enterprise_number: str
+    unique_id: str
+    event_type: str
+    direction: str
+    phone: str
+    extension: Optional[str] = None
+    extensions: list = field(default_factory=list)
+    start_time: Optional[datetime] = None
+    end_time: Optional[datetime] = None
+    call_status: Optional[str] = None
+    record_url: Optional[str] = None
+    duration: Optional[int] = None
+    notify: bool = True
+
+
+def _raw(body: dict) -> dict:
+    raw = body.get("raw")
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ValidationFailed({"raw": "must be an object"})
+    return raw
+
+
+def _pick(body: dict, raw: dict, name: str, *raw_names: str) -> Any:
+    value = body.get(name)
+    if value in (None, ""):
+        for alt in raw_names:
+            if raw.get(alt) not in (None, ""):
+                return raw[alt]
+    return value
+
+
+def enterprise_number(body: Any) -> str:
+    if not isinstance(body, dict):
+        raise ApiError(400, "body must be a JSON object")
+    number = body.get("enterprise_number")
+    if number in (None, ""):
+        raise ValidationFailed({"enterprise_number": "is required"})
+    if not isinstance(number, str) or not _ENTERPRISE.match(number):
+        raise ValidationFailed({"enterprise_number": "must be letters, digits, '-' or '_'"})
+    return number
+
+
+def parse(body: dict, event_type: Optional[str], cfg: dict) -> Optional[CallEvent]:
+    """Validate one event against the enterprise's config; None for an internal call (ignored)."""
+    raw = _raw(body)
+    errors: dict[str, str] = {}
+    kind = event_type or body.get("event_type")
+    if kind not in EVENT_TYPES[:3] and event_type is None:
+        errors["event_type"] = "must be one of: dial, answer, hangup"
+
+    direction_raw = _pick(body, raw, "direction", "CallType")
+    direction = DIRECTIONS.get(str(direction_raw).lower()) if direction_raw not in (None, "") else None
+    if direction is None:
+        errors["direction"] = "must be 'in' or 'out' (or raw CallType 0/1/2)"
+    elif direction == "internal":
+        return None
+
+    unique_id = _pick(body, raw, "unique_id", "UniqueId", "Uniqueid")
+    if not isinstance(unique_id, str) or not _UNIQUE_ID.match(unique_id):
+        errors["unique_id"] = "is required: the PBX call id, e.g. 1757772742.60"
+
+    region = cfg.get("default_region") or "BY"
+    phone_raw = _pick(body, raw, "phone", "Phone", "CallerIDNum")
+    phone = to_e164(phone_raw if isinstance(phone_raw, str) else None, region)
+    if phone is None:
+        errors["phone"] = "is not a phone number"
+
+    extension = _pick(body, raw, "extension", "Extension")
+    if extension is not None and not isinstance(extension, str):
+        extension = str(extension) if isinstance(extension, int) else extension
+    if extension not in (None, "") and not is_extension(extension):
+        errors["extension"] = "must be digits"
+    extension = extension or None
+
+    extensions = _pick(body, raw, "extensions", "Extensions")
+    if extensions in (None, ""):
+        extensions = []
+    if isinstance(extensions, str):
+        extensions = [e.strip() for e in re.split(r"[,;\s]+", extensions) if e.strip()]
+    if not isinstance(extensions, list) or len(extensions) > 100 or \
+            not all(is_extension(str(e)) and isinstance(e, (str, int)) for e in extensions):
+        errors["extensions"] = "must be a list of extensions (digits)"
+        extensions = []
+    extensions = [str(e) for e in extensions]
+
+    tz = cfg.get("timezone") or "Europe/Minsk"
+    times = {}
+    for name, raw_name in (("start_time", "StartTime"), ("end_time", "EndTime")):
+        try:
+            times[name] = parse_pbx_time(_pick(body, raw, name, raw_name), tz)
+        except ValueError as exc:
+            errors[name] = str(exc)
+
+    status_raw = _pick(body, raw, "call_status", "CallStatus")
+    call_status = None
+    if status_raw not in (None, ""):
+        call_status = CALL_STATUSES.get(str(status_raw).lower())
+        if call_status is None:
+            errors["call_status"] = "must be answered, missed or busy (or raw CallStatus 2/1/0)"
+
+    record_url = body.get("record_url") or None
+    if record_url is not None and (not isinstance(record_url, str) or not _URL.match(record_url)):
+        errors["record_url"] = "must be an http(s) URL"
+
+    duration = body.get("duration")
+    if duration is not None and (not isinstance(duration, (int, float)) or isinstance(duration, bool)
+                                 or not 0 <= duration <= 7 * 86400):
+        errors["duration"] = "must be seconds (0 to 7 days)"
+
+    if errors:
+        raise ValidationFailed(errors)
+    return CallEvent(enterprise_number=body["enterprise_number"], unique_id=unique_id, event_type=kind,
+                     direction=direction, phone=phone, extension=extension, extensions=extensions,
+                     start_time=times["start_time"], end_time=times["end_time"], call_status=call_status,
+                     record_url=record_url, duration=int(duration) if duration is not None else None)
+
+
+def _union(first: list, more: list) -> list:
+    return list(dict.fromkeys([*first, *more]))
+
+
+def _call_row(ev: CallEvent) -> Call:
+    """The call's row, created if missing (safe under concurrent first events), locked for update."""
+    now = utcnow()
+    values = dict(enterprise_number=ev.enterprise_number, unique_id=ev.unique_id, direction=ev.direction,
+                  phone=ev.phone, extensions=[], shown=[], hidden=[], status="ringing", notify=ev.notify,
+                  external_id=ev.unique_id, create_attempted=False, answer_sent=False, end_sent=False,
+                  sequence=0, customer_checked=False, customer_attempted=False, customer_created=False,
+                  order_attempted=False, created_at=now, updated_at=now)
+    dialect = db.engine.dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    db.session.execute(insert(Call).values(**values).on_conflict_do_nothing(
+        index_elements=["enterprise_number", "unique_id"]))
+    return db.session.scalars(select(Call).where(Call.enterprise_number == ev.enterprise_number,
+                                                 Call.unique_id == ev.unique_id).with_for_update()).one()
+
+
+def merge(call: Call, ev: CallEvent) -> None:
+    """Fold one event into the call's desired state. Idempotent: the same event twice changes nothing."""
+    now = utcnow()
+    if call.start_time is None or (ev.start_time and ev.start_time < call.start_time):
+        call.start_time = ev.start_time or call.start_time or now
+    ringing = ev.extensions + ([ev.extension] if ev.extension and ev.event_type in ("dial", "log") else [])
+    if call.direction == "out" and ev.extension and not call.extensions:
+        ringing = [ev.extension]
+    if ringing:
+        call.extensions = _union(call.extensions or [], ringing)
+    if ev.event_type == "answer" or (ev.event_type in ("hangup", "log") and ev.call_status == "answered"):
+        who = ev.extension or call.answered_extension or (call.extensions[0] if call.direction == "out"
+                                                          and call.extensions else None)
+        if call.answered_extension is None and who:
+            call.answered_extension = who
+            call.extensions = _union(call.extensions or [], [who])
+        if call.answer_time is None:
+            call.answer_time = now if ev.event_type == "answer" else (ev.start_time or call.start_time)
+        if call.status == "ringing":
+            call.status = "answered"
+    if ev.event_type in ("hangup", "log"):
+        end = ev.end_time
+        if end is None and ev.duration is not None and call.start_time is not None:
+            end = call.start_time + timedelta(seconds=ev.duration)
+        if call.end_time is None:
+            call.end_time = end or now
+        if call.call_status is None:
+            call.call_status = ev.call_status or ("answered" if call.answered_extension else "missed")
+        if ev.record_url and not call.record_url:
+            call.record_url = ev.record_url
+        call.status = "ended"
+
+
+def accept(ev: CallEvent, queue, log_event: str, body: dict) -> Call:
+    """Store the event and queue (or re-arm) the call's sync job; commit."""
+    call = _call_row(ev)
+    merge(call, ev)
+    key = f"call:{ev.enterprise_number}:{ev.unique_id}"
+    # Re-use a sync job still waiting for this call: it will read the state just merged. The UPDATE holds
+    # that job's row until commit, so a worker cannot claim it and read the call before this change.
+    touched = db.session.execute(update(Job).where(Job.key == key, Job.kind == SYNC_KIND, Job.status == "pending")
+                                 .values(updated_at=utcnow())).rowcount
+    if not touched:
+        queue.enqueue(SYNC_KIND, key, {"call_id": call.id}, enterprise_number=ev.enterprise_number)
+    exchange_log.add(ev.enterprise_number, log_event, body)
+    db.session.commit()
+    queue.notify()
+    metrics.EVENTS.labels(ev.event_type).inc()
+    return call
+
+
+def enterprise_or_404(number: str) -> Enterprise:
+    ent = db.session.get(Enterprise, number)
+    if ent is None:
+        raise ApiError(404, "unknown enterprise", "enterprise_number")
+    return ent

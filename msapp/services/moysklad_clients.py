@@ -1,0 +1,55 @@
+"""Build MoySklad clients for one enterprise: URLs from settings, keys from its config, shared limits."""
+from __future__ import annotations
+
+from typing import Optional
+
+from ..errors import ApiError
+from ..moysklad import JsonApi, Limiter, PhoneApi
+from ..settings import Settings
+from . import exchange_log
+from .cache import TTLCache
+
+EMPLOYEES_TTL = 600.0
+
+
+class MoySkladClients:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.limiter = Limiter(json_budget=settings.json_api_budget)
+        self.cache = TTLCache()
+
+    def phone(self, number: str, cfg: dict, *, max_wait: float = 2.0, timeout: Optional[tuple] = None,
+              log: bool = True, context: Optional[dict] = None) -> PhoneApi:
+        if not cfg.get("integration_code"):
+            raise ApiError(400, "the Phone API key (integration_code) is not set", "integration_code")
+        return PhoneApi(self.settings.phone_api_url, cfg["integration_code"], enterprise=number,
+                        limiter=self.limiter, max_wait=max_wait, timeout=timeout or (3.05, 10.0),
+                        on_exchange=exchange_log.exchange_writer(number, context) if log else None)
+
+    def json(self, number: str, cfg: dict, *, max_wait: float = 2.0, timeout: Optional[tuple] = None,
+             log: bool = True, context: Optional[dict] = None) -> JsonApi:
+        if not cfg.get("api_token"):
+            raise ApiError(400, "the JSON API token (api_token) is not set", "api_token")
+        return JsonApi(self.settings.json_api_url, cfg["api_token"], enterprise=number,
+                       limiter=self.limiter, max_wait=max_wait, timeout=timeout or (3.05, 10.0),
+                       on_exchange=exchange_log.exchange_writer(number, context) if log else None)
+
+    def employees(self, number: str, cfg: dict, refresh: bool = False) -> list[dict]:
+        """Phone API employees with extensions (cached 10 minutes)."""
+        key = (number, "employees")
+        if not refresh:
+            cached = self.cache.get(key)
+            if cached is not None:
+                return cached
+        rows = self.phone(number, cfg).employees()
+        self.cache.set(key, rows, EMPLOYEES_TTL)
+        return rows
+
+    def employee_for_extension(self, number: str, cfg: dict, extension: Optional[str]) -> Optional[dict]:
+        if not extension:
+            return None
+        return next((e for e in self.employees(number, cfg) if e["extension"] == extension), None)
+
+    def forget(self, number: str, kind: Optional[str] = None) -> None:
+        """Drop cached answers of one enterprise (all, or one kind such as "employees" or "customer")."""
+        self.cache.drop(lambda k: k[0] == number and (kind is None or k[1] == kind))

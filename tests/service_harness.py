@@ -1,0 +1,73 @@
+"""End-to-end harness: the real service (waitress, worker pool) on a free port, pointed at the sandbox."""
+from __future__ import annotations
+
+import threading
+import time
+
+import requests
+
+from msapp.extensions import db
+from msapp.models import Enterprise
+from tests.conftest import dispose, make_app
+
+DEFAULT_CFG = {"enabled": True, "timezone": "Europe/Minsk", "default_region": "BY",
+               "incoming_call_actions": {"create_customers": False, "create_orders": "none"}}
+
+
+class Service:
+    def __init__(self, db_url, tmp_path, sandbox, workers=4, **overrides):
+        from waitress import create_server
+
+        self.sandbox = sandbox
+        self.app = make_app(db_url, tmp_path, MS_PHONE_API_URL=sandbox.phone_url, MS_JSON_API_URL=sandbox.json_url,
+                            MS_WORKERS=workers, **overrides)
+        self.server = create_server(self.app, host="127.0.0.1", port=0, threads=8)
+        self.url = f"http://127.0.0.1:{self.server.socket.getsockname()[1]}"
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        self.app.extensions["ms"].pool.start()
+        self.http = requests.Session()
+
+    def add_enterprise(self, number="0367", account="demo", **cfg):
+        keys = self.sandbox.state.keys().get(account) or self.sandbox.state.add_account(account) and \
+            self.sandbox.state.keys()[account]
+        with self.app.app_context():
+            db.session.add(Enterprise(number=number, name=f"Co {number}", secret="client-secret-1",
+                                      integrations_config={"other": {"keep": True}}))
+            db.session.commit()
+            merged = {**DEFAULT_CFG, "integration_code": keys["phone_api_key"],
+                      "api_token": keys["json_api_token"], **cfg}
+            self.app.extensions["ms"].configs.save(number, merged)
+        return number
+
+    def event(self, path="call-event", **body):
+        body.setdefault("enterprise_number", "0367")
+        return self.http.post(f"{self.url}/internal/ms/{path}", json=body, timeout=10)
+
+    def wait_idle(self, timeout=30.0):
+        """Wait until no job is pending or running."""
+        deadline = time.time() + timeout
+        q = self.app.extensions["ms"].queue
+        while time.time() < deadline:
+            with self.app.app_context():
+                if q.stats()["depth"] == 0:
+                    return
+            time.sleep(0.05)
+        raise AssertionError(f"jobs still pending after {timeout}s")
+
+    def stop(self):
+        self.server.close()
+        dispose(self.app)
+
+
+def phone_requests(sandbox, account="demo", since=0):
+    log = sandbox.state.log[since:]
+    return [r for r in log if r["api"] == "phone" and r["account"] == account]
+
+
+def calls(sandbox, account="demo"):
+    return list(sandbox.state.accounts[account].calls.values())
+
+
+def shown_cards(sandbox, account="demo"):
+    return {ext: sorted(ids) for ext, ids in sandbox.state.accounts[account].cards.items() if ids}
