@@ -15,6 +15,7 @@ from . import settings as settings_mod
 from .errors import ApiError
 from .extensions import db, migrate
 from .jobs import JobQueue, WorkerPool
+from .services import exchange_log
 from .services.callflow import CallSync
 from .services.config import ConfigStore
 from .services.customers import Customers
@@ -56,6 +57,8 @@ def create_app(config: Optional[Mapping[str, str]] = None) -> Flask:
     clients = MoySkladClients(settings)
     customers = Customers(clients)
     queue.register(SYNC_KIND, CallSync(clients, configs, customers), max_attempts=12)
+    queue.start_hooks.append(exchange_log.discard)
+    queue.flush_hooks.append(exchange_log.flush)
     app.extensions["ms"] = MsState(
         settings=settings,
         queue=queue,
@@ -80,7 +83,9 @@ def create_app(config: Optional[Mapping[str, str]] = None) -> Flask:
 
 def _engine_options(settings) -> dict:
     if settings.is_sqlite:
-        return {"connect_args": {"timeout": 30, "check_same_thread": False}}
+        from .sqlite_lock import LockingConnection
+
+        return {"connect_args": {"timeout": 30, "check_same_thread": False, "factory": LockingConnection}}
     return {
         "pool_pre_ping": True,
         "pool_size": settings.workers + 8,
@@ -90,7 +95,7 @@ def _engine_options(settings) -> dict:
 
 
 def _sqlite_pragmas(engine) -> None:
-    """WAL, a busy timeout, and BEGIN IMMEDIATE so concurrent writers wait instead of failing."""
+    """WAL, a busy timeout, and BEGIN IMMEDIATE (queued on a process lock: see sqlite_lock)."""
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_conn, _record):
@@ -104,7 +109,7 @@ def _sqlite_pragmas(engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(conn):
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.connection.dbapi_connection.begin_immediate()
 
 
 def _register_errors(app: Flask) -> None:

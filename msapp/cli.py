@@ -86,7 +86,7 @@ def serve():
     state = app.extensions["ms"]
     s = state.settings
     try:
-        server = create_server(app, host=s.host, port=s.port, threads=8, ident="ms", channel_timeout=30)
+        server = create_server(app, host=s.host, port=s.port, threads=4, ident="ms", channel_timeout=30)
     except OSError as exc:
         _fail(f"cannot listen on {s.host}:{s.port}: {exc.strerror or exc}", 2)
     # The port is ours, so no other process with this worker id is alive: its running jobs are orphans.
@@ -256,3 +256,27 @@ def sandbox(host, port, seed):
     click.echo(f"  MS_JSON_API_URL={server.json_url}")
     click.echo(f"  demo keys: GET {server.url}/sandbox/api/keys (phone key ends …{keys['phone_api_key'][-4:]})")
     server.server.run()
+
+
+@main.command()
+@click.option("--port", default=8024, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--sandbox-port", default=8081, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--once", is_flag=True, help="Exit after the calls instead of waiting for Ctrl-C")
+@click.option("--pause", default=1.0, show_default=True, help="Seconds between call events")
+def demo(port, sandbox_port, once, pause):
+    """Run the sandbox and the service with a demo enterprise, and play a few calls."""
+    from .demo import run_demo
+
+    try:
+        run_demo(port, sandbox_port, once, pause)
+    except OSError as exc:
+        _fail(f"cannot start the demo: {exc.strerror or exc}", 2)
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
+@click.pass_context
+def bench(ctx):
+    """Measure the DESIGN.md section 10 figures against the sandbox (see --help)."""
+    from .bench import bench as command
+
+    command.main(args=ctx.args, prog_name="ms.sh bench", standalone_mode=True)

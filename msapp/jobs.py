@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Callable, Optional
 
-from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy import and_, bindparam, exists, func, insert, or_, select, update
 
 from . import metrics
 from .clock import utcnow
@@ -36,6 +36,7 @@ log = logging.getLogger("msapp.jobs")
 BACKOFF_BASE = 1.0
 BACKOFF_CAP = 300.0
 ACTIVE = ("pending", "running")
+_INSERT_JOB = insert(Job.__table__)  # values bound at execution: far cheaper than .values(...) per call
 
 
 class Retry(Exception):
@@ -78,6 +79,37 @@ def backoff(attempts: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP)
     return random.uniform(ceiling / 2, ceiling)
 
 
+_CLAIM: dict = {}
+
+
+def _claim_statements(dialect: str) -> dict:
+    """The claim's statements, built once per dialect (values bound at execution)."""
+    found = _CLAIM.get(dialect)
+    if found is not None:
+        return found
+    j = Job.__table__
+    p = j.alias("p")
+    blocked = exists().where(p.c.key == j.c.key, p.c.id < j.c.id, p.c.status.in_(ACTIVE))
+    due = or_(and_(j.c.status == "pending", j.c.run_at <= bindparam("_now")),
+              and_(j.c.status == "running", j.c.lease_until < bindparam("_now")))
+    base = select(j.c.id, j.c.status, j.c.lease_until).where(due, ~blocked)
+    not_busy = or_(j.c.enterprise_number.is_(None),
+                   j.c.enterprise_number.not_in(bindparam("_busy", expanding=True)))
+    found = {}
+    for name, query in (("candidates", base), ("candidates_busy", base.where(not_busy))):
+        query = query.order_by(j.c.run_at, j.c.id).limit(8)
+        if dialect == "postgresql":
+            query = query.with_for_update(skip_locked=True, of=j)
+        found[name] = query
+    attempts = {"attempts": j.c.attempts + 1}
+    found["take_pending"] = update(j).where(j.c.id == bindparam("_id"), j.c.status == "pending").values(attempts)
+    found["take_expired"] = update(j).where(j.c.id == bindparam("_id"), j.c.status == "running",
+                                            j.c.lease_until == bindparam("_lease")).values(attempts)
+    found["read"] = select(j).where(j.c.id == bindparam("_id"))
+    _CLAIM[dialect] = found
+    return found
+
+
 class JobQueue:
     """Enqueue, claim, finish and inspect jobs. One instance per app; thread-safe."""
 
@@ -85,6 +117,9 @@ class JobQueue:
         self.lease_seconds = lease_seconds
         self.worker_id = worker_id or f"{uuid.uuid4().hex[:8]}"
         self.handlers: dict[str, tuple[Handler, int]] = {}
+        # Called before each run, and to add buffered rows to the transaction that records its outcome.
+        self.start_hooks: list[Callable[[], None]] = []
+        self.flush_hooks: list[Callable[[], None]] = []
         self._wakeup = threading.Condition()
         self._claim_lock = threading.Lock()
 
@@ -94,21 +129,27 @@ class JobQueue:
 
     def enqueue(self, kind: str, key: str, payload: Optional[dict] = None, *,
                 enterprise_number: Optional[str] = None, delay: float = 0.0,
-                max_attempts: Optional[int] = None) -> Job:
-        """Add a job to the current session; it is durable when the caller commits."""
+                max_attempts: Optional[int] = None) -> int:
+        """Insert a job in the current transaction; it is durable when the caller commits. Returns its id."""
         if max_attempts is None:
             max_attempts = self.handlers.get(kind, (None, 10))[1]
         now = utcnow()
-        job = Job(kind=kind, key=key, payload=payload or {}, enterprise_number=enterprise_number,
-                  status="pending", attempts=0, max_attempts=max_attempts,
-                  run_at=now + timedelta(seconds=delay), created_at=now, updated_at=now)
-        db.session.add(job)
-        return job
+        result = db.session.execute(_INSERT_JOB, dict(
+            kind=kind, key=key, payload=payload or {}, enterprise_number=enterprise_number, status="pending",
+            attempts=0, max_attempts=max_attempts, run_at=now + timedelta(seconds=delay), created_at=now,
+            updated_at=now, lease_until=None, locked_by=None, last_error=None))
+        return result.inserted_primary_key[0]
 
-    def notify(self) -> None:
-        """Wake idle workers of this process (call after committing new jobs)."""
+    def notify(self, everyone: bool = False) -> None:
+        """Wake one idle worker of this process (call after committing a new job); all when stopping.
+
+        Waking every worker for one job would make each run a claim transaction for nothing.
+        """
         with self._wakeup:
-            self._wakeup.notify_all()
+            if everyone:
+                self._wakeup.notify_all()
+            else:
+                self._wakeup.notify()
 
     def wait(self, timeout: float) -> None:
         with self._wakeup:
@@ -125,28 +166,22 @@ class JobQueue:
                 raise
 
     def _claim(self, busy: frozenset) -> Optional[JobContext]:
-        j = Job.__table__
-        p = j.alias("p")
+        st = _claim_statements(db.engine.dialect.name)
         now = utcnow()
-        blocked = exists().where(p.c.key == j.c.key, p.c.id < j.c.id, p.c.status.in_(ACTIVE))
-        due = or_(and_(j.c.status == "pending", j.c.run_at <= now),
-                  and_(j.c.status == "running", j.c.lease_until < now))
-        query = select(j.c.id, j.c.status, j.c.lease_until).where(due, ~blocked)
+        params = {"_now": now}
         if busy:
-            query = query.where(or_(j.c.enterprise_number.is_(None), j.c.enterprise_number.not_in(busy)))
-        query = query.order_by(j.c.run_at, j.c.id).limit(8)
-        if db.engine.dialect.name == "postgresql":
-            query = query.with_for_update(skip_locked=True, of=j)
-        for row in db.session.execute(query).all():
-            same_state = and_(j.c.id == row.id, j.c.status == row.status)
+            params["_busy"] = sorted(busy)
+        rows = db.session.execute(st["candidates_busy" if busy else "candidates"], params).all()
+        lease = now + timedelta(seconds=self.lease_seconds)
+        for row in rows:
+            take = {"_id": row.id, "status": "running", "locked_by": self.worker_id, "lease_until": lease,
+                    "updated_at": now}
             if row.status == "running":
-                same_state = and_(same_state, j.c.lease_until == row.lease_until)
-            result = db.session.execute(
-                update(j).where(same_state).values(
-                    status="running", attempts=j.c.attempts + 1, locked_by=self.worker_id,
-                    lease_until=now + timedelta(seconds=self.lease_seconds), updated_at=now))
+                result = db.session.execute(st["take_expired"], {**take, "_lease": row.lease_until})
+            else:
+                result = db.session.execute(st["take_pending"], take)
             if result.rowcount == 1:
-                job = db.session.execute(select(j).where(j.c.id == row.id)).one()
+                job = db.session.execute(st["read"], {"_id": row.id}).one()
                 db.session.commit()
                 if row.status == "running":
                     log.warning("job %s (%s) taken again after its lease expired", job.id, job.kind)
@@ -206,15 +241,21 @@ class JobQueue:
     def run_one(self, job: JobContext) -> str:
         """Run the handler of a claimed job and record the outcome. Returns the job's new status."""
         entry = self.handlers.get(job.kind)
+        for hook in self.start_hooks:
+            hook()
         try:
             if entry is None:
                 raise Permanent(f"no handler for job kind {job.kind!r}")
             entry[0](job)
+            for hook in self.flush_hooks:
+                hook()
             db.session.commit()
         except Exception as exc:  # any failure of a handler is the job's failure, never the worker's
             db.session.rollback()
             if not isinstance(exc, (Retry, Defer, Permanent)):
                 log.debug("job %s failed: %s", job.id, redact_text(traceback.format_exc()))
+            for hook in self.flush_hooks:  # e.g. the journal of the failed exchanges, committed with the failure
+                hook()
             return self.fail(job, exc)
         self.complete(job)
         return "done"
@@ -260,7 +301,7 @@ class WorkerPool:
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
-        self.queue.notify()
+        self.queue.notify(everyone=True)
         for t in self._threads:
             t.join(timeout)
         self._threads = []

@@ -31,8 +31,7 @@ def _accept(event_type, log_event: str, notify: bool = True, defaults: dict | No
     for key, value in (defaults or {}).items():
         if body.get(key) in (None, ""):
             body[key] = value
-    ent = events.enterprise_or_404(number)
-    cfg = ms().configs.of(ent)
+    cfg = ms().configs.read_fast(number)
     if not cfg.get("enabled"):
         return "disabled", None
     ev = events.parse(body, event_type, cfg)

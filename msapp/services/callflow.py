@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Optional
 
-from sqlalchemy import update
+from sqlalchemy import bindparam, update
 
 from .. import metrics
 from ..extensions import db
@@ -32,10 +32,12 @@ from ..moysklad import MoySkladError, RateLimited, RetryPolicy
 from ..moysklad.formats import to_moysklad_time
 from ..moysklad.http import id_from_href, meta
 from ..redact import redact_text
+from . import exchange_log
 from .customers import Customers
 from .moysklad_clients import MoySkladClients
 
 log = logging.getLogger("msapp.callflow")
+_UPDATE_CALL = update(Call.__table__).where(Call.__table__.c.id == bindparam("_id"))
 RESULT_WORDS = {"answered": "принят", "missed": "пропущен", "busy": "занято"}
 
 
@@ -268,5 +270,6 @@ class CallSync:
         for name, value in values.items():
             if hasattr(snap, name):
                 setattr(snap, name, value)
-        db.session.execute(update(Call).where(Call.id == snap.id).values(**values))
+        db.session.execute(_UPDATE_CALL, {**values, "_id": snap.id})
+        exchange_log.flush()
         db.session.commit()

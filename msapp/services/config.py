@@ -9,12 +9,13 @@ import copy
 import hashlib
 import hmac
 import re
+import time
 import uuid
 from typing import Any, Optional
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import phonenumbers
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from ..errors import ApiError, ValidationFailed
 from ..extensions import db
@@ -60,8 +61,11 @@ def _order_mode(value: Any) -> Any:
 
 
 def upgrade_legacy(raw: dict) -> dict:
-    """Map the old service's keys (create_client, create_order, boolean create_orders) to the new form."""
-    cfg = copy.deepcopy(raw)
+    """Map the old service's keys (create_client, create_order, boolean create_orders) to the new form.
+
+    Returns a new dict; `raw` is not modified (sections that change are copied, not mutated).
+    """
+    cfg = dict(raw)
     incoming = dict(cfg.get("incoming_call_actions") or {})
     if "create_client" in cfg and "create_customers" not in incoming:
         incoming["create_customers"] = bool(cfg["create_client"])
@@ -84,7 +88,7 @@ def upgrade_legacy(raw: dict) -> dict:
 def normalize(raw: Optional[dict], phone_api_url: str, public_url: str) -> dict:
     """A complete config: defaults, then the stored (possibly legacy) values, then derived fields."""
     stored = upgrade_legacy(raw or {})
-    cfg = copy.deepcopy(DEFAULTS)
+    cfg = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DEFAULTS.items()}  # defaults are flat per section
     for key, value in stored.items():
         if key in _SECTIONS and isinstance(value, dict):
             cfg[key] = {**cfg[key], **value}
@@ -211,12 +215,18 @@ def _stored_form(cfg: dict) -> dict:
     return {k: v for k, v in cfg.items() if k != "webhook_url"}
 
 
+CACHE_SECONDS = 2.0
+_SELECT_CONFIG = select(Enterprise.__table__.c.integrations_config).where(
+    Enterprise.__table__.c.number == bindparam("_number"))
+
+
 class ConfigStore:
     """Reads and writes enterprise configs; bound to the service's URLs from settings."""
 
     def __init__(self, phone_api_url: str, public_url: str):
         self.phone_api_url = phone_api_url
         self.public_url = public_url
+        self._fast: dict[str, tuple[float, dict]] = {}
 
     def enterprise(self, number: str, lock: bool = False) -> Enterprise:
         query = select(Enterprise).where(Enterprise.number == number)
@@ -232,6 +242,20 @@ class ConfigStore:
 
     def of(self, ent: Enterprise) -> dict:
         return normalize((ent.integrations_config or {}).get("ms"), self.phone_api_url, self.public_url)
+
+    def read_fast(self, number: str) -> dict:
+        """The config for the event hot path: cached per process for CACHE_SECONDS, dropped on every write
+        through this store (another process's write is seen within CACHE_SECONDS); 404 if unknown."""
+        now = time.monotonic()
+        hit = self._fast.get(number)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        raw = db.session.execute(_SELECT_CONFIG, {"_number": number}).first()
+        if raw is None:
+            raise ApiError(404, "unknown enterprise", "enterprise_number")
+        cfg = normalize((raw[0] or {}).get("ms"), self.phone_api_url, self.public_url)
+        self._fast[number] = (now + CACHE_SECONDS, cfg)
+        return cfg
 
     def has_config(self, ent: Enterprise) -> bool:
         return isinstance((ent.integrations_config or {}).get("ms"), dict)
@@ -264,12 +288,14 @@ class ConfigStore:
     def delete(self, number: str) -> None:
         """Remove the `ms` key (and its webhook); other integrations' keys stay."""
         ent = self.enterprise(number, lock=True)
+        self._fast.pop(number, None)
         rest = {k: v for k, v in (ent.integrations_config or {}).items() if k != "ms"}
         ent.integrations_config = rest
         db.session.execute(WebhookKey.__table__.delete().where(WebhookKey.enterprise_number == number))
         db.session.commit()
 
     def _write(self, ent: Enterprise, cfg: dict) -> None:
+        self._fast.pop(ent.number, None)
         whole = dict(ent.integrations_config or {})
         whole["ms"] = _stored_form(cfg)
         ent.integrations_config = whole

@@ -8,9 +8,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 from typing import Any, Optional
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -158,23 +159,37 @@ def _union(first: list, more: list) -> list:
     return list(dict.fromkeys([*first, *more]))
 
 
-def _call_row(ev: CallEvent) -> Call:
-    """The call's row, created if missing (safe under concurrent first events), locked for update."""
+_STATEMENTS: dict = {}
+
+
+def _statements(dialect: str) -> dict:
+    """Statements of the hot path, built once per dialect; values are bound at execution (much cheaper)."""
+    found = _STATEMENTS.get(dialect)
+    if found is None:
+        calls, jobs = Call.__table__, Job.__table__
+        ins = (pg_insert if dialect == "postgresql" else sqlite_insert)(calls)
+        found = _STATEMENTS[dialect] = {
+            "upsert": ins.on_conflict_do_update(index_elements=["enterprise_number", "unique_id"],
+                                                set_={"updated_at": ins.excluded.updated_at}).returning(*calls.c),
+            "update_call": update(calls).where(calls.c.id == bindparam("_id")),
+            "rearm_job": update(jobs).where(jobs.c.key == bindparam("_key"), jobs.c.kind == SYNC_KIND,
+                                            jobs.c.status == "pending"),
+        }
+    return found
+
+
+def _upsert_call(ev: CallEvent, statements: dict) -> dict:
+    """The call's row as a dict, inserted if missing; one statement that also locks the row."""
     now = utcnow()
     values = dict(enterprise_number=ev.enterprise_number, unique_id=ev.unique_id, direction=ev.direction,
                   phone=ev.phone, extensions=[], shown=[], hidden=[], status="ringing", notify=ev.notify,
                   external_id=ev.unique_id, create_attempted=False, answer_sent=False, end_sent=False,
                   sequence=0, customer_checked=False, customer_attempted=False, customer_created=False,
                   order_attempted=False, created_at=now, updated_at=now)
-    dialect = db.engine.dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    db.session.execute(insert(Call).values(**values).on_conflict_do_nothing(
-        index_elements=["enterprise_number", "unique_id"]))
-    return db.session.scalars(select(Call).where(Call.enterprise_number == ev.enterprise_number,
-                                                 Call.unique_id == ev.unique_id).with_for_update()).one()
+    return dict(db.session.execute(statements["upsert"], values).mappings().one())
 
 
-def merge(call: Call, ev: CallEvent) -> None:
+def merge(call, ev: CallEvent) -> None:
     """Fold one event into the call's desired state. Idempotent: the same event twice changes nothing."""
     now = utcnow()
     if call.start_time is None or (ev.start_time and ev.start_time < call.start_time):
@@ -207,22 +222,29 @@ def merge(call: Call, ev: CallEvent) -> None:
         call.status = "ended"
 
 
-def accept(ev: CallEvent, queue, log_event: str, body: dict) -> Call:
-    """Store the event and queue (or re-arm) the call's sync job; commit."""
-    call = _call_row(ev)
-    merge(call, ev)
+def accept(ev: CallEvent, queue, log_event: str, body: dict) -> int:
+    """Store the event and queue (or re-arm) the call's sync job; commit. Returns the call's id.
+
+    Core statements, not the ORM: this is the hot path of every PBX event.
+    """
+    statements = _statements(db.engine.dialect.name)
+    row = _upsert_call(ev, statements)
+    state = SimpleNamespace(**row)
+    merge(state, ev)
+    changes = {k: v for k, v in vars(state).items() if row[k] != v}
+    if changes:
+        db.session.execute(statements["update_call"], {**changes, "updated_at": utcnow(), "_id": row["id"]})
     key = f"call:{ev.enterprise_number}:{ev.unique_id}"
     # Re-use a sync job still waiting for this call: it will read the state just merged. The UPDATE holds
     # that job's row until commit, so a worker cannot claim it and read the call before this change.
-    touched = db.session.execute(update(Job).where(Job.key == key, Job.kind == SYNC_KIND, Job.status == "pending")
-                                 .values(updated_at=utcnow())).rowcount
+    touched = db.session.execute(statements["rearm_job"], {"_key": key, "updated_at": utcnow()}).rowcount
     if not touched:
-        queue.enqueue(SYNC_KIND, key, {"call_id": call.id}, enterprise_number=ev.enterprise_number)
+        queue.enqueue(SYNC_KIND, key, {"call_id": row["id"]}, enterprise_number=ev.enterprise_number)
     exchange_log.add(ev.enterprise_number, log_event, body)
     db.session.commit()
     queue.notify()
     metrics.EVENTS.labels(ev.event_type).inc()
-    return call
+    return row["id"]
 
 
 def enterprise_or_404(number: str) -> Enterprise:

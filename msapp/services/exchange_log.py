@@ -1,26 +1,37 @@
 """integration_logs: one row per inbound event and per MoySklad exchange, secrets redacted."""
 from __future__ import annotations
 
+import threading
 from typing import Any, Optional
 
+from sqlalchemy import insert
+
+from ..clock import utcnow
 from ..extensions import db
 from ..models import IntegrationLog
 from ..redact import redact_obj, redact_text
+
+_INSERT = insert(IntegrationLog.__table__)  # values bound at execution (hot path)
 
 
 def add(enterprise: Optional[str], event_type: str, request: Any = None, response: Any = None,
         error: Optional[str] = None) -> None:
     """Add a log row to the current session (committed with the caller's transaction)."""
-    db.session.add(IntegrationLog(
-        enterprise_number=enterprise, integration_type="ms", event_type=event_type[:100],
+    db.session.execute(_INSERT, dict(
+        created_at=utcnow(), enterprise_number=enterprise, integration_type="ms", event_type=event_type[:100],
         request_data=redact_obj(request), response_data=redact_obj(response),
         status="error" if error else "success", error_message=redact_text(error)[:2000] if error else None))
 
 
-def exchange_writer(enterprise: str, context: Optional[dict] = None):
-    """An `on_exchange` callback for the clients: writes and commits one row per MoySklad exchange.
+_pending = threading.local()
 
-    Callers never hold a transaction across a MoySklad request, so committing here commits only this row.
+
+def exchange_writer(enterprise: str, context: Optional[dict] = None):
+    """An `on_exchange` callback for the clients: keeps one row per MoySklad exchange for `flush()`.
+
+    Rows are not written at once: the caller writes them in the same commit as the progress they
+    describe (callflow's `_save`), or after the job ends either way (`JobQueue.run_one`), so a
+    request costs one write transaction, not two.
     """
 
     def write(record: dict) -> None:
@@ -28,10 +39,25 @@ def exchange_writer(enterprise: str, context: Optional[dict] = None):
                    "body": record.get("request"), **(context or {})}
         response = {"status": record.get("status"), "latency_ms": record.get("latency_ms"),
                     "body": _trim(record.get("response"))}
-        add(enterprise, f"ms.{record['api']}.{record['event']}", request, response, record.get("error"))
-        db.session.commit()
+        rows = getattr(_pending, "rows", None)
+        if rows is None:
+            rows = _pending.rows = []
+        rows.append((enterprise, f"ms.{record['api']}.{record['event']}", request, response, record.get("error")))
 
     return write
+
+
+def flush() -> None:
+    """Add the exchanges kept by this thread to the current transaction (the caller commits)."""
+    rows = getattr(_pending, "rows", None)
+    if rows:
+        _pending.rows = []
+        for row in rows:
+            add(*row)
+
+
+def discard() -> None:
+    _pending.rows = []
 
 
 def _trim(value: Any) -> Any:

@@ -1,0 +1,401 @@
+"""`./ms.sh bench`: the figures of DESIGN.md section 10, measured against the sandbox.
+
+The sandbox and the service each run as their own process (`python -m msapp sandbox|serve`), so the
+service's latency and memory are its own; this process only generates load and reads the sandbox's
+request log. Figures, per database:
+
+1. acknowledgement latency of internal events (202) at a fixed open-loop rate (default 200 events/s);
+2. first card: dial sent -> the sandbox has applied the POST /call carrying SHOW, with sandbox latency L;
+3. Phone API requests per call for an answered incoming call (3 phones), a missed one, an outgoing one;
+4. a fault run: N calls with 5 % injected 503 and 1 % 429: calls complete, duplicates, lost, the
+   sandbox's own 429s (the service's pacing exceeding MoySklad's limit), and peak resident memory.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import click
+import requests
+
+CALLER = "+375296254070"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, timeout: float = 30.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if requests.get(url, timeout=1).ok:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def _pct(values: list, q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def _rss_mb(pid: int, field_name: str = "VmHWM") -> float:
+    with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+@dataclass
+class Env:
+    sandbox_url: str
+    service_url: str
+    proc: subprocess.Popen
+    accounts: list = field(default_factory=list)
+    http: requests.Session = field(default_factory=requests.Session)
+
+    def faults(self, **faults) -> None:
+        self.http.post(f"{self.sandbox_url}/sandbox/api/faults", json=faults, timeout=5).raise_for_status()
+
+    def log(self, since: int = 0) -> dict:
+        return self.http.get(f"{self.sandbox_url}/sandbox/api/requests", params={"since": since}, timeout=60).json()
+
+    def calls(self, account: str) -> list:
+        return self.http.get(f"{self.sandbox_url}/sandbox/api/calls", params={"account": account},
+                             timeout=60).json()["calls"]
+
+    def event(self, session: requests.Session, enterprise: str, body: dict) -> float:
+        started = time.perf_counter()
+        r = session.post(f"{self.service_url}/internal/ms/call-event",
+                         json={"enterprise_number": enterprise, **body}, timeout=10)
+        elapsed = time.perf_counter() - started
+        if r.status_code != 202:
+            raise RuntimeError(f"event answered {r.status_code}: {r.text[:200]}")
+        return elapsed
+
+    def wait_idle(self, timeout: float = 600.0) -> float:
+        started = time.time()
+        while time.time() - started < timeout:
+            body = self.http.get(f"{self.service_url}/readyz", timeout=10).json()
+            if body.get("depth") == 0:
+                return time.time() - started
+            time.sleep(0.25)
+        raise RuntimeError("the queue did not drain")
+
+
+@contextmanager
+def _sandbox():
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "msapp", "sandbox", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_http(f"{url}/sandbox/api/keys")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _database(kind: str, pg_url: str, tmp: str):
+    """A fresh database URL (PostgreSQL: a new schema on the search_path) and its cleanup."""
+    if kind == "sqlite":
+        return f"sqlite:///{tmp}/bench.db", lambda: None
+    import psycopg2
+
+    schema = "bench_" + uuid.uuid4().hex[:10]
+    conn = psycopg2.connect(pg_url)
+    conn.autocommit = True
+    conn.cursor().execute(f'CREATE SCHEMA "{schema}"')
+
+    def drop():
+        conn.cursor().execute(f'DROP SCHEMA "{schema}" CASCADE')
+        conn.close()
+
+    sep = "&" if "?" in pg_url else "?"
+    return f"{pg_url}{sep}options=-csearch_path%3D{schema}", drop
+
+
+def _prepare(db_url: str, tmp: str, sandbox_url: str, enterprises: int) -> list:
+    from . import create_app
+    from .extensions import db
+    from .models import Enterprise
+    from .schema import upgrade_database
+
+    app = create_app({"MS_DATABASE_URL": db_url, "MS_INSTANCE_DIR": tmp, "MS_LOG_DIR": tmp, "MS_WORKERS": "0",
+                      "MS_PHONE_API_URL": f"{sandbox_url}/api/phone/1.0"})
+    upgrade_database(app)
+    numbers = []
+    with app.app_context():
+        for i in range(enterprises):
+            name = f"acc{i}"
+            keys = requests.post(f"{sandbox_url}/sandbox/api/accounts", json={"name": name}, timeout=5).json()
+            number = f"{1000 + i}"
+            db.session.add(Enterprise(number=number, name=name, integrations_config={}))
+            db.session.commit()
+            app.extensions["ms"].configs.save(number, {"enabled": True, "integration_code": keys["phone_api_key"],
+                                                       "api_token": keys["json_api_token"]})
+            numbers.append((number, name))
+        db.session.remove()
+        db.engine.dispose()
+    return numbers
+
+
+@contextmanager
+def _service(db_url: str, tmp: str, sandbox_url: str, workers: int):
+    port = _free_port()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MS_")},
+           "MS_DATABASE_URL": db_url, "MS_PORT": str(port), "MS_INSTANCE_DIR": tmp, "MS_LOG_DIR": tmp,
+           "MS_WORKERS": str(workers), "MS_LOG_LEVEL": "WARNING",
+           "MS_PHONE_API_URL": f"{sandbox_url}/api/phone/1.0", "MS_JSON_API_URL": f"{sandbox_url}/api/remap/1.2"}
+    proc = subprocess.Popen([sys.executable, "-m", "msapp", "serve"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_http(f"{url}/healthz")
+        yield url, proc
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def _call_events(uid: str, phones: int = 3) -> list:
+    exts = [str(150 + i) for i in range(phones)]
+    base = {"unique_id": uid, "direction": "in", "phone": CALLER}
+    return [{**base, "event_type": "dial", "extensions": exts},
+            {**base, "event_type": "answer", "extension": exts[-1]},
+            {**base, "event_type": "hangup", "call_status": "answered"}]
+
+
+def _open_loop(env: Env, events: list, rate: float, senders: int = 16, sample=None) -> list:
+    """Send (enterprise, body) events at a fixed rate, whatever the answers take; return latencies (s)."""
+    latencies, lock = [], threading.Lock()
+    index = iter(range(len(events)))
+    start = time.perf_counter() + 0.2
+
+    def sender():
+        session = requests.Session()
+        while True:
+            with lock:
+                i = next(index, None)
+            if i is None:
+                return
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            elapsed = env.event(session, *events[i])
+            with lock:
+                latencies.append(elapsed)
+
+    threads = [threading.Thread(target=sender, daemon=True) for _ in range(senders)]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        if sample:
+            sample()
+        time.sleep(0.5)
+    return latencies
+
+
+def _interleave(calls: list) -> list:
+    """Events of many calls in a realistic order: each call's dial, answer, hangup a few slots apart."""
+    out, pending = [], []
+    for call in calls:
+        pending.append(list(call))
+        for c in list(pending[-3:]):
+            out.append(c.pop(0))
+        pending = [c for c in pending if c]
+    for c in pending:
+        out.extend(c)
+    return out
+
+
+def measure(kind: str, pg_url: str, calls: int, enterprises: int, rate: float, ack_seconds: float,
+            latency_ms: int, workers: int) -> dict:
+    result = {"database": kind}
+    with tempfile.TemporaryDirectory() as tmp, _sandbox() as sandbox_url:
+        db_url, cleanup = _database(kind, pg_url, tmp)
+        try:
+            numbers = _prepare(db_url, tmp, sandbox_url, enterprises)
+            with _service(db_url, tmp, sandbox_url, workers) as (service_url, proc):
+                env = Env(sandbox_url, service_url, proc, numbers)
+                result.update(_ack_latency(env, rate, ack_seconds))
+                result.update(_first_card(env, latency_ms))
+                result.update(_requests_per_call(env))
+                result.update(_fault_run(env, calls, rate))
+                result["rss_peak_mb"] = round(_rss_mb(proc.pid), 1)
+        finally:
+            cleanup()
+    return result
+
+
+def _ack_latency(env: Env, rate: float, seconds: float) -> dict:
+    count = int(rate * seconds)
+    calls = [(env.accounts[i % len(env.accounts)][0], ev) for i in range(count // 3 + 1)
+             for ev in _call_events(f"ack-{i}")]
+    events = _interleave([[c for c in calls[j:j + 3]] for j in range(0, len(calls), 3)])[:count]
+    latencies = _open_loop(env, events, rate)
+    drain = env.wait_idle()
+    return {"ack_events": len(latencies), "ack_rate": rate, "ack_p50_ms": round(_pct(latencies, 50) * 1000, 2),
+            "ack_p99_ms": round(_pct(latencies, 99) * 1000, 2), "ack_drain_s": round(drain, 1)}
+
+
+def _first_card(env: Env, latency_ms: int, samples: int = 40) -> dict:
+    env.faults(latency_ms=latency_ms)
+    number, _ = env.accounts[0]
+    sent = {}
+    session = requests.Session()
+    mark = env.log()["total"]
+    for i in range(samples):
+        uid = f"card-{i}"
+        sent[uid] = time.time()
+        env.event(session, number, {"unique_id": uid, "direction": "in", "phone": CALLER,
+                                    "event_type": "dial", "extensions": ["150"]})
+        time.sleep(0.15)
+    env.wait_idle()
+    env.faults()
+    shown = {}
+    for row in env.log(mark)["requests"]:
+        if row["method"] == "POST" and row["path"].endswith("/call") and row["status"] == 200:
+            uid = json.loads(row["body"])["externalId"]
+            if uid in sent:
+                shown[uid] = row["done"] - sent[uid]
+    values = list(shown.values())
+    return {"card_latency_L_ms": latency_ms, "card_p50_ms": round(_pct(values, 50) * 1000, 1),
+            "card_p99_ms": round(_pct(values, 99) * 1000, 1), "card_samples": len(values)}
+
+
+def _requests_per_call(env: Env) -> dict:
+    number, account = env.accounts[0]
+    session = requests.Session()
+    out = {}
+    scenarios = {
+        "incoming_answered_3_phones": _call_events("rpc-in"),
+        "missed": [{"unique_id": "rpc-miss", "direction": "in", "phone": CALLER, "event_type": "dial",
+                    "extensions": ["150", "151"]},
+                   {"unique_id": "rpc-miss", "direction": "in", "phone": CALLER, "event_type": "hangup",
+                    "call_status": "missed"}],
+        "outgoing": [{"unique_id": "rpc-out", "direction": "out", "phone": CALLER, "extension": "151",
+                      "event_type": kind, **({"call_status": "answered"} if kind == "hangup" else {})}
+                     for kind in ("dial", "answer", "hangup")],
+    }
+    for name, events in scenarios.items():
+        mark = env.log()["total"]
+        for body in events:
+            env.event(session, number, body)
+            env.wait_idle()
+        out[f"requests_{name}"] = sum(1 for r in env.log(mark)["requests"]
+                                      if r["api"] == "phone" and r["account"] == account)
+    return out
+
+
+def _fault_run(env: Env, calls: int, rate: float) -> dict:
+    env.faults(fail_rate=0.05, rate_429=0.01, retry_after_ms=500)
+    before = env.log()
+    expected = {}
+    call_events = []
+    for i in range(calls):
+        number, account = env.accounts[i % len(env.accounts)]
+        uid = f"soak-{i}"
+        expected.setdefault(account, set()).add(uid)
+        call_events.append([(number, ev) for ev in _call_events(uid)])
+    peak = [0.0]
+
+    def sample():
+        peak[0] = max(peak[0], _rss_mb(env.proc.pid, "VmRSS"))
+
+    started = time.time()
+    _open_loop(env, _interleave(call_events), rate, sample=sample)
+    drain = env.wait_idle(timeout=3600)
+    elapsed = time.time() - started
+    env.faults()
+    after = env.log(before["total"])
+    injected = sum(1 for r in after["requests"] if r["status"] in (503, 429))
+    dupes = lost = unfinished = 0
+    for account, uids in expected.items():
+        seen = {}
+        for call in env.calls(account):
+            if call["externalId"].startswith("soak-"):
+                seen.setdefault(call["externalId"], []).append(call)
+        dupes += sum(len(v) - 1 for v in seen.values())
+        lost += len(uids - set(seen))
+        unfinished += sum(1 for v in seen.values() if not v[0]["endTime"] or v[0]["extension"] is None)
+    ready = env.http.get(f"{env.service_url}/readyz", timeout=10).json()
+    return {"fault_calls": calls, "fault_complete": calls - lost - unfinished, "fault_duplicates": dupes,
+            "fault_lost": lost, "fault_unfinished": unfinished, "fault_injected": injected,
+            "fault_own_429": after["own_429"] - before["own_429"], "fault_dead_jobs": ready.get("dead"),
+            "fault_seconds": round(elapsed, 1), "fault_drain_s": round(drain, 1),
+            "rss_during_mb": round(peak[0], 1)}
+
+
+def report(results: list) -> str:
+    rows = [
+        ("internal event acknowledged (202), p50 / p99", "≤ 5 ms / ≤ 25 ms",
+         lambda r: f"{r['ack_p50_ms']} ms / {r['ack_p99_ms']} ms at {r['ack_rate']:.0f}/s ({r['ack_events']} events)"),
+        ("first card (sandbox applied SHOW) after a dial, p50", "≤ L + 30 ms",
+         lambda r: f"{r['card_p50_ms']} ms with L = {r['card_latency_L_ms']} ms (p99 {r['card_p99_ms']} ms)"),
+        ("Phone API requests: answered (3 phones) / missed / outgoing", "3 / 2 / 2",
+         lambda r: f"{r['requests_incoming_answered_3_phones']} / {r['requests_missed']} / {r['requests_outgoing']}"),
+        ("calls with 5 % 503 and 1 % 429", "all complete, 0 duplicates, 0 lost",
+         lambda r: f"{r['fault_complete']}/{r['fault_calls']} complete, {r['fault_duplicates']} duplicates, "
+                   f"{r['fault_lost']} lost ({r['fault_injected']} faults injected, {r['fault_seconds']} s)"),
+        ("MoySklad rate limit exceeded by the service's pacing", "never",
+         lambda r: f"{r['fault_own_429']} own-limit 429s"),
+        ("resident memory under that load", "≤ 150 MB",
+         lambda r: f"{r['rss_during_mb']} MB (peak {r['rss_peak_mb']} MB)"),
+    ]
+    head = "| figure | target | " + " | ".join(r["database"] for r in results) + " |"
+    lines = [head, "|" + "---|" * (2 + len(results))]
+    for name, target, fmt in rows:
+        lines.append(f"| {name} | {target} | " + " | ".join(fmt(r) for r in results) + " |")
+    return "\n".join(lines)
+
+
+@click.command("bench")
+@click.option("--db", "dbs", multiple=True, type=click.Choice(["sqlite", "postgresql"]),
+              help="Databases to measure (default: sqlite, and postgresql when a URL is set)")
+@click.option("--pg-url", envvar="MS_BENCH_DATABASE_URL", default=lambda: os.environ.get("MS_TEST_DATABASE_URL", ""),
+              help="PostgreSQL URL (MS_BENCH_DATABASE_URL or MS_TEST_DATABASE_URL)")
+@click.option("--calls", default=1000, show_default=True, help="Calls in the fault run")
+@click.option("--soak", is_flag=True, help="The full run: 10,000 calls in the fault run")
+@click.option("--enterprises", default=10, show_default=True, help="Enterprises (sandbox accounts) sharing the load")
+@click.option("--rate", default=200.0, show_default=True, help="Events per second sent to the service")
+@click.option("--ack-seconds", default=10.0, show_default=True, help="Length of the acknowledgement run")
+@click.option("--latency-ms", default=50, show_default=True, help="Sandbox latency L for the first-card figure")
+@click.option("--workers", default=4, show_default=True, help="MS_WORKERS of the service under test")
+@click.option("--json-out", type=click.Path(dir_okay=False), help="Also write the raw figures as JSON")
+def bench(dbs, pg_url, calls, soak, enterprises, rate, ack_seconds, latency_ms, workers, json_out):
+    """Measure the section 10 figures against the sandbox and print them as a Markdown table."""
+    kinds = list(dbs) or (["sqlite", "postgresql"] if pg_url else ["sqlite"])
+    if "postgresql" in kinds and not pg_url:
+        raise click.UsageError("postgresql needs --pg-url or MS_BENCH_DATABASE_URL")
+    if soak:
+        calls = 10_000
+    results = []
+    for kind in kinds:
+        click.echo(f"measuring on {kind} ({calls} calls in the fault run, {enterprises} enterprises)...", err=True)
+        results.append(measure(kind, pg_url, calls, enterprises, rate, ack_seconds, latency_ms, workers))
+    click.echo(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}; "
+               f"load {rate:.0f} events/s, {workers} workers")
+    click.echo(report(results))
+    if json_out:
+        with open(json_out, "w", encoding="utf-8") as fh:
+            json.dump(results, fh, indent=2)

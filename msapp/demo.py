@@ -1,0 +1,102 @@
+"""`./ms.sh demo`: the sandbox and the service side by side, a demo enterprise, and a few real calls.
+
+Uses its own data directory (`instance/demo/`) and ports (service 8024, sandbox 8081 by default) so it
+never touches a running service's data.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+
+import click
+import requests
+
+DEMO_NUMBER = "0367"
+
+
+def _post(base: str, path: str, body: dict) -> None:
+    r = requests.post(f"{base}/internal/ms/{path}", json={"enterprise_number": DEMO_NUMBER, **body}, timeout=10)
+    r.raise_for_status()
+
+
+def play_calls(base: str, pause: float = 1.0) -> None:
+    """Three realistic calls: answered (three phones ring), missed, outgoing."""
+    now = time.strftime("%Y-%m-%d %H:%M:%S")
+    uid = f"{int(time.time())}"
+    click.echo("  1) incoming from ООО Ромашка (8 029 711-12-22): 150, 151, 152 ring; 151 answers")
+    call = {"unique_id": f"{uid}.1", "direction": "in", "phone": "80297111222", "start_time": now}
+    _post(base, "call-event", {**call, "event_type": "dial", "extensions": ["150", "151", "152"]})
+    time.sleep(pause * 2)
+    _post(base, "call-event", {**call, "event_type": "answer", "extension": "151"})
+    time.sleep(pause * 3)
+    _post(base, "call-event", {**call, "event_type": "hangup", "call_status": "answered",
+                               "record_url": "https://pbx.example.by/records/demo-1.mp3"})
+    click.echo("  2) incoming from an unknown number, nobody answers (the caller becomes a customer)")
+    call = {"unique_id": f"{uid}.2", "direction": "in", "phone": "+375 29 100-20-30"}
+    _post(base, "call-event", {**call, "event_type": "dial", "extensions": ["150", "152"]})
+    time.sleep(pause * 2)
+    _post(base, "call-event", {**call, "event_type": "hangup", "call_status": "missed"})
+    click.echo("  3) outgoing from 152 to ИП Васильев (+375 33 123-45-67)")
+    call = {"unique_id": f"{uid}.3", "direction": "out", "phone": "+375331234567", "extension": "152"}
+    _post(base, "call-event", {**call, "event_type": "dial"})
+    time.sleep(pause)
+    _post(base, "call-event", {**call, "event_type": "answer"})
+    time.sleep(pause * 2)
+    _post(base, "call-event", {**call, "event_type": "hangup", "call_status": "answered"})
+
+
+def run_demo(port: int, sandbox_port: int, once: bool, pause: float) -> None:
+    from waitress import create_server
+
+    from . import create_app
+    from .extensions import db
+    from .models import Enterprise
+    from .sandbox import SandboxServer
+    from .schema import upgrade_database
+
+    sandbox = SandboxServer(port=sandbox_port).start()
+    keys = sandbox.state.keys()["demo"]
+    data_dir = os.path.abspath(os.path.join("instance", "demo"))
+    shutil.rmtree(data_dir, ignore_errors=True)
+    app = create_app({"MS_INSTANCE_DIR": data_dir, "MS_DATABASE_URL": f"sqlite:///{data_dir}/ms.db",
+                      "MS_PORT": str(port), "MS_PHONE_API_URL": sandbox.phone_url,
+                      "MS_JSON_API_URL": sandbox.json_url, "MS_PUBLIC_URL": f"http://127.0.0.1:{port}"})
+    upgrade_database(app)
+    with app.app_context():
+        db.session.add(Enterprise(number=DEMO_NUMBER, name="Демо-компания", integrations_config={}))
+        db.session.commit()
+        app.extensions["ms"].configs.save(DEMO_NUMBER, {
+            "enabled": True, "integration_code": keys["phone_api_key"], "api_token": keys["json_api_token"],
+            "incoming_call_actions": {"create_customers": True, "create_orders": "new_customer"}})
+    server = create_server(app, host="127.0.0.1", port=port, threads=8)
+    threading.Thread(target=server.run, daemon=True).start()
+    app.extensions["ms"].pool.start()
+    base = f"http://127.0.0.1:{port}"
+    click.echo(f"service  {base}  (data in {data_dir})")
+    click.echo(f"sandbox  {sandbox.url}")
+    click.echo(f"watch the call cards and history: {sandbox.url}/sandbox/")
+    click.echo("playing calls:")
+    play_calls(base, pause)
+    deadline = time.time() + 30
+    with app.app_context():
+        while time.time() < deadline and app.extensions["ms"].queue.stats()["depth"]:
+            time.sleep(0.2)
+    acc = sandbox.state.accounts["demo"]
+    click.echo(f"done: MoySklad (sandbox) holds {len(acc.calls)} calls, "
+               f"{sum(1 for c in acc.counterparties.values() if c.get('externalCode', '').startswith('ms-call'))} "
+               f"new customer(s), {len(acc.orders)} order(s); "
+               f"{sum(1 for r in sandbox.state.log if r['api'] == 'phone')} Phone API requests")
+    click.echo(f"the service's journal (integration_logs) is in {data_dir}/ms.db")
+    if once:
+        app.extensions["ms"].pool.stop()
+        server.close()
+        sandbox.stop()
+        return
+    click.echo("press Ctrl-C to stop")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        app.extensions["ms"].pool.stop()
