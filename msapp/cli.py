@@ -78,15 +78,14 @@ def migrate_cmd():
 @main.command()
 def serve():
     """Serve HTTP with waitress and run the worker pool until SIGTERM."""
-    from waitress import create_server
-
     from .jobs import release_orphans
+    from .server import make_server
 
     app = _app()
     state = app.extensions["ms"]
     s = state.settings
     try:
-        server = create_server(app, host=s.host, port=s.port, threads=4, ident="ms", channel_timeout=30)
+        server = make_server(app, s.host, s.port)
     except OSError as exc:
         _fail(f"cannot listen on {s.host}:{s.port}: {exc.strerror or exc}", 2)
     # The port is ours, so no other process with this worker id is alive: its running jobs are orphans.

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
 import time
 
 import click
@@ -48,13 +47,12 @@ def play_calls(base: str, pause: float = 1.0) -> None:
 
 
 def run_demo(port: int, sandbox_port: int, once: bool, pause: float) -> None:
-    from waitress import create_server
-
     from . import create_app
     from .extensions import db
     from .models import Enterprise
     from .sandbox import SandboxServer
     from .schema import upgrade_database
+    from .server import make_server, serve_in_thread
 
     sandbox = SandboxServer(port=sandbox_port).start()
     keys = sandbox.state.keys()["demo"]
@@ -70,8 +68,8 @@ def run_demo(port: int, sandbox_port: int, once: bool, pause: float) -> None:
         app.extensions["ms"].configs.save(DEMO_NUMBER, {
             "enabled": True, "integration_code": keys["phone_api_key"], "api_token": keys["json_api_token"],
             "incoming_call_actions": {"create_customers": True, "create_orders": "new_customer"}})
-    server = create_server(app, host="127.0.0.1", port=port, threads=8)
-    threading.Thread(target=server.run, daemon=True).start()
+    server = make_server(app, "127.0.0.1", port, threads=8)
+    serve_in_thread(server)
     app.extensions["ms"].pool.start()
     base = f"http://127.0.0.1:{port}"
     click.echo(f"service  {base}  (data in {data_dir})")

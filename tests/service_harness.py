@@ -1,7 +1,6 @@
 """End-to-end harness: the real service (waitress, worker pool) on a free port, pointed at the sandbox."""
 from __future__ import annotations
 
-import threading
 import time
 
 import requests
@@ -16,15 +15,14 @@ DEFAULT_CFG = {"enabled": True, "timezone": "Europe/Minsk", "default_region": "B
 
 class Service:
     def __init__(self, db_url, tmp_path, sandbox, workers=4, **overrides):
-        from waitress import create_server
+        from msapp.server import make_server, serve_in_thread
 
         self.sandbox = sandbox
         self.app = make_app(db_url, tmp_path, MS_PHONE_API_URL=sandbox.phone_url, MS_JSON_API_URL=sandbox.json_url,
                             MS_WORKERS=workers, **overrides)
-        self.server = create_server(self.app, host="127.0.0.1", port=0, threads=8)
+        self.server = make_server(self.app, "127.0.0.1", 0, threads=8)
         self.url = f"http://127.0.0.1:{self.server.socket.getsockname()[1]}"
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
+        self.thread = serve_in_thread(self.server)
         self.app.extensions["ms"].pool.start()
         self.http = requests.Session()
 
@@ -71,3 +69,29 @@ def calls(sandbox, account="demo"):
 
 def shown_cards(sandbox, account="demo"):
     return {ext: sorted(ids) for ext, ids in sandbox.state.accounts[account].cards.items() if ids}
+
+
+class FakeOriginate:
+    """The PBX's originate service: records each GET and answers a chosen status."""
+
+    def __init__(self, status=200, delay=0.0):
+        from flask import Flask, request
+
+        from msapp.server import make_server, serve_in_thread
+
+        self.requests, self.status, self.delay = [], status, delay
+        app = Flask("fake-originate")
+
+        @app.get("/api/makecallexternal")
+        def originate():
+            self.requests.append(request.args.to_dict(flat=False))
+            if self.delay:
+                time.sleep(self.delay)
+            return ("ok", self.status)
+
+        self.server = make_server(app, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.server.socket.getsockname()[1]}/api/makecallexternal"
+        serve_in_thread(self.server)
+
+    def stop(self):
+        self.server.close()

@@ -258,3 +258,14 @@ def test_metrics_count_events_and_calls(svc, sandbox):
 
     assert value(after, "ms_calls_created_total") == value(before, "ms_calls_created_total") + 1
     assert value(after, 'ms_events_received_total{event_type="dial"}') >= 1
+
+
+@pytest.mark.parametrize("header", ["X-Forwarded-For", "Forwarded", "X-Real-IP"])
+def test_forged_proxy_header_from_loopback_is_refused_by_the_real_server(svc, sandbox, header):
+    value = "for=203.0.113.7" if header == "Forwarded" else "203.0.113.7"
+    r = svc.http.post(f"{svc.url}/internal/ms/call-event", headers={header: value}, timeout=5,
+                      json={"enterprise_number": "0367", "unique_id": "p1", "event_type": "dial", "direction": "in",
+                            "phone": CALLER, "extensions": ["150"]})
+    assert r.status_code == 403
+    with svc.app.app_context():
+        assert db.session.query(Job).count() == 0

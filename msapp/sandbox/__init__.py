@@ -4,7 +4,6 @@ Nothing in the product imports this package; `./ms.sh sandbox` runs it alone.
 """
 from __future__ import annotations
 
-import threading
 from typing import Optional
 
 from flask import Flask, jsonify
@@ -53,7 +52,7 @@ class SandboxServer:
         self.server = create_server(self.app, host=host, port=port, threads=threads, ident="ms-sandbox")
         self.port = self.server.socket.getsockname()[1]
         self.url = f"http://{host}:{self.port}"
-        self._thread = threading.Thread(target=self.server.run, name="sandbox", daemon=True)
+        self._thread = None
 
     @property
     def state(self) -> SandboxState:
@@ -68,9 +67,12 @@ class SandboxServer:
         return self.url + "/api/remap/1.2"
 
     def start(self) -> SandboxServer:
-        self._thread.start()
+        from ..server import serve_in_thread
+
+        self._thread = serve_in_thread(self.server)
         return self
 
     def stop(self) -> None:
         self.server.close()
-        self._thread.join(5)
+        if self._thread is not None:
+            self._thread.join(5)
