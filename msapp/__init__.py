@@ -15,11 +15,12 @@ from . import settings as settings_mod
 from .errors import ApiError
 from .extensions import db, migrate
 from .jobs import JobQueue, WorkerPool
-from .services import exchange_log
+from .services import click_to_call, exchange_log
 from .services.callflow import CallSync
 from .services.config import ConfigStore
 from .services.customers import Customers
 from .services.events import SYNC_KIND
+from .services.lookups import Lookups
 from .services.moysklad_clients import MoySkladClients
 from .state import MsState
 
@@ -57,6 +58,7 @@ def create_app(config: Optional[Mapping[str, str]] = None) -> Flask:
     clients = MoySkladClients(settings)
     customers = Customers(clients)
     queue.register(SYNC_KIND, CallSync(clients, configs, customers), max_attempts=12)
+    queue.register(click_to_call.KIND, click_to_call.Originate(settings.originate_url), max_attempts=4)
     queue.start_hooks.append(exchange_log.discard)
     queue.flush_hooks.append(exchange_log.flush)
     app.extensions["ms"] = MsState(
@@ -66,13 +68,16 @@ def create_app(config: Optional[Mapping[str, str]] = None) -> Flask:
         configs=configs,
         clients=clients,
         customers=customers,
+        lookups=Lookups(app, configs, clients, customers, settings.lookup_timeout),
     )
 
     from .internal import bp as internal_bp
     from .ops import bp as ops_bp
+    from .webhook import bp as webhook_bp
 
     app.register_blueprint(ops_bp)
     app.register_blueprint(internal_bp)
+    app.register_blueprint(webhook_bp)
     _register_errors(app)
 
     from .cli import enterprise_group

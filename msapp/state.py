@@ -19,6 +19,7 @@ class MsState:
     configs: ConfigStore
     clients: Optional[Any] = None  # services.moysklad_clients.MoySkladClients
     customers: Optional[Any] = None  # services.customers.Customers
+    lookups: Optional[Any] = None  # services.lookups.Lookups
 
 
 def ms() -> MsState:

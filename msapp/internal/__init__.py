@@ -11,7 +11,7 @@ from flask import Blueprint, jsonify, request
 from ..errors import ApiError
 from ..http_utils import json_body
 from ..security import is_internal
-from ..services import events
+from ..services import events, lookups
 from ..state import ms
 
 bp = Blueprint("internal", __name__, url_prefix="/internal/ms")
@@ -91,3 +91,35 @@ def compat_hangup():
 def compat_recovery():
     """Old contract: = log-call."""
     return _compat("log", "event.recovery-call", notify=False)
+
+
+def _lookup() -> dict:
+    return ms().lookups.customer(request.args.get("enterprise_number"), request.args.get("phone"))
+
+
+@bp.get("/customer-by-phone")
+def customer_by_phone():
+    """The counterparty with this phone (or a contact person's), its owner and extension; fast or not found."""
+    answer = _lookup()
+    answer.pop("company_type", None)
+    return jsonify(answer)
+
+
+@bp.get("/responsible-extension")
+def responsible_extension():
+    """The extension of the caller's responsible manager (their owner in MoySklad), for routing."""
+    owner = _lookup().get("owner") or {}
+    return jsonify({"extension": owner.get("extension"), "manager_id": owner.get("id")})
+
+
+@bp.get("/customer-name")
+def customer_name():
+    """Old contract: the caller's name or null."""
+    answer = _lookup()
+    return jsonify({"name": answer.get("name") if answer.get("found") else None})
+
+
+@bp.get("/customer-profile")
+def customer_profile():
+    """Old contract: last/first/middle name for a person, enterprise_name for a company."""
+    return jsonify(lookups.profile(_lookup()))

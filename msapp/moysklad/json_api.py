@@ -122,6 +122,7 @@ def _counterparty(row: dict, persons: list, matched_by: str) -> dict:
         "name": row.get("name"),
         "phone": row.get("phone"),
         "href": ((row.get("meta") or {}).get("href")),
+        "company_type": row.get("companyType"),
         "owner_href": owner,
         "contact_persons": [{"name": p.get("name"), "phone": p.get("phone")} for p in persons],
         "matched_by": matched_by,

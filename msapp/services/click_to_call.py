@@ -1,0 +1,135 @@
+"""Click-to-call (DESIGN.md 5.2, 5.3): MoySklad's webhook becomes one durable originate job; the worker
+asks the PBX to ring the extension and dial the number.
+
+The signature recipe of `Lognex-Content-MD5` is undocumented (MOYSKLAD_API.md 1.9): every candidate
+recipe listed there is accepted; `signature_mode` decides whether a mismatch is ignored, logged or
+rejected. Only validated digits and E.164 numbers ever reach the PBX, as URL query values.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from datetime import timedelta
+from typing import Any, Optional
+
+import requests
+from sqlalchemy import select
+
+from ..clock import utcnow
+from ..errors import ApiError, ValidationFailed
+from ..extensions import db
+from ..jobs import JobContext, Permanent
+from ..models import Enterprise, Job
+from ..moysklad.formats import is_extension, to_e164
+from . import exchange_log
+
+log = logging.getLogger("msapp.click_to_call")
+KIND = "originate"
+REPEAT_WINDOW = timedelta(seconds=5)
+FIELDS = ("srcNumber", "destNumber", "uid")
+
+
+def signature_candidates(key: str, body: dict, raw: bytes) -> list[str]:
+    """MD5 (upper hex) of each recipe third-party integrations use: key + values in several orders."""
+    values = [str(body.get(name, "")) for name in FIELDS]
+    in_order = [str(v) for v in body.values()]
+    recipes = [
+        key + "".join(values),
+        key + "".join(sorted(str(v) for v in body.values())),
+        key + "".join(in_order),
+        key + raw.decode("utf-8", "replace"),
+        "".join(values) + key,
+    ]
+    return [hashlib.md5(r.encode("utf-8")).hexdigest().upper() for r in recipes]  # noqa: S324 - MoySklad's choice
+
+
+def check_signature(key: str, header: Optional[str], body: dict, raw: bytes) -> bool:
+    if not header or not key:
+        return False
+    given = header.strip().upper().encode()
+    return any(hmac.compare_digest(given, c.encode()) for c in signature_candidates(key, body, raw))
+
+
+def parse_click(body: Any, region: str) -> tuple[str, str, str]:
+    """(extension, E.164 number, uid) from MoySklad's body; 400 naming the field otherwise."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "body must be a JSON object or a form")
+    errors = {}
+    src = body.get("srcNumber")
+    if not is_extension(src if isinstance(src, str) else None):
+        errors["srcNumber"] = "must be an extension (digits only)"
+    dest = to_e164(body.get("destNumber") if isinstance(body.get("destNumber"), str) else None, region)
+    if dest is None:
+        errors["destNumber"] = "must be a phone number"
+    uid = body.get("uid")
+    if uid is not None and (not isinstance(uid, str) or len(uid) > 255):
+        errors["uid"] = "must be a MoySklad login"
+    if errors:
+        raise ValidationFailed(errors)
+    return src, dest, uid or ""
+
+
+def accept_click(queue, ent: Enterprise, cfg: dict, body: Any, raw: bytes, signature: Optional[str]) -> dict:
+    """Validate, check the signature, and store one originate job (one per click within 5 s)."""
+    src, dest, uid = parse_click(body, cfg.get("default_region") or "BY")
+    mode = cfg.get("signature_mode") or "log"
+    signed = None if mode == "off" else check_signature(cfg.get("integration_code") or "", signature, body, raw)
+    if mode == "enforce" and not signed:
+        exchange_log.add(ent.number, "webhook.click", {"srcNumber": src, "destNumber": dest, "uid": uid},
+                         {"status": 401}, "signature mismatch")
+        db.session.commit()
+        raise ApiError(401, "signature (Lognex-Content-MD5) does not match")
+    # Lock the enterprise row: two identical clicks at once must not both pass the repeat check.
+    db.session.execute(select(Enterprise.number).where(Enterprise.number == ent.number).with_for_update())
+    key = f"originate:{ent.number}:{src}:{dest}"
+    recent = db.session.execute(select(Job.id).where(Job.key == key, Job.kind == KIND,
+                                                     Job.created_at > utcnow() - REPEAT_WINDOW)).first()
+    request_log = {"srcNumber": src, "destNumber": dest, "uid": uid, "signature": signed}
+    if recent is not None:
+        exchange_log.add(ent.number, "webhook.click", request_log, {"repeat_of_job": recent[0]})
+        db.session.commit()
+        return {"success": True}
+    queue.enqueue(KIND, key, {"src": src, "dest": dest, "uid": uid}, enterprise_number=ent.number,
+                  max_attempts=4)
+    exchange_log.add(ent.number, "webhook.click", request_log, {"status": "queued"},
+                     None if signed is not False else "signature mismatch (logged, not enforced)")
+    db.session.commit()
+    queue.notify()
+    return {"success": True}
+
+
+class Originate:
+    """Job handler: GET MS_ORIGINATE_URL?code=<ext>&phone=<E.164>&clientId=<enterprise secret>."""
+
+    def __init__(self, originate_url: str, timeout: tuple = (3.05, 10.0)):
+        self.url = originate_url
+        self.timeout = timeout
+
+    def __call__(self, job: JobContext) -> None:
+        src, dest = job.payload.get("src"), job.payload.get("dest")
+        if not is_extension(src) or to_e164(dest, "BY") != dest:
+            raise Permanent("refusing to originate unvalidated numbers")
+        ent = db.session.get(Enterprise, job.enterprise_number)
+        secret = ent.secret if ent is not None else None
+        db.session.commit()
+        if not secret:
+            exchange_log.add(job.enterprise_number, "originate", {"code": src, "phone": dest}, None,
+                             "the enterprise has no secret (clientId): set it with ./ms.sh enterprise set-secret")
+            raise Permanent("enterprise secret is not set")
+        params = {"code": src, "phone": dest, "clientId": secret}
+        logged = {"url": self.url, "code": src, "phone": dest, "clientId": "••••"}
+        try:
+            resp = requests.get(self.url, params=params, timeout=self.timeout, allow_redirects=False)
+        except requests.ConnectionError as exc:  # nothing reached the PBX: safe to try again
+            exchange_log.add(job.enterprise_number, "originate", logged, None, f"network error: {type(exc).__name__}")
+            raise
+        except requests.Timeout as exc:  # the PBX may already be ringing: never a second call
+            exchange_log.add(job.enterprise_number, "originate", logged, None, "timeout waiting for the PBX")
+            raise Permanent("originate timed out; not repeated (the PBX may have started the call)") from exc
+        body = resp.text[:500]
+        if resp.status_code >= 300:
+            exchange_log.add(job.enterprise_number, "originate", logged, {"status": resp.status_code, "body": body},
+                             f"PBX answered {resp.status_code}")
+            raise Permanent(f"PBX originate answered {resp.status_code}")
+        exchange_log.add(job.enterprise_number, "originate", logged, {"status": resp.status_code, "body": body})

@@ -1,0 +1,29 @@
+"""Webhook face: MoySklad's click-to-call (DESIGN.md 5.2). Verify, store, answer at once."""
+from __future__ import annotations
+
+from flask import Blueprint, jsonify, request
+
+from ..errors import ApiError
+from ..http_utils import json_body
+from ..services.click_to_call import accept_click
+from ..state import ms
+
+bp = Blueprint("webhook", __name__, url_prefix="/ms/webhook")
+NOT_FOUND = "unknown webhook"
+
+
+@bp.post("/<path:webhook_uuid>")
+def click(webhook_uuid: str):
+    """One click in MoySklad: 404 for unknown and malformed alike, 403 when disabled, else 200 at once."""
+    found = ms().configs.find_by_webhook(webhook_uuid)
+    if found is None:
+        raise ApiError(404, NOT_FOUND)
+    ent, cfg = found
+    if not cfg.get("enabled"):
+        raise ApiError(403, "the integration is disabled for this enterprise")
+    raw = request.get_data(cache=True)
+    if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        body = request.form.to_dict()
+    else:
+        body = json_body()
+    return jsonify(accept_click(ms().queue, ent, cfg, body, raw, request.headers.get("Lognex-Content-MD5")))

@@ -1,0 +1,71 @@
+"""Unit tests of event parsing and merging (services/events.py)."""
+from datetime import datetime
+from types import SimpleNamespace
+
+import pytest
+
+from msapp.errors import ValidationFailed
+from msapp.services.events import CallEvent, merge, parse
+
+CFG = {"timezone": "Europe/Minsk", "default_region": "BY"}
+
+
+def ev(**kw):
+    body = {"enterprise_number": "0367", "unique_id": "u1", "event_type": "dial", "direction": "in",
+            "phone": "80296254070"}
+    body.update(kw)
+    return parse(body, None, CFG)
+
+
+def blank_call(direction="in"):
+    return SimpleNamespace(direction=direction, extensions=[], answered_extension=None, start_time=None,
+                           answer_time=None, end_time=None, call_status=None, record_url=None, status="ringing")
+
+
+def test_parse_normalises():
+    e = ev(extensions="150, 151;152", start_time="2025-09-13 17:12:22", extension=153)
+    assert e.phone == "+375296254070" and e.extensions == ["150", "151", "152"] and e.extension == "153"
+    assert e.start_time == datetime(2025, 9, 13, 14, 12, 22)
+
+
+def test_parse_reports_every_bad_field():
+    with pytest.raises(ValidationFailed) as info:
+        parse({"enterprise_number": "0367", "event_type": "x", "direction": "y"}, None, CFG)
+    assert {"event_type", "direction", "unique_id", "phone"} <= set(info.value.errors)
+
+
+def test_forced_event_type_wins():
+    assert parse({"enterprise_number": "0367", "unique_id": "u", "direction": "in", "phone": "80296254070",
+                  "event_type": "whatever"}, "hangup", CFG).event_type == "hangup"
+
+
+def test_merge_is_idempotent_and_order_tolerant():
+    call = blank_call()
+    hangup = ev(event_type="hangup", call_status="answered", extension="151", end_time="2025-09-13 17:14:27")
+    dial = ev(extensions=["150", "151"], start_time="2025-09-13 17:12:22")
+    merge(call, hangup)  # the hangup arrives first
+    merge(call, dial)
+    merge(call, dial)
+    assert call.status == "ended" and call.answered_extension == "151" and call.call_status == "answered"
+    assert call.extensions == ["151", "150"] and call.start_time == datetime(2025, 9, 13, 14, 12, 22)
+    before = dict(vars(call))
+    merge(call, hangup)
+    assert vars(call) == before
+
+
+def test_first_answer_wins_and_missed_without_answer():
+    call = blank_call()
+    merge(call, ev(event_type="answer", extension="150"))
+    merge(call, ev(event_type="answer", extension="152"))
+    assert call.answered_extension == "150"
+    missed = blank_call()
+    merge(missed, ev(extensions=["150"]))
+    merge(missed, ev(event_type="hangup"))
+    assert missed.call_status == "missed" and missed.end_time is not None
+
+
+def test_log_call_duration_gives_end_time():
+    call = blank_call()
+    merge(call, CallEvent("0367", "u", "log", "in", "+375296254070", extension="150",
+                          start_time=datetime(2025, 1, 1, 10, 0, 0), call_status="answered", duration=65))
+    assert call.end_time == datetime(2025, 1, 1, 10, 1, 5) and call.answered_extension == "150"
