@@ -16,6 +16,7 @@ from .errors import ApiError
 from .extensions import db, migrate
 from .jobs import JobQueue, WorkerPool
 from .services import click_to_call, exchange_log
+from .services.admin import TEST_POPUP_KIND, AdminService
 from .services.callflow import CallSync
 from .services.config import ConfigStore
 from .services.customers import Customers
@@ -59,6 +60,8 @@ def create_app(config: Optional[Mapping[str, str]] = None) -> Flask:
     customers = Customers(clients)
     queue.register(SYNC_KIND, CallSync(clients, configs, customers), max_attempts=12)
     queue.register(click_to_call.KIND, click_to_call.Originate(settings.originate_url), max_attempts=4)
+    admin_service = AdminService(clients, customers, queue)
+    queue.register(TEST_POPUP_KIND, lambda job: admin_service.hide_test_popup(configs, job), max_attempts=5)
     queue.start_hooks.append(exchange_log.discard)
     queue.flush_hooks.append(exchange_log.flush)
     app.extensions["ms"] = MsState(
@@ -69,6 +72,7 @@ def create_app(config: Optional[Mapping[str, str]] = None) -> Flask:
         clients=clients,
         customers=customers,
         lookups=Lookups(app, configs, clients, customers, settings.lookup_timeout),
+        admin=admin_service,
     )
 
     from .internal import bp as internal_bp
@@ -78,6 +82,9 @@ def create_app(config: Optional[Mapping[str, str]] = None) -> Flask:
     app.register_blueprint(ops_bp)
     app.register_blueprint(internal_bp)
     app.register_blueprint(webhook_bp)
+    from . import admin
+
+    admin.register(app)
     _register_errors(app)
 
     from .cli import enterprise_group

@@ -20,6 +20,7 @@ class MsState:
     clients: Optional[Any] = None  # services.moysklad_clients.MoySkladClients
     customers: Optional[Any] = None  # services.customers.Customers
     lookups: Optional[Any] = None  # services.lookups.Lookups
+    admin: Optional[Any] = None  # services.admin.AdminService
 
 
 def ms() -> MsState:

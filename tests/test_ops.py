@@ -31,18 +31,20 @@ def test_readyz_503_when_workers_are_missing(tmp_path, db_url):
     dispose(app)
 
 
-def test_readyz_503_when_database_is_gone(client, app):
-    with app.app_context():
-        if db.engine.dialect.name != "sqlite":
-            pytest.skip("dropping the database file is the SQLite form of this test")
-        db.engine.dispose()
-        path = db.engine.url.database
+def test_readyz_503_when_database_is_gone(tmp_path):
+    """SQLite form: a directory where the database file was makes every connect fail."""
     import os
 
-    os.remove(path)
-    os.mkdir(path)  # a directory where the database file was: every connect fails
-    r = client.get("/readyz")
+    from tests.conftest import dispose, make_app
+
+    app = make_app(f"sqlite:///{tmp_path / 'gone.db'}", tmp_path)
+    with app.app_context():
+        db.engine.dispose()
+    os.remove(tmp_path / "gone.db")
+    os.mkdir(tmp_path / "gone.db")
+    r = app.test_client().get("/readyz")
     assert r.status_code == 503 and r.get_json()["database"].startswith("error")
+    dispose(app)
 
 
 def test_metrics_from_loopback(client):

@@ -1,0 +1,266 @@
+"""Admin face (DESIGN.md 5.4): htmx pages for the PBX operator's staff. Thin: parse, authorise, call
+services, render. htmx gets partials (200 even for form errors, so they are swapped in); full pages
+otherwise."""
+from __future__ import annotations
+
+import json
+import os
+
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    send_from_directory,
+    url_for,
+)
+from sqlalchemy import or_, select
+
+from ..errors import ValidationFailed
+from ..extensions import db
+from ..models import Enterprise
+from ..redact import mask_tail
+from ..services.config import NOTIFY_MODES, ORDER_MODES, SIGNATURE_MODES, public_view
+from ..state import ms
+from . import auth, forms
+
+bp = Blueprint("admin", __name__, url_prefix="/ms-admin")
+STATIC = os.path.join(os.path.dirname(os.path.dirname(__file__)), "static")
+OPEN = {"admin.login", "admin.login_post", "admin.favicon"}
+
+
+def is_htmx() -> bool:
+    return request.headers.get("HX-Request") == "true"
+
+
+@bp.before_request
+def require_login():
+    """Pages need the session (or a Bearer token); anonymous browsers go to the login page."""
+    if request.endpoint in OPEN:
+        if request.method == "POST":
+            auth.csrf.protect()
+        return None
+    if auth.protect() is None:
+        if is_htmx():
+            resp = make_response("", 200)
+            resp.headers["HX-Redirect"] = url_for("admin.login")
+            return resp
+        return redirect(url_for("admin.login", next=request.full_path if request.method == "GET" else None))
+    return None
+
+
+@bp.after_request
+def no_store(resp: Response) -> Response:
+    resp.headers["Cache-Control"] = "no-store"
+    resp.headers["Vary"] = "HX-Request, Cookie"
+    resp.headers.setdefault("X-Frame-Options", "DENY")
+    resp.headers.setdefault("Referrer-Policy", "same-origin")
+    return resp
+
+
+def _toast(resp: Response, message: str, kind: str = "ok") -> Response:
+    # ASCII JSON: header values are latin-1 on the wire; htmx decodes the \u escapes
+    resp.headers["HX-Trigger"] = json.dumps({"toast": {"message": message, "kind": kind}})
+    return resp
+
+
+# -- login ---------------------------------------------------------------------------------------
+@bp.get("/login")
+def login():
+    return render_template("admin/login.html", error=None, next=request.args.get("next", ""))
+
+
+@bp.post("/login")
+def login_post():
+    nxt = request.form.get("next") or ""
+    if not auth.login(request.form.get("token", "").strip()):
+        return render_template("admin/login.html", error="Неверный токен администратора", next=nxt), 401
+    safe_next = nxt if nxt.startswith("/ms-admin") and "//" not in nxt else url_for("admin.index")
+    return redirect(safe_next)
+
+
+@bp.post("/logout")
+def logout():
+    auth.logout()
+    if is_htmx():
+        resp = make_response("", 200)
+        resp.headers["HX-Redirect"] = url_for("admin.login")
+        return resp
+    return redirect(url_for("admin.login"))
+
+
+@bp.get("/favicon.ico")
+def favicon():
+    return send_from_directory(STATIC, "ms.png", mimetype="image/png", max_age=86400)
+
+
+# -- enterprises ---------------------------------------------------------------------------------
+@bp.get("/")
+def index():
+    number = request.args.get("enterprise_number")
+    if number:
+        return _enterprise_page(number)
+    q = (request.args.get("q") or "").strip()[:64]
+    query = select(Enterprise).order_by(Enterprise.number).limit(500)
+    if q:
+        like = "%" + q.replace("%", "").replace("_", r"\_") + "%"
+        query = query.where(or_(Enterprise.number.like(like, escape="\\"), Enterprise.name.like(like, escape="\\")))
+    rows = [(e, ms().configs.of(e)) for e in db.session.scalars(query)]
+    template = "admin/_enterprise_rows.html" if is_htmx() and request.headers.get("HX-Target") == "rows" \
+        else "admin/enterprises.html"
+    return render_template(template, rows=rows, q=q, error=None)
+
+
+@bp.post("/enterprises")
+def add_enterprise():
+    number = (request.form.get("number") or "").strip()
+    name = (request.form.get("name") or "").strip()[:200]
+    error = None
+    if not number or len(number) > 32 or not all(c.isalnum() or c in "-_" for c in number):
+        error = "Номер предприятия: буквы, цифры, «-» или «_», не длиннее 32 символов"
+    elif db.session.get(Enterprise, number) is not None:
+        error = f"Предприятие {number} уже есть"
+    if error:
+        rows = [(e, ms().configs.of(e)) for e in db.session.scalars(select(Enterprise).order_by(Enterprise.number))]
+        return render_template("admin/enterprises.html", rows=rows, q="", error=error, form=request.form), 200
+    db.session.add(Enterprise(number=number, name=name or number, integrations_config={}))
+    db.session.commit()
+    target = url_for("admin.index", enterprise_number=number)
+    if is_htmx():
+        resp = make_response("", 200)
+        resp.headers["HX-Redirect"] = target
+        return resp
+    return redirect(target)
+
+
+def _context(number: str, cfg: dict, errors=None, values=None) -> dict:
+    ent = ms().configs.enterprise(number)
+    return {"ent": ent, "cfg": cfg, "view": public_view(cfg), "errors": errors or {}, "values": values or {},
+            "secret": mask_tail(ent.secret), "notify_modes": NOTIFY_MODES, "order_modes": ORDER_MODES,
+            "signature_modes": SIGNATURE_MODES, "panel": ms().admin.panel(number)}
+
+
+def _enterprise_page(number: str):
+    cfg = ms().configs.read(number)
+    ctx = _context(number, cfg)
+    ctx["lists"] = {"organizations": [], "states": [], "saleschannels": [], "error": None, "loaded": False}
+    return render_template("admin/enterprise.html", **ctx)
+
+
+@bp.post("/config/<number>")
+def save_config(number):
+    """Save the form: 200 with the re-rendered form either way (errors inline, or a toast)."""
+    ms().configs.enterprise(number)
+    update = forms.to_update(request.form)
+    try:
+        cfg = ms().configs.save(number, update)
+    except ValidationFailed as exc:
+        ctx = _context(number, ms().configs.read(number), errors=exc.errors, values=request.form)
+        resp = make_response(render_template("admin/_config_form.html", **ctx))
+        return _toast(resp, "Исправьте отмеченные поля", "error")
+    resp = make_response(render_template("admin/_config_form.html", **_context(number, cfg)))
+    return _toast(resp, "Настройки сохранены")
+
+
+@bp.post("/config/<number>/webhook-uuid")
+def regenerate_webhook(number):
+    cfg = ms().configs.regenerate_webhook(number)
+    ent = ms().configs.enterprise(number)
+    resp = make_response(render_template("admin/_webhook.html", view=public_view(cfg), ent=ent))
+    return _toast(resp, "Создан новый адрес; старый больше не работает")
+
+
+@bp.post("/config/<number>/delete")
+def delete_config(number):
+    ms().configs.delete(number)
+    resp = make_response("", 200)
+    resp.headers["HX-Redirect"] = url_for("admin.index")
+    return resp
+
+
+@bp.post("/lists/<number>")
+def refresh_lists(number):
+    cfg = ms().configs.read(number)
+    lists = ms().admin.lists(number, cfg, refresh=True)
+    lists["loaded"] = True
+    return render_template("admin/_order_lists.html", lists=lists, cfg=cfg, errors={},
+                           ent=ms().configs.enterprise(number))
+
+
+@bp.post("/test/<number>")
+def test_connection(number):
+    cfg = ms().configs.read(number)
+    return render_template("admin/_test_result.html", result=ms().admin.test_connection(number, cfg), ent_number=number)
+
+
+@bp.post("/test-popup/<number>")
+def test_popup(number):
+    cfg = ms().configs.read(number)
+    extension = request.form.get("extension", "")
+    try:
+        ms().admin.test_popup(number, cfg, extension)
+        message, kind = f"Тестовая карточка показана сотруднику с добавочным {extension}", "ok"
+    except Exception as exc:  # noqa: BLE001 - any failure is shown to the operator, not raised
+        from ..services.admin import explain
+
+        message, kind = explain(exc), "error"
+    return _toast(make_response(render_template("admin/_popup_result.html", message=message, kind=kind)), message, kind)
+
+
+@bp.get("/journal")
+def journal():
+    number = request.args.get("enterprise_number") or abort(404)
+    ent = ms().configs.enterprise(number)
+    event = (request.args.get("event") or "")[:64]
+    status = request.args.get("status") or ""
+    page = request.args.get("page", type=int, default=1)
+    data = ms().admin.journal(number, event, status, page)
+    template = "admin/_journal_rows.html" if is_htmx() else "admin/journal.html"
+    return render_template(template, ent=ent, data=data, event=event, status=status)
+
+
+@bp.post("/jobs/<int:job_id>/retry")
+def retry_job(job_id):
+    number = request.form.get("enterprise_number", "")
+    ok = ms().queue.retry_dead(job_id, enterprise_number=number)
+    resp = make_response(render_template("admin/_popup_result.html",
+                                         message="Задача поставлена в очередь" if ok else "Задача уже не в ошибке",
+                                         kind="ok" if ok else "error"))
+    return resp
+
+
+def logo():
+    """GET /ms.png (registered on the app, outside /ms-admin)."""
+    return send_from_directory(STATIC, "ms.png", mimetype="image/png", max_age=86400)
+
+
+def ms_root():
+    """/ms/ -> /ms-admin/."""
+    return redirect(url_for("admin.index"))
+
+
+def register(app) -> None:
+    from .api import bp as api_bp
+
+    # Checked explicitly (auth.protect) for cookie-authenticated changes only; set before init_app,
+    # which would otherwise default to checking every POST of every blueprint.
+    app.config["WTF_CSRF_CHECK_DEFAULT"] = False
+    app.config["WTF_CSRF_TIME_LIMIT"] = None
+    app.config["WTF_CSRF_HEADERS"] = ["X-CSRFToken"]
+    auth.csrf.init_app(app)
+    app.register_blueprint(bp)
+    app.register_blueprint(api_bp)
+    app.add_url_rule("/ms.png", "logo", logo)
+    app.add_url_rule("/ms/", "ms_root", ms_root)
+    app.add_url_rule("/ms", "ms_root_bare", ms_root)
+
+    from flask_wtf.csrf import CSRFError
+
+    @app.errorhandler(CSRFError)
+    def _csrf_error(exc):
+        if request.path.startswith("/ms-admin/api/") or not request.accept_mimetypes.accept_html:
+            return {"error": "CSRF token missing or invalid"}, 403
+        return render_template("admin/login.html", error="Сессия устарела: войдите снова", next=""), 403

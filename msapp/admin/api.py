@@ -1,0 +1,60 @@
+"""Admin JSON API for scripts (`Authorization: Bearer <MS_ADMIN_TOKEN>`) and the pages (session + CSRF)."""
+from __future__ import annotations
+
+from flask import Blueprint, jsonify, request
+
+from ..errors import ApiError
+from ..http_utils import json_body
+from ..services.config import public_view
+from ..state import ms
+from . import auth
+
+bp = Blueprint("admin_api", __name__, url_prefix="/ms-admin/api")
+
+
+@bp.before_request
+def require_auth():
+    if auth.protect() is None:
+        raise ApiError(401, "admin token required (Authorization: Bearer, or log in)")
+
+
+@bp.get("/config/<number>")
+def get_config(number):
+    return jsonify(public_view(ms().configs.read(number)))
+
+
+@bp.put("/config/<number>")
+def put_config(number):
+    """Validate and merge; masked or omitted secrets keep their stored values."""
+    return jsonify(public_view(ms().configs.save(number, json_body())))
+
+
+@bp.delete("/config/<number>")
+def delete_config(number):
+    ms().configs.delete(number)
+    return jsonify({"deleted": True})
+
+
+@bp.post("/config/<number>/webhook-uuid")
+def new_webhook(number):
+    cfg = ms().configs.regenerate_webhook(number)
+    return jsonify({"webhook_url": cfg["webhook_url"]})
+
+
+@bp.get("/test/<number>")
+def test(number):
+    return jsonify(ms().admin.test_connection(number, ms().configs.read(number)))
+
+
+@bp.get("/employees/<number>")
+def employees(number):
+    refresh = request.args.get("refresh") in ("1", "true")
+    return jsonify({"employees": ms().admin.employees(number, ms().configs.read(number), refresh=refresh)})
+
+
+@bp.post("/test-popup/<number>")
+def test_popup(number):
+    body = json_body()
+    if not isinstance(body, dict):
+        raise ApiError(400, "body must be a JSON object")
+    return jsonify(ms().admin.test_popup(number, ms().configs.read(number), body.get("extension")))

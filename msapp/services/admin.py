@@ -1,0 +1,197 @@
+"""What the admin pages show and do, apart from the config itself: test connection, employees, the
+MoySklad lists for the order settings, a test card, the journal, and the metrics panel."""
+from __future__ import annotations
+
+import statistics
+import time
+import uuid
+from datetime import datetime, timedelta
+from typing import Optional
+
+from sqlalchemy import and_, func, select
+
+from ..clock import utcnow
+from ..errors import ApiError
+from ..extensions import db
+from ..jobs import JobContext
+from ..models import Call, Enterprise, IntegrationLog, Job
+from ..moysklad import MoySkladError, RateLimited
+from ..moysklad.formats import is_extension, to_moysklad_time
+from . import exchange_log
+from .moysklad_clients import MoySkladClients
+
+TEST_POPUP_KIND = "test-popup.hide"
+TEST_POPUP_SECONDS = 5.0
+TEST_NUMBER = "+70000000000"
+PAGE_SIZE = 50
+QUICK = (3.05, 5.0)
+
+
+def explain(exc: Exception) -> str:
+    """A message an operator can act on, in the users' language."""
+    if isinstance(exc, ApiError):
+        return exc.error
+    if isinstance(exc, RateLimited):
+        return "Слишком много запросов к МойСклад, попробуйте через несколько секунд"
+    if isinstance(exc, MoySkladError):
+        if 55008 in exc.codes:
+            return "В аккаунте МойСклад не подключено решение телефонии (Phone API), код 55008"
+        if exc.network:
+            return "МойСклад не ответил вовремя или недоступен"
+        if exc.status == 401:
+            return "МойСклад отклонил ключ или токен (401): проверьте, что он скопирован целиком"
+        if exc.status == 403:
+            return "Нет прав на эту операцию в МойСклад (403)"
+        return f"МойСклад ответил {exc.status}: {exc.message}"
+    return str(exc)
+
+
+def _timed(fn):
+    started = time.monotonic()
+    try:
+        value = fn()
+        return {"ok": True, "latency_ms": round((time.monotonic() - started) * 1000), "value": value}
+    except (MoySkladError, RateLimited, ApiError) as exc:
+        return {"ok": False, "latency_ms": round((time.monotonic() - started) * 1000), "message": explain(exc)}
+
+
+class AdminService:
+    def __init__(self, clients: MoySkladClients, customers, queue):
+        self.clients = clients
+        self.customers = customers
+        self.queue = queue
+
+    def _done(self) -> None:
+        exchange_log.flush()
+        db.session.commit()
+
+    def test_connection(self, number: str, cfg: dict) -> dict:
+        """Phone API key and JSON API token, each with its latency, and the employees with extensions."""
+        db.session.rollback()  # no transaction held while MoySklad is asked
+        self.clients.forget(number)
+        phone = _timed(lambda: self.clients.phone(number, cfg, timeout=QUICK).employees())
+        jsonapi = _timed(lambda: self.clients.json(number, cfg, timeout=QUICK).current_employee())
+        result = {"phone": {k: v for k, v in phone.items() if k != "value"},
+                  "json": {k: v for k, v in jsonapi.items() if k != "value"}, "employees": []}
+        if phone["ok"]:
+            result["phone"]["message"] = f"Ключ принят, сотрудников с добавочными: {len(phone['value'])}"
+            self.clients.cache.set((number, "employees"), phone["value"], 600)
+            result["employees"] = self._named(number, cfg, phone["value"])
+        if jsonapi["ok"]:
+            who = (jsonapi["value"] or {}).get("name") or (jsonapi["value"] or {}).get("uid") or "?"
+            result["json"]["message"] = f"Токен принят (пользователь: {who})"
+        self._done()
+        return result
+
+    def _named(self, number: str, cfg: dict, employees: list) -> list:
+        names = {}
+        if cfg.get("api_token"):
+            try:
+                people = self.customers._cached_list(number, cfg, "json_employees", lambda api: api.employees())
+                names = {p.get("id"): p.get("name") for p in people}
+            except (MoySkladError, RateLimited, ApiError):
+                names = {}
+        return [{"id": e["id"], "extension": e["extension"], "name": names.get(e["id"]) or "—",
+                 "href": f"https://online.moysklad.ru/app/#employee/edit?id={e['id']}"}
+                for e in sorted(employees, key=lambda e: e["extension"])]
+
+    def employees(self, number: str, cfg: dict, refresh: bool = False) -> list:
+        db.session.rollback()
+        if refresh:
+            self.clients.forget(number, "employees")
+            self.clients.forget(number, "json_employees")
+        rows = self._named(number, cfg, self.clients.employees(number, cfg, refresh=refresh))
+        self._done()
+        return rows
+
+    def lists(self, number: str, cfg: dict, refresh: bool = False) -> dict:
+        """Organizations, customer-order states and sales channels for the order settings."""
+        db.session.rollback()
+        if refresh:
+            for kind in ("organizations", "states", "saleschannels"):
+                self.clients.forget(number, kind)
+        out = {"organizations": [], "states": [], "saleschannels": [], "error": None}
+        try:
+            for kind, fetch in (("organizations", lambda api: api.organizations()),
+                                ("states", lambda api: api.order_states()),
+                                ("saleschannels", lambda api: api.sales_channels())):
+                out[kind] = [{"id": r.get("id"), "name": r.get("name")}
+                             for r in self.customers._cached_list(number, cfg, kind, fetch)]
+        except (MoySkladError, RateLimited, ApiError) as exc:
+            out["error"] = explain(exc)
+        self._done()
+        return out
+
+    def test_popup(self, number: str, cfg: dict, extension) -> dict:
+        """Show a test card to one employee, hidden again after a few seconds. No customer is created."""
+        if not is_extension(extension if isinstance(extension, str) else None):
+            raise ApiError(400, "extension must be digits", "extension")
+        db.session.rollback()
+        external_id = f"ms-test-{uuid.uuid4().hex[:12]}"
+        call = self.clients.phone(number, cfg, timeout=QUICK).create_call({
+            "externalId": external_id, "number": TEST_NUMBER, "isIncoming": True,
+            "startTime": to_moysklad_time(utcnow()), "comment": "Тестовая карточка звонка из ms",
+            "events": [{"eventType": "SHOW", "extension": extension, "sequence": 1}]})
+        self.queue.enqueue(TEST_POPUP_KIND, f"test-popup:{number}:{external_id}",
+                           {"call_id": call.get("id"), "extension": extension}, enterprise_number=number,
+                           delay=TEST_POPUP_SECONDS, max_attempts=5)
+        self._done()
+        return {"shown": True, "extension": extension, "hide_after_seconds": TEST_POPUP_SECONDS}
+
+    def hide_test_popup(self, configs, job: JobContext) -> None:
+        """Job handler: hide the test card and end the test call."""
+        ent = db.session.get(Enterprise, job.enterprise_number)
+        if ent is None:
+            return
+        cfg = configs.of(ent)
+        db.session.commit()
+        self.clients.phone(job.enterprise_number, cfg).update_call(job.payload["call_id"], {
+            "endTime": to_moysklad_time(utcnow()),
+            "events": [{"eventType": "HIDE", "extension": job.payload["extension"], "sequence": 2}]})
+
+    # -- the journal and the panel ----------------------------------------------------------------
+    def journal(self, number: str, event: str = "", status: str = "", page: int = 1) -> dict:
+        logs = IntegrationLog.__table__
+        cond = and_(logs.c.enterprise_number == number, logs.c.integration_type == "ms")
+        if event:
+            cond = and_(cond, logs.c.event_type.like(event.replace("%", "").replace("_", r"\_") + "%",
+                                                     escape="\\"))
+        if status in ("success", "error"):
+            cond = and_(cond, logs.c.status == status)
+        page = max(1, page)
+        total = db.session.scalar(select(func.count()).select_from(logs).where(cond)) or 0
+        rows = db.session.execute(select(logs).where(cond).order_by(logs.c.id.desc())
+                                  .limit(PAGE_SIZE).offset((page - 1) * PAGE_SIZE)).mappings().all()
+        dead = db.session.scalars(select(Job).where(Job.enterprise_number == number, Job.status == "dead")
+                                  .order_by(Job.id.desc()).limit(50)).all()
+        db.session.commit()
+        return {"rows": [dict(r) for r in rows], "total": total, "page": page,
+                "pages": max(1, -(-total // PAGE_SIZE)), "dead": dead}
+
+    def panel(self, number: str, now: Optional[datetime] = None) -> dict:
+        """Today's figures for one enterprise (UTC day)."""
+        now = now or utcnow()
+        day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        calls = db.session.execute(select(
+            func.count(),
+            func.count().filter(Call.customer_created.is_(True)),
+            func.count().filter(and_(Call.order_id.is_not(None), Call.order_id != "")),
+        ).where(Call.enterprise_number == number, Call.created_at >= day)).one()
+        logs = IntegrationLog.__table__
+        recent = db.session.execute(select(logs.c.status, logs.c.response_data).where(
+            logs.c.enterprise_number == number, logs.c.event_type.like("ms.%"), logs.c.created_at >= day)
+            .order_by(logs.c.id.desc()).limit(2000)).all()
+        latencies = [r.response_data["latency_ms"] for r in recent if isinstance(r.response_data, dict)
+                     and isinstance(r.response_data.get("latency_ms"), (int, float))]
+        depth = db.session.scalar(select(func.count()).select_from(Job).where(
+            Job.enterprise_number == number, Job.status.in_(("pending", "running")))) or 0
+        last_error = db.session.execute(select(logs.c.created_at, logs.c.error_message, logs.c.event_type).where(
+            logs.c.enterprise_number == number, logs.c.status == "error", logs.c.event_type.like("ms.%"),
+            logs.c.created_at >= now - timedelta(hours=1)).order_by(logs.c.id.desc()).limit(1)).first()
+        db.session.commit()
+        ok = sum(1 for r in recent if r.status == "success")
+        return {"calls_today": calls[0], "customers_created": calls[1], "orders_created": calls[2],
+                "success_rate": round(100 * ok / len(recent), 1) if recent else None,
+                "median_latency_ms": round(statistics.median(latencies)) if latencies else None,
+                "requests_today": len(recent), "queue_depth": depth,
+                "last_error": dict(last_error._mapping) if last_error else None}

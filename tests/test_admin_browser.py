@@ -1,0 +1,135 @@
+"""The admin in headless Chromium (Playwright driving Debian's /usr/bin/chromium) against the real
+server and the sandbox: log in, save a config (with a field error first), regenerate the webhook URL,
+test the connection, show a test card, open the journal. Screenshots go to MS_SCREENSHOT_DIR (the
+README's are made with MS_SCREENSHOT_DIR=docs/screenshots) or the test's temporary directory."""
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from msapp.extensions import db
+from msapp.models import Enterprise
+from tests.conftest import ADMIN_TOKEN, IN_CI
+from tests.service_harness import Service, shown_cards
+
+pytestmark = [pytest.mark.e2e, pytest.mark.browser]
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+def _need_browser():
+    reason = None
+    if not os.path.exists(CHROMIUM):
+        reason = f"Chromium is not installed at {CHROMIUM} (Debian package 'chromium')"
+    else:
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError:
+            reason = "the playwright package is not installed (test extras)"
+    if reason:
+        if IN_CI:
+            pytest.fail(f"browser tests must run in CI: {reason}")
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def page(tmp_path):
+    _need_browser()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        context = browser.new_context(viewport={"width": 1100, "height": 900}, locale="ru-RU")
+        yield context.new_page()
+        context.close()
+        browser.close()
+
+
+@pytest.fixture
+def svc(tmp_path, sandbox):
+    service = Service(f"sqlite:///{tmp_path / 'ms.db'}", tmp_path, sandbox)
+    with service.app.app_context():
+        db.session.add(Enterprise(number="0367", name="ООО Ромашка Телеком", secret="s", integrations_config={}))
+        db.session.commit()
+    yield service
+    service.stop()
+
+
+def shots(tmp_path) -> Path:
+    out = Path(os.environ.get("MS_SCREENSHOT_DIR") or tmp_path)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def test_operator_sets_up_an_enterprise(page, svc, sandbox, tmp_path):
+    out = shots(tmp_path)
+    keys = sandbox.state.keys()["demo"]
+    page.goto(f"{svc.url}/ms-admin/")
+    assert "/ms-admin/login" in page.url
+    page.screenshot(path=str(out / "login.png"))
+    page.get_by_label("Токен администратора").fill("wrong")
+    page.get_by_role("button", name="Войти").click()
+    assert page.get_by_role("alert").inner_text() == "Неверный токен администратора"
+    page.get_by_label("Токен администратора").fill(ADMIN_TOKEN)
+    page.keyboard.press("Enter")  # the form works from the keyboard
+    page.get_by_role("link", name="0367").wait_for()
+    page.screenshot(path=str(out / "enterprises.png"))
+
+    page.get_by_role("link", name="0367").click()
+    page.get_by_role("heading", name="Настройки интеграции").wait_for()
+    page.get_by_label("Интеграция включена").check()
+    page.get_by_label("Ключ доступа Phone API").fill(keys["phone_api_key"])
+    page.get_by_label("Токен JSON API").fill(keys["json_api_token"])
+    page.get_by_label("Часовой пояс АТС").fill("Mars/Olympus")
+    page.get_by_role("button", name="Сохранить").click()
+    field = page.get_by_label("Часовой пояс АТС")
+    page.wait_for_selector("#timezone[aria-invalid=true]")
+    assert "unknown time zone" in page.locator("#err-timezone").inner_text()
+    page.screenshot(path=str(out / "config-error.png"), full_page=True)
+    with svc.app.app_context():
+        assert "ms" not in (db.session.get(Enterprise, "0367").integrations_config or {})
+
+    field.fill("Europe/Minsk")
+    page.get_by_label("Ключ доступа Phone API").fill(keys["phone_api_key"])
+    page.get_by_label("Токен JSON API").fill(keys["json_api_token"])
+    page.get_by_role("button", name="Сохранить").click()
+    page.locator(".toast", has_text="Настройки сохранены").wait_for()
+    with svc.app.app_context():
+        db.session.expire_all()
+        cfg = db.session.get(Enterprise, "0367").integrations_config["ms"]
+        assert cfg["enabled"] is True and cfg["integration_code"] == keys["phone_api_key"]
+    assert keys["phone_api_key"] not in page.content()
+
+    old = page.locator("#webhook_url").input_value()
+    assert "/ms/webhook/" in old
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Создать новый адрес").click()
+    page.wait_for_function("old => document.querySelector('#webhook_url').value !== old", arg=old)
+    assert page.locator("#webhook_url").input_value() != old
+
+    page.get_by_role("button", name="Проверить подключение").click()
+    page.get_by_text("Ключ принят").wait_for()
+    assert page.get_by_text("Токен принят").is_visible()
+    page.get_by_role("cell", name="Петрова Анна").wait_for()
+    page.screenshot(path=str(out / "enterprise.png"), full_page=True)
+
+    row = page.get_by_role("row").filter(has_text="Петрова Анна")
+    row.get_by_role("button", name="Показать тестовую карточку").click()
+    row.get_by_text("показана").wait_for()
+    assert list(shown_cards(sandbox)) == ["151"]
+    deadline = time.time() + 15
+    while shown_cards(sandbox) and time.time() < deadline:
+        time.sleep(0.2)
+    events = [e["eventType"] for c in sandbox.state.accounts["demo"].calls.values() for e in c["events"]]
+    assert events == ["SHOW", "HIDE"] and shown_cards(sandbox) == {}
+
+    page.get_by_role("link", name="Журнал").click()
+    page.get_by_role("heading", name="Журнал обмена").wait_for()
+    assert page.locator("table.journal tbody tr").count() >= 3
+    page.locator("details summary").first.click()
+    page.screenshot(path=str(out / "journal.png"), full_page=True)
+    page.get_by_label("Результат").select_option("error")
+    page.wait_for_timeout(300)
+    assert "Записей" in page.locator("#journal").inner_text()
