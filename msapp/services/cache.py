@@ -25,9 +25,6 @@ class TTLCache:
             self._data.move_to_end(key)
             return item[1]
 
-    def has(self, key: Hashable) -> bool:
-        return self.get(key, _MISSING) is not _MISSING
-
     def set(self, key: Hashable, value: Any, ttl: float) -> None:
         with self._lock:
             self._data[key] = (time.monotonic() + ttl, value)

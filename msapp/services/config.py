@@ -257,9 +257,6 @@ class ConfigStore:
         self._fast[number] = (now + CACHE_SECONDS, cfg)
         return cfg
 
-    def has_config(self, ent: Enterprise) -> bool:
-        return isinstance((ent.integrations_config or {}).get("ms"), dict)
-
     def save(self, number: str, payload: Any) -> dict:
         """Validate and merge an update into the stored config; commit; return the full config."""
         update = validate_update(payload)

@@ -19,7 +19,7 @@ from .. import metrics
 from ..clock import utcnow
 from ..errors import ApiError, ValidationFailed
 from ..extensions import db
-from ..models import Call, Enterprise, Job
+from ..models import Call, Job
 from ..moysklad.formats import is_extension, parse_pbx_time, to_e164
 from . import exchange_log
 
@@ -245,10 +245,3 @@ def accept(ev: CallEvent, queue, log_event: str, body: dict) -> int:
     queue.notify()
     metrics.EVENTS.labels(ev.event_type).inc()
     return row["id"]
-
-
-def enterprise_or_404(number: str) -> Enterprise:
-    ent = db.session.get(Enterprise, number)
-    if ent is None:
-        raise ApiError(404, "unknown enterprise", "enterprise_number")
-    return ent

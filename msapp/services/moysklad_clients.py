@@ -18,21 +18,24 @@ class MoySkladClients:
         self.limiter = Limiter(json_budget=settings.json_api_budget)
         self.cache = TTLCache()
 
-    def phone(self, number: str, cfg: dict, *, max_wait: float = 2.0, timeout: Optional[tuple] = None,
-              log: bool = True, context: Optional[dict] = None) -> PhoneApi:
-        if not cfg.get("integration_code"):
-            raise ApiError(400, "the Phone API key (integration_code) is not set", "integration_code")
-        return PhoneApi(self.settings.phone_api_url, cfg["integration_code"], enterprise=number,
-                        limiter=self.limiter, max_wait=max_wait, timeout=timeout or (3.05, 10.0),
-                        on_exchange=exchange_log.exchange_writer(number, context) if log else None)
+    def phone(self, number: str, cfg: dict, **kw) -> PhoneApi:
+        """The Phone API client of one enterprise (its key; URL from settings; shared limits)."""
+        return self._client(PhoneApi, self.settings.phone_api_url, number, cfg, "integration_code",
+                            "the Phone API key (integration_code) is not set", **kw)
 
-    def json(self, number: str, cfg: dict, *, max_wait: float = 2.0, timeout: Optional[tuple] = None,
-             log: bool = True, context: Optional[dict] = None) -> JsonApi:
-        if not cfg.get("api_token"):
-            raise ApiError(400, "the JSON API token (api_token) is not set", "api_token")
-        return JsonApi(self.settings.json_api_url, cfg["api_token"], enterprise=number,
-                       limiter=self.limiter, max_wait=max_wait, timeout=timeout or (3.05, 10.0),
-                       on_exchange=exchange_log.exchange_writer(number, context) if log else None)
+    def json(self, number: str, cfg: dict, **kw) -> JsonApi:
+        """The JSON API client of one enterprise (its token; URL from settings; shared limits)."""
+        return self._client(JsonApi, self.settings.json_api_url, number, cfg, "api_token",
+                            "the JSON API token (api_token) is not set", **kw)
+
+    def _client(self, cls, url: str, number: str, cfg: dict, secret_field: str, missing: str, *,
+                max_wait: float = 2.0, timeout: Optional[tuple] = None, log: bool = True,
+                context: Optional[dict] = None):
+        if not cfg.get(secret_field):
+            raise ApiError(400, missing, secret_field)
+        return cls(url, cfg[secret_field], enterprise=number, limiter=self.limiter, max_wait=max_wait,
+                   timeout=timeout or (3.05, 10.0),
+                   on_exchange=exchange_log.exchange_writer(number, context) if log else None)
 
     def employees(self, number: str, cfg: dict, refresh: bool = False) -> list[dict]:
         """Phone API employees with extensions (cached 10 minutes)."""
