@@ -66,7 +66,8 @@ def upgrade_legacy(raw: dict) -> dict:
     Returns a new dict; `raw` is not modified (sections that change are copied, not mutated).
     """
     cfg = dict(raw)
-    incoming = dict(cfg.get("incoming_call_actions") or {})
+    section = cfg.get("incoming_call_actions")
+    incoming = dict(section) if isinstance(section, dict) else {}
     if "create_client" in cfg and "create_customers" not in incoming:
         incoming["create_customers"] = bool(cfg["create_client"])
     if "create_order" in cfg and "create_orders" not in incoming:
@@ -77,7 +78,10 @@ def upgrade_legacy(raw: dict) -> dict:
     for key in ("create_client", "create_order"):
         cfg.pop(key, None)
     for section in ("incoming_call_actions", "outgoing_call_actions"):
-        part = incoming if section == "incoming_call_actions" else dict(cfg.get(section) or {})
+        other = cfg.get(section)
+        part = incoming if section == "incoming_call_actions" else (dict(other) if isinstance(other, dict) else other)
+        if not isinstance(part, dict):
+            continue  # not an object: left for validation to reject
         if "create_orders" in part and isinstance(part["create_orders"], bool):
             part["create_orders"] = _order_mode(part["create_orders"])
         if part:
@@ -186,7 +190,7 @@ def validate_update(payload: Any) -> dict:
             clean[key] = value
         elif key == "default_region":
             region = value.upper() if isinstance(value, str) else value
-            if region not in phonenumbers.SUPPORTED_REGIONS:
+            if not isinstance(region, str) or region not in phonenumbers.SUPPORTED_REGIONS:
                 errors[key] = "must be a two-letter country code such as BY or RU"
             clean[key] = region
         elif key == "signature_mode":
