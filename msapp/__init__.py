@@ -61,6 +61,7 @@ def create_app(config: Optional[Mapping[str, str]] = None) -> Flask:
     queue.register(SYNC_KIND, CallSync(clients, configs, customers), max_attempts=12)
     queue.register(click_to_call.KIND, click_to_call.Originate(settings.originate_url), max_attempts=4)
     admin_service = AdminService(clients, customers, queue)
+    configs.on_saved.append(lambda number: _credentials_changed(clients, queue, number))
     queue.register(TEST_POPUP_KIND, lambda job: admin_service.hide_test_popup(configs, job), max_attempts=5)
     queue.start_hooks.append(exchange_log.discard)
     queue.flush_hooks.append(exchange_log.flush)
@@ -91,6 +92,22 @@ def create_app(config: Optional[Mapping[str, str]] = None) -> Flask:
 
     app.cli.add_command(enterprise_group)
     return app
+
+
+def _credentials_changed(clients, queue, number: str) -> None:
+    """A saved config may carry a fixed key: lift the pause and run the enterprise's waiting jobs now."""
+    if clients.paused(number) is None:
+        return
+    clients.resume(number)
+    from sqlalchemy import update
+
+    from .clock import utcnow
+    from .models import Job
+
+    db.session.execute(update(Job).where(Job.enterprise_number == number, Job.status == "pending")
+                       .values(run_at=utcnow()))
+    db.session.commit()
+    queue.notify(everyone=True)
 
 
 def _engine_options(settings) -> dict:

@@ -28,7 +28,7 @@ from sqlalchemy import and_, bindparam, exists, func, insert, or_, select, updat
 from . import metrics
 from .clock import utcnow
 from .extensions import db
-from .models import Job
+from .models import EnterpriseLease, Job
 from .redact import redact_text
 
 log = logging.getLogger("msapp.jobs")
@@ -36,6 +36,8 @@ log = logging.getLogger("msapp.jobs")
 BACKOFF_BASE = 1.0
 BACKOFF_CAP = 300.0
 ACTIVE = ("pending", "running")
+# How long a process owns an enterprise's MoySklad traffic after it last claimed one of its jobs.
+ENTERPRISE_LEASE = 30.0
 _INSERT_JOB = insert(Job.__table__)  # values bound at execution: far cheaper than .values(...) per call
 
 
@@ -92,7 +94,12 @@ def _claim_statements(dialect: str) -> dict:
     blocked = exists().where(p.c.key == j.c.key, p.c.id < j.c.id, p.c.status.in_(ACTIVE))
     due = or_(and_(j.c.status == "pending", j.c.run_at <= bindparam("_now")),
               and_(j.c.status == "running", j.c.lease_until < bindparam("_now")))
-    base = select(j.c.id, j.c.status, j.c.lease_until).where(due, ~blocked)
+    base = select(j.c.id, j.c.status, j.c.lease_until, j.c.enterprise_number).where(due, ~blocked)
+    if dialect == "postgresql":  # several processes: skip enterprises another process owns right now
+        leases = EnterpriseLease.__table__
+        base = base.where(~exists().where(leases.c.enterprise_number == j.c.enterprise_number,
+                                          leases.c.owner != bindparam("_me"),
+                                          leases.c.expires_at >= bindparam("_now")))
     not_busy = or_(j.c.enterprise_number.is_(None),
                    j.c.enterprise_number.not_in(bindparam("_busy", expanding=True)))
     found = {}
@@ -106,6 +113,16 @@ def _claim_statements(dialect: str) -> dict:
     found["take_expired"] = update(j).where(j.c.id == bindparam("_id"), j.c.status == "running",
                                             j.c.lease_until == bindparam("_lease")).values(attempts)
     found["read"] = select(j).where(j.c.id == bindparam("_id"))
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        leases = EnterpriseLease.__table__
+        ins = pg_insert(leases).values(enterprise_number=bindparam("_enterprise"), owner=bindparam("_me"),
+                                       expires_at=bindparam("_until"))
+        found["own"] = ins.on_conflict_do_update(
+            index_elements=["enterprise_number"],
+            set_={"owner": ins.excluded.owner, "expires_at": ins.excluded.expires_at},
+            where=or_(leases.c.owner == ins.excluded.owner, leases.c.expires_at < bindparam("_now")))
     _CLAIM[dialect] = found
     return found
 
@@ -166,14 +183,17 @@ class JobQueue:
                 raise
 
     def _claim(self, busy: frozenset) -> Optional[JobContext]:
-        st = _claim_statements(db.engine.dialect.name)
+        dialect = db.engine.dialect.name
+        st = _claim_statements(dialect)
         now = utcnow()
-        params = {"_now": now}
+        params = {"_now": now, "_me": self.worker_id}
         if busy:
             params["_busy"] = sorted(busy)
         rows = db.session.execute(st["candidates_busy" if busy else "candidates"], params).all()
         lease = now + timedelta(seconds=self.lease_seconds)
         for row in rows:
+            if "own" in st and row.enterprise_number is not None and not self._own(st, row.enterprise_number, now):
+                continue
             take = {"_id": row.id, "status": "running", "locked_by": self.worker_id, "lease_until": lease,
                     "updated_at": now}
             if row.status == "running":
@@ -189,6 +209,12 @@ class JobQueue:
                                   job.attempts, job.max_attempts)
         db.session.commit()
         return None
+
+    def _own(self, st: dict, enterprise: str, now) -> bool:
+        """Take or renew this process's lease on an enterprise's traffic; False if another process has it."""
+        result = db.session.execute(st["own"], {"_enterprise": enterprise, "_me": self.worker_id, "_now": now,
+                                                "_until": now + timedelta(seconds=ENTERPRISE_LEASE)})
+        return result.rowcount == 1
 
     def _finish(self, job_id: int, **values: Any) -> None:
         j = Job.__table__
@@ -304,6 +330,15 @@ class WorkerPool:
         self.queue.notify(everyone=True)
         for t in self._threads:
             t.join(timeout)
+        if self._threads:
+            with self.app.app_context():
+                try:  # let another process take this one's enterprises at once
+                    db.session.execute(EnterpriseLease.__table__.delete().where(
+                        EnterpriseLease.__table__.c.owner == self.queue.worker_id))
+                    db.session.commit()
+                except Exception as exc:  # the database may be gone at shutdown; leases expire anyway
+                    log.warning("could not release enterprise leases: %s", redact_text(str(exc)).splitlines()[0])
+                    db.session.rollback()
         self._threads = []
 
     def alive(self) -> int:

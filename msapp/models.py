@@ -114,3 +114,13 @@ class Job(db.Model):
     last_error: Mapped[Optional[str]] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow, onupdate=utcnow)
+
+
+class EnterpriseLease(db.Model):
+    """Which process owns an enterprise's MoySklad traffic (so per-enterprise limits hold across processes)."""
+
+    __tablename__ = "ms_enterprise_leases"
+
+    enterprise_number: Mapped[str] = mapped_column(Text, primary_key=True)
+    owner: Mapped[str] = mapped_column(Text, nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)

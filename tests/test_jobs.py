@@ -243,3 +243,37 @@ def test_stats(ctx):
     db.session.commit()
     stats = q.stats()
     assert stats["depth"] == 2 and stats["oldest_pending_age_seconds"] >= 5 and stats["dead"] == 0
+
+
+def test_one_process_at_a_time_owns_an_enterprise(pg_schema, tmp_path):
+    """With several processes on one PostgreSQL, an enterprise's jobs go to one of them at a time, so its
+    MoySklad limits (kept per process) hold for all of them together."""
+    from sqlalchemy import update as sa_update
+
+    from msapp.models import EnterpriseLease
+
+    apps = [make_app(pg_schema.url, tmp_path / f"p{i}") for i in range(2)]
+    try:
+        queues = [JobQueue(worker_id=f"host:{8023 + i}") for i in range(2)]
+        with apps[0].app_context():
+            for n in range(4):
+                ms().queue.enqueue("test", f"e1-{n}", {}, enterprise_number="E1")
+            ms().queue.enqueue("test", "e2-0", {}, enterprise_number="E2")
+            ms().queue.enqueue("test", "none-0", {})
+            db.session.commit()
+            first = queues[0].claim()
+            assert first.enterprise_number == "E1"
+        with apps[1].app_context():
+            taken = [queues[1].claim() for _ in range(3)]
+            assert {t.enterprise_number for t in taken if t} == {"E2", None}  # never E1 while p0 owns it
+            assert taken[2] is None
+        with apps[0].app_context():
+            assert queues[0].claim().enterprise_number == "E1"  # the owner keeps going
+            # p0 stops claiming E1's jobs: its lease runs out
+            db.session.execute(sa_update(EnterpriseLease).values(expires_at=utcnow() - timedelta(seconds=1)))
+            db.session.commit()
+        with apps[1].app_context():
+            assert queues[1].claim().enterprise_number == "E1"
+    finally:
+        for app in apps:
+            dispose(app)

@@ -190,7 +190,9 @@ class AdminService:
             logs.c.created_at >= now - timedelta(hours=1)).order_by(logs.c.id.desc()).limit(1)).first()
         db.session.commit()
         ok = sum(1 for r in recent if r.status == "success")
-        return {"calls_today": calls[0], "customers_created": calls[1], "orders_created": calls[2],
+        paused = self.clients.paused(number)
+        return {"paused": {"minutes": max(1, round(paused[0] / 60)), "reason": paused[1]} if paused else None,
+                "calls_today": calls[0], "customers_created": calls[1], "orders_created": calls[2],
                 "success_rate": round(100 * ok / len(recent), 1) if recent else None,
                 "median_latency_ms": round(statistics.median(latencies)) if latencies else None,
                 "requests_today": len(recent), "queue_depth": depth,

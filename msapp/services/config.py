@@ -231,6 +231,7 @@ class ConfigStore:
         self.phone_api_url = phone_api_url
         self.public_url = public_url
         self._fast: dict[str, tuple[float, dict]] = {}
+        self.on_saved: list = []  # callbacks(number) after a config is saved (e.g. lift a credentials pause)
 
     def enterprise(self, number: str, lock: bool = False) -> Enterprise:
         query = select(Enterprise).where(Enterprise.number == number)
@@ -275,6 +276,8 @@ class ConfigStore:
             cfg["webhook_uuid"] = str(uuid.uuid4())
         self._write(ent, cfg)
         db.session.commit()
+        for callback in self.on_saved:
+            callback(number)
         return self.of(ent)
 
     def regenerate_webhook(self, number: str) -> dict:

@@ -1,6 +1,7 @@
 """Build MoySklad clients for one enterprise: URLs from settings, keys from its config, shared limits."""
 from __future__ import annotations
 
+import time
 from typing import Optional
 
 from ..errors import ApiError
@@ -12,11 +13,32 @@ from .cache import TTLCache
 EMPLOYEES_TTL = 600.0
 
 
+AUTH_PAUSE = 300.0  # after MoySklad refuses an enterprise's credentials, ask again this much later
+
+
 class MoySkladClients:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.limiter = Limiter(json_budget=settings.json_api_budget)
         self.cache = TTLCache()
+        self._paused: dict[str, tuple[float, str]] = {}
+
+    # -- refused credentials: one probe per pause, not one failing request per call -------------------
+    def pause(self, number: str, reason: str, seconds: float = AUTH_PAUSE) -> None:
+        self._paused[number] = (time.monotonic() + seconds, reason)
+
+    def paused(self, number: str) -> Optional[tuple[float, str]]:
+        """(seconds left, reason) while the enterprise's MoySklad traffic is paused, else None."""
+        found = self._paused.get(number)
+        if found is None:
+            return None
+        left = found[0] - time.monotonic()
+        if left <= 0:
+            return None  # half-open: the next request probes; success clears it, refusal pauses again
+        return left, found[1]
+
+    def resume(self, number: str) -> None:
+        self._paused.pop(number, None)
 
     def phone(self, number: str, cfg: dict, **kw) -> PhoneApi:
         """The Phone API client of one enterprise (its key; URL from settings; shared limits)."""
