@@ -311,6 +311,7 @@ class WorkerPool:
         # A slow enterprise may hold at most this many of this process's workers at once.
         self.per_enterprise = max(1, math.ceil(size / 2))
         self._running: dict[str, int] = {}
+        self._unrecorded: set[int] = set()  # jobs whose outcome could not be written (database down)
         self._lock = threading.Lock()
         self._claim_lock = threading.Lock()
         self._stop = threading.Event()
@@ -356,9 +357,33 @@ class WorkerPool:
             if self._running[enterprise] <= 0:
                 del self._running[enterprise]
 
+    def _release_unrecorded(self) -> None:
+        """Hand back, as soon as the database answers again, jobs whose outcome was lost with it.
+
+        Handlers are idempotent (state-based), so running such a job again is safe; waiting for its
+        lease would delay the call by minutes.
+        """
+        with self._lock:
+            ids = sorted(self._unrecorded)
+        try:
+            db.session.execute(update(Job).where(Job.id.in_(ids), Job.status == "running",
+                                                 Job.locked_by == self.queue.worker_id)
+                               .values(status="pending", lease_until=None, locked_by=None, run_at=utcnow()))
+            db.session.commit()
+        except Exception:  # still down: try again on the next turn
+            db.session.rollback()
+            db.session.remove()
+            self._stop.wait(1.0)
+            return
+        with self._lock:
+            self._unrecorded.difference_update(ids)
+        log.warning("handed back %s job(s) whose outcome was lost while the database was down", len(ids))
+
     def _loop(self) -> None:
         with self.app.app_context():
             while not self._stop.is_set():
+                if self._unrecorded:
+                    self._release_unrecorded()
                 try:
                     with self._claim_lock:  # claim and count it as one step, or two workers race past the cap
                         job = self.queue.claim(self._busy())
@@ -378,6 +403,8 @@ class WorkerPool:
                 except Exception as exc:
                     log.error("recording the result of job %s failed: %s", job.id, redact_text(str(exc)))
                     db.session.remove()
+                    with self._lock:
+                        self._unrecorded.add(job.id)
                 finally:
                     self._track(job.enterprise_number, -1)
                     metrics.JOB_SECONDS.labels(job.kind).observe(time.monotonic() - started)

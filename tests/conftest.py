@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import uuid
 
 import pytest
@@ -62,6 +63,19 @@ class PgSchema:
         with self._conn.cursor() as cur:
             cur.execute(f'DROP SCHEMA IF EXISTS "{self.name}" CASCADE')
         self._conn.close()
+
+    def reconnect_and_drop(self):
+        """Drop after PostgreSQL was restarted under this object's connection."""
+        import psycopg2
+
+        for _ in range(50):
+            try:
+                self._conn = psycopg2.connect(PG_URL)
+                self._conn.autocommit = True
+                break
+            except psycopg2.OperationalError:
+                time.sleep(0.2)
+        self.drop()
 
 
 def require_pg():
