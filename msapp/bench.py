@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 import click
@@ -67,10 +67,14 @@ def _rss_mb(pid: int, field_name: str = "VmHWM") -> float:
 @dataclass
 class Env:
     sandbox_url: str
-    service_url: str
-    proc: subprocess.Popen
+    service_urls: list
+    procs: list
     accounts: list = field(default_factory=list)
     http: requests.Session = field(default_factory=requests.Session)
+
+    @property
+    def service_url(self) -> str:
+        return self.service_urls[0]
 
     def faults(self, **faults) -> None:
         self.http.post(f"{self.sandbox_url}/sandbox/api/faults", json=faults, timeout=5).raise_for_status()
@@ -83,8 +87,10 @@ class Env:
                              timeout=60).json()["calls"]
 
     def event(self, session: requests.Session, enterprise: str, body: dict) -> float:
+        # every event of one call goes to the same process, as from one PBX host
+        url = self.service_urls[hash(body.get("unique_id")) % len(self.service_urls)]
         started = time.perf_counter()
-        r = session.post(f"{self.service_url}/internal/ms/call-event",
+        r = session.post(f"{url}/internal/ms/call-event",
                          json={"enterprise_number": enterprise, **body}, timeout=10)
         elapsed = time.perf_counter() - started
         if r.status_code != 202:
@@ -160,6 +166,14 @@ def _prepare(db_url: str, tmp: str, sandbox_url: str, enterprises: int) -> list:
 
 
 @contextmanager
+def _services(db_url: str, tmp: str, sandbox_url: str, workers: int, count: int):
+    """`count` service processes on one database (each its own port and worker id)."""
+    with ExitStack() as stack:
+        started = [stack.enter_context(_service(db_url, tmp, sandbox_url, workers)) for _ in range(count)]
+        yield [url for url, _ in started], [proc for _, proc in started]
+
+
+@contextmanager
 def _service(db_url: str, tmp: str, sandbox_url: str, workers: int):
     port = _free_port()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("MS_")},
@@ -229,19 +243,19 @@ def _interleave(calls: list) -> list:
 
 
 def measure(kind: str, pg_url: str, calls: int, enterprises: int, rate: float, ack_seconds: float,
-            latency_ms: int, workers: int) -> dict:
-    result = {"database": kind}
+            latency_ms: int, workers: int, processes: int = 1) -> dict:
+    result = {"database": kind if processes == 1 else f"{kind}, {processes} processes"}
     with tempfile.TemporaryDirectory() as tmp, _sandbox() as sandbox_url:
         db_url, cleanup = _database(kind, pg_url, tmp)
         try:
             numbers = _prepare(db_url, tmp, sandbox_url, enterprises)
-            with _service(db_url, tmp, sandbox_url, workers) as (service_url, proc):
-                env = Env(sandbox_url, service_url, proc, numbers)
+            with _services(db_url, tmp, sandbox_url, workers, processes) as (urls, procs):
+                env = Env(sandbox_url, urls, procs, numbers)
                 result.update(_ack_latency(env, rate, ack_seconds))
                 result.update(_first_card(env, latency_ms))
                 result.update(_requests_per_call(env))
                 result.update(_fault_run(env, calls, rate))
-                result["rss_peak_mb"] = round(_rss_mb(proc.pid), 1)
+                result["rss_peak_mb"] = round(max(_rss_mb(p.pid) for p in procs), 1)
         finally:
             cleanup()
     return result
@@ -320,7 +334,7 @@ def _fault_run(env: Env, calls: int, rate: float) -> dict:
     peak = [0.0]
 
     def sample():
-        peak[0] = max(peak[0], _rss_mb(env.proc.pid, "VmRSS"))
+        peak[0] = max(peak[0], *(_rss_mb(p.pid, "VmRSS") for p in env.procs))
 
     started = time.time()
     _open_loop(env, _interleave(call_events), rate, sample=sample)
@@ -359,7 +373,7 @@ def report(results: list) -> str:
                    f"{r['fault_lost']} lost ({r['fault_injected']} faults injected, {r['fault_seconds']} s)"),
         ("MoySklad rate limit exceeded by the service's pacing", "never",
          lambda r: f"{r['fault_own_429']} own-limit 429s"),
-        ("resident memory under that load", "≤ 150 MB",
+        ("resident memory under that load (per process)", "≤ 150 MB",
          lambda r: f"{r['rss_during_mb']} MB (peak {r['rss_peak_mb']} MB)"),
     ]
     head = "| figure | target | " + " | ".join(r["database"] for r in results) + " |"
@@ -381,8 +395,9 @@ def report(results: list) -> str:
 @click.option("--ack-seconds", default=10.0, show_default=True, help="Length of the acknowledgement run")
 @click.option("--latency-ms", default=50, show_default=True, help="Sandbox latency L for the first-card figure")
 @click.option("--workers", default=4, show_default=True, help="MS_WORKERS of the service under test")
+@click.option("--processes", default=1, show_default=True, help="Service processes sharing the database")
 @click.option("--json-out", type=click.Path(dir_okay=False), help="Also write the raw figures as JSON")
-def bench(dbs, pg_url, calls, soak, enterprises, rate, ack_seconds, latency_ms, workers, json_out):
+def bench(dbs, pg_url, calls, soak, enterprises, rate, ack_seconds, latency_ms, workers, processes, json_out):
     """Measure the section 10 figures against the sandbox and print them as a Markdown table."""
     kinds = list(dbs) or (["sqlite", "postgresql"] if pg_url else ["sqlite"])
     if "postgresql" in kinds and not pg_url:
@@ -392,7 +407,9 @@ def bench(dbs, pg_url, calls, soak, enterprises, rate, ack_seconds, latency_ms, 
     results = []
     for kind in kinds:
         click.echo(f"measuring on {kind} ({calls} calls in the fault run, {enterprises} enterprises)...", err=True)
-        results.append(measure(kind, pg_url, calls, enterprises, rate, ack_seconds, latency_ms, workers))
+        if processes > 1 and kind == "sqlite":
+            raise click.UsageError("several processes need PostgreSQL (--db postgresql)")
+        results.append(measure(kind, pg_url, calls, enterprises, rate, ack_seconds, latency_ms, workers, processes))
     click.echo(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}; "
                f"load {rate:.0f} events/s, {workers} workers")
     click.echo(report(results))

@@ -269,3 +269,19 @@ def test_forged_proxy_header_from_loopback_is_refused_by_the_real_server(svc, sa
     assert r.status_code == 403
     with svc.app.app_context():
         assert db.session.query(Job).count() == 0
+
+
+def test_answer_arriving_after_the_hangup_still_sets_the_answerer(svc, sandbox):
+    dial(svc)
+    svc.wait_idle()
+    hangup(svc, extension=None)  # the hangup names no extension, and the answer is late
+    svc.wait_idle()
+    (call,) = calls(sandbox)
+    assert call["endTime"] and call["extension"] is None
+    answer(svc, ext="151")
+    svc.wait_idle()
+    assert call["extension"] == "151" and "ответил доб. 151" in call["comment"]
+    assert shown_cards(sandbox) == {}
+    answer(svc, ext="151")  # a duplicate of the late answer changes nothing more
+    svc.wait_idle()
+    assert len(phone_requests(sandbox)) == 3

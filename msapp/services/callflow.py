@@ -177,6 +177,7 @@ class CallSync:
         if not snap.end_sent:
             self.customers.before_end(snap, cfg, job, self._save)
             self._end(snap, cfg, phone)
+        self._late_answer(snap, phone)
         self.customers.after_end(snap, cfg, job, self._save)
 
     def _probe(self, snap: Snapshot, phone) -> None:
@@ -222,7 +223,9 @@ class CallSync:
         created = phone.create_call(body)
         metrics.CALLS_CREATED.inc()
         linked = id_from_href((created.get("counterparty") or {}).get("href"))
-        self._save(snap, ms_call_id=created.get("id"), shown=shown, answer_sent=answer_sent or ended,
+        # answer_sent: MoySklad has the answering extension (or, outgoing, the caller's: nothing to add)
+        answer_sent = answer_sent or not snap.incoming or "extension" in body
+        self._save(snap, ms_call_id=created.get("id"), shown=shown, answer_sent=answer_sent,
                    end_sent=ended, hidden=list(shown) if ended else snap.hidden, last_error=None,
                    counterparty_id=snap.counterparty_id or linked)
 
@@ -271,8 +274,16 @@ class CallSync:
         if pending:
             body["events"] = [self._event(snap, "HIDE", ext) for ext in pending]
         phone.update_call(snap.ms_call_id, body)
-        self._save(snap, end_sent=True, answer_sent=True, hidden=snap.hidden + pending, sequence=snap.sequence,
-                   last_error=None)
+        self._save(snap, end_sent=True, answer_sent=snap.answer_sent or not snap.incoming or "extension" in body,
+                   hidden=snap.hidden + pending, sequence=snap.sequence, last_error=None)
+
+    def _late_answer(self, snap: Snapshot, phone) -> None:
+        """The answer arrived after the hangup was sent: set the (still empty, write-once) extension and
+        the comment that names who answered."""
+        if not snap.incoming or not snap.answered_extension or snap.answer_sent or not snap.end_sent:
+            return
+        phone.update_call(snap.ms_call_id, {"extension": snap.answered_extension, "comment": comment(snap)})
+        self._save(snap, answer_sent=True)
 
     def _save(self, snap: Snapshot, **values) -> None:
         """Commit progress at once (and mirror it in the snapshot)."""
