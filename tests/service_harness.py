@@ -95,3 +95,21 @@ class FakeOriginate:
 
     def stop(self):
         self.server.close()
+
+
+def start_process(env: dict, port: int):
+    """`python -m msapp serve` as a real process with `env`; returns it once /healthz answers."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "msapp", "serve"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok:
+                return proc
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("service did not start")

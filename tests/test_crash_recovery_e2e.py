@@ -1,8 +1,6 @@
 """The service killed with SIGKILL mid-call and restarted: the call completes, once."""
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -11,24 +9,10 @@ import requests
 from msapp.extensions import db
 from msapp.models import Enterprise
 from tests.conftest import dispose, free_port, make_app
-from tests.service_harness import calls, shown_cards
+from tests.service_harness import calls, shown_cards, start_process
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 CALLER = "+375296254070"
-
-
-def start(env, port):
-    proc = subprocess.Popen([sys.executable, "-m", "msapp", "serve"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok:
-                return proc
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    proc.kill()
-    raise AssertionError("service did not start")
 
 
 def test_sigkill_mid_call_then_restart(db_url, tmp_path, sandbox):
@@ -48,7 +32,7 @@ def test_sigkill_mid_call_then_restart(db_url, tmp_path, sandbox):
     call = dict(enterprise_number="0367", unique_id="crash-1", direction="in", phone=CALLER)
 
     requests.post(f"{sandbox.url}/sandbox/api/faults", json={"latency_ms": 1500, "api": "phone"})
-    proc = start(env, port)
+    proc = start_process(env, port)
     try:
         r = requests.post(url, json={**call, "event_type": "dial", "extensions": ["150", "151"]}, timeout=5)
         assert r.status_code == 202
@@ -59,7 +43,7 @@ def test_sigkill_mid_call_then_restart(db_url, tmp_path, sandbox):
         assert len(calls(sandbox)) == 1
         requests.post(f"{sandbox.url}/sandbox/api/faults", json={})
 
-        proc = start(env, port)  # same host:port, so it takes its orphaned job back at once
+        proc = start_process(env, port)  # same host:port, so it takes its orphaned job back at once
         r = requests.post(url, json={**call, "event_type": "hangup", "call_status": "missed"}, timeout=5)
         assert r.status_code == 202
         deadline = time.time() + 20

@@ -1,8 +1,6 @@
 """Fault runs over real sockets: MoySklad refusing the key, and a burst cut by SIGKILL."""
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -12,7 +10,7 @@ from sqlalchemy import func, select
 from msapp.extensions import db
 from msapp.models import Enterprise, Job
 from tests.conftest import dispose, free_port, make_app
-from tests.service_harness import Service, calls, phone_requests
+from tests.service_harness import Service, calls, phone_requests, start_process
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 CALLER = "+375296254070"
@@ -46,20 +44,6 @@ def test_refused_key_pauses_the_enterprise_and_keeps_its_calls(db_url, tmp_path,
         svc.stop()
 
 
-def _start(env, port):
-    proc = subprocess.Popen([sys.executable, "-m", "msapp", "serve"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok:
-                return proc
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    proc.kill()
-    raise AssertionError("service did not start")
-
-
 def test_sigkill_in_the_middle_of_a_burst(db_url, tmp_path, sandbox):
     app = make_app(db_url, tmp_path, MS_PHONE_API_URL=sandbox.phone_url)
     with app.app_context():
@@ -75,7 +59,7 @@ def test_sigkill_in_the_middle_of_a_burst(db_url, tmp_path, sandbox):
     requests.post(f"{sandbox.url}/sandbox/api/faults", json={"latency_ms": 80})
     url = f"http://127.0.0.1:{port}/internal/ms/call-event"
     accepted = set()
-    proc = _start(env, port)
+    proc = start_process(env, port)
     session = requests.Session()
     try:
         for n in range(40):
@@ -88,7 +72,7 @@ def test_sigkill_in_the_middle_of_a_burst(db_url, tmp_path, sandbox):
             if n == 25:
                 proc.send_signal(signal.SIGKILL)  # mid-burst, with MoySklad requests in flight
                 proc.wait(10)
-                proc = _start(env, port)
+                proc = start_process(env, port)
                 session = requests.Session()
         requests.post(f"{sandbox.url}/sandbox/api/faults", json={})
         deadline = time.time() + 60
