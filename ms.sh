@@ -179,7 +179,6 @@ main() {
         test) cmd_test "$@" ;;
         check|migrate|enterprise|sandbox|demo|bench)
             ensure_venv
-            [ "$cmd" = bench ] && ensure_venv test
             exec "$PY" -m msapp "$cmd" "$@" ;;
         ''|-h|--help|help)
             sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' ;;

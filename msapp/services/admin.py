@@ -87,7 +87,7 @@ class AdminService:
         names = {}
         if cfg.get("api_token"):
             try:
-                people = self.customers._cached_list(number, cfg, "json_employees", lambda api: api.employees())
+                people = self.customers.cached_list(number, cfg, "json_employees", lambda api: api.employees())
                 names = {p.get("id"): p.get("name") for p in people}
             except (MoySkladError, RateLimited, ApiError):
                 names = {}
@@ -116,7 +116,7 @@ class AdminService:
                                 ("states", lambda api: api.order_states()),
                                 ("saleschannels", lambda api: api.sales_channels())):
                 out[kind] = [{"id": r.get("id"), "name": r.get("name")}
-                             for r in self.customers._cached_list(number, cfg, kind, fetch)]
+                             for r in self.customers.cached_list(number, cfg, kind, fetch)]
         except (MoySkladError, RateLimited, ApiError) as exc:
             out["error"] = explain(exc)
         self._done()

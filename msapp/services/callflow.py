@@ -169,14 +169,14 @@ class CallSync:
         if snap.ms_call_id is None:
             if snap.end_time is not None:
                 self.customers.before_end(snap, cfg, job, self._save)
-            self._create(snap, cfg, phone, mode)
+            self._create(snap, phone, mode)
         if snap.end_time is None:
             self._more_cards(snap, phone, mode)
             self._answer(snap, phone, mode)
             return
         if not snap.end_sent:
             self.customers.before_end(snap, cfg, job, self._save)
-            self._end(snap, cfg, phone)
+            self._end(snap, phone)
         self._late_answer(snap, phone)
         self.customers.after_end(snap, cfg, job, self._save)
 
@@ -197,7 +197,7 @@ class CallSync:
         snap.sequence += 1
         return {"eventType": kind, "extension": extension, "sequence": snap.sequence}
 
-    def _create(self, snap: Snapshot, cfg: dict, phone, mode: str) -> None:
+    def _create(self, snap: Snapshot, phone, mode: str) -> None:
         body = {"externalId": snap.unique_id, "number": snap.phone, "isIncoming": snap.incoming,
                 "startTime": to_moysklad_time(snap.start_time or snap.created_at)}
         events, shown, answer_sent = [], [], False
@@ -205,7 +205,7 @@ class CallSync:
         if not snap.incoming and snap.caller:
             body["extension"] = snap.caller  # known at once and final: the caller
         if ended:
-            body.update(self._final_fields(snap, cfg))
+            body.update(self._final_fields(snap))
         elif snap.incoming and snap.answered_extension and mode != "none":
             body["extension"] = snap.answered_extension
             events = [self._event(snap, "SHOW", snap.answered_extension),
@@ -256,7 +256,7 @@ class CallSync:
         self._save(snap, answer_sent=True, shown=list(dict.fromkeys(snap.shown + [who])),
                    hidden=snap.hidden + others, sequence=snap.sequence)
 
-    def _final_fields(self, snap: Snapshot, cfg: dict) -> dict:
+    def _final_fields(self, snap: Snapshot) -> dict:
         end = max(snap.end_time, snap.start_time) if snap.start_time else snap.end_time
         body = {"endTime": to_moysklad_time(end), "comment": comment(snap)}
         if snap.incoming and snap.answered_extension and not snap.answer_sent:
@@ -268,8 +268,8 @@ class CallSync:
                                         f"{snap.counterparty_id}", "counterparty")
         return body
 
-    def _end(self, snap: Snapshot, cfg: dict, phone) -> None:
-        body = self._final_fields(snap, cfg)
+    def _end(self, snap: Snapshot, phone) -> None:
+        body = self._final_fields(snap)
         pending = [ext for ext in snap.shown if ext not in snap.hidden]
         if pending:
             body["events"] = [self._event(snap, "HIDE", ext) for ext in pending]

@@ -39,7 +39,8 @@ class Customers:
         self.clients.cache.set(key, found, HIT_TTL if found else MISS_TTL)
         return found
 
-    def _cached_list(self, number: str, cfg: dict, kind: str, fetch: Callable) -> list:
+    def cached_list(self, number: str, cfg: dict, kind: str, fetch: Callable) -> list:
+        """A JSON API list of one enterprise (organizations, employees...), cached 10 minutes."""
         key = (number, kind)
         rows = self.clients.cache.get(key)
         if rows is None:
@@ -143,12 +144,12 @@ class Customers:
         save(snap, order_id=order.get("id") or "")
 
     def _first_organization(self, number: str, cfg: dict) -> Optional[str]:
-        rows = self._cached_list(number, cfg, "organizations", lambda api: api.organizations())
+        rows = self.cached_list(number, cfg, "organizations", lambda api: api.organizations())
         return rows[0]["id"] if rows else None
 
     def _sales_channel(self, number: str, cfg: dict, source: Optional[str]) -> Optional[str]:
         """An id as given; a name (the old service stored names) is looked up among the sales channels."""
         if not source or _ID.match(source):
             return source or None
-        rows = self._cached_list(number, cfg, "saleschannels", lambda api: api.sales_channels())
+        rows = self.cached_list(number, cfg, "saleschannels", lambda api: api.sales_channels())
         return next((r["id"] for r in rows if (r.get("name") or "").strip().lower() == source.strip().lower()), None)

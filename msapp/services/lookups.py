@@ -82,7 +82,7 @@ class Lookups:
         if not owner_id:
             return None
         extension = next((e["extension"] for e in self.clients.employees(number, cfg) if e["id"] == owner_id), None)
-        people = self.customers._cached_list(number, cfg, "json_employees", lambda api: api.employees())
+        people = self.customers.cached_list(number, cfg, "json_employees", lambda api: api.employees())
         name = next((p.get("name") for p in people if p.get("id") == owner_id), None)
         return {"id": owner_id, "name": name, "extension": extension}
 
