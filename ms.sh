@@ -37,7 +37,10 @@ fresh() { [ -f "$1" ] && [ ! setup.cfg -nt "$1" ] && [ ! pyproject.toml -nt "$1"
 # ensure_venv [extras]: create .venv and install the package (with extras) when missing or stale.
 # An install with the test extras also satisfies a plain one.
 ensure_venv() {
-    local extras="${1:-}" stamp="$VENV/.ms-installed${extras:+-$extras}"
+    # Two statements: `local a=x b=$a` expands $a before `a` is set, which once left the stamp without
+    # its extras, so `./ms.sh start` then `./ms.sh test` never installed pytest.
+    local extras="${1:-}"
+    local stamp="$VENV/.ms-installed${extras:+-$extras}"
     if [ ! -x "$PY" ]; then
         say "creating .venv"
         "$(python3_bin)" -m venv "$VENV" || die "could not create .venv (is the python3-venv package installed?)" 2

@@ -42,16 +42,34 @@ class Service:
         body.setdefault("enterprise_number", "0367")
         return self.http.post(f"{self.url}/internal/ms/{path}", json=body, timeout=10)
 
-    def wait_idle(self, timeout=30.0):
-        """Wait until no job is pending or running."""
+    def wait_idle(self, timeout=30.0, serve_backoff=False):
+        """Wait until no job is pending or running; with `serve_backoff`, keep making waiting jobs due
+        (for after injected faults were stopped: a job failing just then must not sleep out its backoff)."""
         deadline = time.time() + timeout
         q = self.app.extensions["ms"].queue
         while time.time() < deadline:
             with self.app.app_context():
                 if q.stats()["depth"] == 0:
                     return
+            if serve_backoff:
+                self.release_waiting()
             time.sleep(0.05)
         raise AssertionError(f"jobs still pending after {timeout}s")
+
+    def release_waiting(self):
+        """Serve every pending job's wait at once (as if the clock jumped past its backoff).
+
+        Tests that inject faults stop them first, then call this, so that no test bets on random jitter.
+        """
+        from sqlalchemy import update
+
+        from msapp.clock import utcnow
+        from msapp.models import Job
+
+        with self.app.app_context():
+            db.session.execute(update(Job).where(Job.status == "pending").values(run_at=utcnow()))
+            db.session.commit()
+        self.app.extensions["ms"].queue.notify(everyone=True)
 
     def stop(self):
         self.server.close()

@@ -3,6 +3,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -93,3 +94,52 @@ def test_port_in_use_is_reported(project):
         r = sh(dest, env, "start")
     assert r.returncode != 0 and "cannot listen" in r.stderr
     assert sh(dest, env, "status").returncode == 3
+
+
+@pytest.fixture
+def fake_venv(tmp_path):
+    """A copy of ms.sh whose .venv/bin/python only records how it was called (no real install)."""
+    dest = tmp_path / "fake"
+    dest.mkdir()
+    for name in ("ms.sh", "setup.cfg", "pyproject.toml"):
+        shutil.copy2(ROOT / name, dest / name)
+    python = dest / ".venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text('#!/bin/sh\necho "$*" >> "$(dirname "$0")/../calls.log"\nexit 0\n')
+    python.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MS_")}
+
+    def run(*args):
+        r = subprocess.run(["./ms.sh", *args], cwd=dest, env=env, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        log = dest / ".venv" / "calls.log"
+        lines = log.read_text().splitlines() if log.exists() else []
+        log.unlink(missing_ok=True)
+        return [line for line in lines if "--upgrade pip" not in line]
+
+    return dest, run
+
+
+def test_plain_install_then_test_installs_the_test_extras(fake_venv):
+    """README order on a fresh clone: start (plain install) then test must still install pytest."""
+    _, run = fake_venv
+    assert any(line.endswith("-e .") for line in run("check"))
+    calls = run("test", "-q")
+    assert any(line.endswith("-e .[test]") for line in calls), calls
+    assert calls[-1] == "-m pytest -q"
+
+
+def test_test_install_satisfies_a_later_plain_start(fake_venv):
+    _, run = fake_venv
+    assert any(line.endswith("-e .[test]") for line in run("test"))
+    assert run("check") == ["-m msapp check"]  # nothing reinstalled
+    assert run("test") == ["-m pytest"]
+
+
+def test_changed_dependencies_reinstall(fake_venv):
+    """After a `git pull` that changes setup.cfg the next command installs again."""
+    dest, run = fake_venv
+    run("test")
+    future = time.time() + 5
+    os.utime(dest / "setup.cfg", (future, future))
+    assert any(line.endswith("-e .[test]") for line in run("test"))
