@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Optional
 
 from flask import Flask, jsonify, request
@@ -20,6 +21,7 @@ from .services.admin import TEST_POPUP_KIND, AdminService
 from .services.callflow import CallSync
 from .services.config import ConfigStore
 from .services.customers import Customers
+from .services.directory import REFRESH_KIND, Directory
 from .services.events import SYNC_KIND
 from .services.lookups import Lookups
 from .services.moysklad_clients import MoySkladClients
@@ -45,6 +47,8 @@ def create_app(config: Optional[Mapping[str, str]] = None) -> Flask:
         JSON_SORT_KEYS=False,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.public_url.startswith("https://"),
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=settings.admin_session_hours),
     )
     logging_setup.configure(settings.log_dir, settings.log_level)
 
@@ -59,21 +63,26 @@ def create_app(config: Optional[Mapping[str, str]] = None) -> Flask:
     clients = MoySkladClients(settings)
     customers = Customers(clients)
     queue.register(SYNC_KIND, CallSync(clients, configs, customers), max_attempts=12)
-    queue.register(click_to_call.KIND, click_to_call.Originate(settings.originate_url), max_attempts=4)
-    admin_service = AdminService(clients, customers, queue)
+    queue.register(click_to_call.KIND, click_to_call.Originate(settings.originate_url, configs), max_attempts=4)
     configs.on_saved.append(lambda number: _credentials_changed(clients, queue, number))
     queue.register(TEST_POPUP_KIND, lambda job: admin_service.hide_test_popup(configs, job), max_attempts=5)
+    directory = Directory(app, clients, configs, queue, settings.lookup_timeout)
+    admin_service = AdminService(clients, customers, queue, directory)
+    queue.register(REFRESH_KIND, directory.refresh_job, max_attempts=3)
     queue.start_hooks.append(exchange_log.discard)
     queue.flush_hooks.append(exchange_log.flush)
+    pool = WorkerPool(app, queue, settings.workers)
+    pool.every(60.0, directory.refresh_stale)
     app.extensions["ms"] = MsState(
         settings=settings,
         queue=queue,
-        pool=WorkerPool(app, queue, settings.workers),
+        pool=pool,
         configs=configs,
         clients=clients,
         customers=customers,
         lookups=Lookups(app, configs, clients, customers, settings.lookup_timeout),
         admin=admin_service,
+        directory=directory,
     )
 
     from .internal import bp as internal_bp

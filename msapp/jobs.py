@@ -316,6 +316,11 @@ class WorkerPool:
         self._claim_lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._periodic: list[list] = []  # [interval, due (monotonic), task]
+
+    def every(self, interval: float, task: Callable[[], Any]) -> None:
+        """Run `task` (in an app context) every `interval` seconds, first one interval after start."""
+        self._periodic.append([interval, 0.0, task])
 
     def start(self) -> None:
         if self._threads:
@@ -325,6 +330,31 @@ class WorkerPool:
             t = threading.Thread(target=self._loop, name=f"ms-worker-{i}", daemon=True)
             t.start()
             self._threads.append(t)
+        if self._periodic and self.size:
+            t = threading.Thread(target=self._tick, name="ms-ticker", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _tick(self) -> None:
+        """The ticker thread: periodic housekeeping (each task queues durable jobs or prunes rows)."""
+        now = time.monotonic()
+        for entry in self._periodic:
+            entry[1] = now + entry[0]
+        with self.app.app_context():
+            while not self._stop.is_set():
+                now = time.monotonic()
+                for entry in self._periodic:
+                    if entry[1] > now:
+                        continue
+                    entry[1] = now + entry[0]
+                    try:
+                        entry[2]()
+                    except Exception as exc:  # a failed tick is tried again next interval
+                        log.warning("periodic task %s failed: %s", getattr(entry[2], "__name__", entry[2]),
+                                    redact_text(str(exc)).splitlines()[0] if str(exc) else type(exc).__name__)
+                        db.session.rollback()
+                        db.session.remove()
+                self._stop.wait(min([e[1] for e in self._periodic] + [now + 1.0]) - now)
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()

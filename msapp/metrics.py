@@ -15,3 +15,6 @@ QUEUE_DEPTH = Gauge("ms_queue_depth", "Pending and running jobs")
 QUEUE_OLDEST = Gauge("ms_queue_oldest_pending_seconds", "Age of the oldest pending job")
 JOBS_DEAD_NOW = Gauge("ms_dead_jobs", "Jobs currently dead, waiting for a retry from the admin")
 WORKERS_ALIVE = Gauge("ms_workers_alive", "Worker threads alive in this process")
+CLICKS = Counter("ms_clicks_total", "Click-to-call requests by outcome (queued, repeat, refused)", ["outcome"])
+CLICK_REFUSALS = Counter("ms_click_refusals_total", "Click-to-call requests refused by the toll-fraud guard",
+                         ["reason"])

@@ -124,3 +124,30 @@ class EnterpriseLease(db.Model):
     enterprise_number: Mapped[str] = mapped_column(Text, primary_key=True)
     owner: Mapped[str] = mapped_column(Text, nullable=False)
     expires_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+
+
+class Directory(db.Model):
+    """MoySklad's employees with extensions (and logins) of one enterprise, as last fetched."""
+
+    __tablename__ = "ms_directory"
+
+    enterprise_number: Mapped[str] = mapped_column(Text, primary_key=True)
+    employees: Mapped[list] = mapped_column(JSONType, nullable=False)  # [{"id", "extension", "uid", "name"}]
+    logins_known: Mapped[bool] = mapped_column(Boolean, nullable=False)  # False: JSON API not reachable/set
+    fetched_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+
+
+class Click(db.Model):
+    """One click-to-call request and what became of it: queued, repeat, or refused (with its reason)."""
+
+    __tablename__ = "ms_clicks"
+    __table_args__ = (Index("ix_ms_clicks_enterprise_time", "enterprise_number", "created_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    enterprise_number: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow)
+    extension: Mapped[Optional[str]] = mapped_column(Text)
+    destination: Mapped[Optional[str]] = mapped_column(Text)
+    uid: Mapped[Optional[str]] = mapped_column(Text)
+    outcome: Mapped[str] = mapped_column(String(16), nullable=False)
+    reason: Mapped[Optional[str]] = mapped_column(String(32))

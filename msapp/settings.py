@@ -1,6 +1,7 @@
 """Settings: the environment (DESIGN.md section 3) turned into one validated, immutable object."""
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import secrets
@@ -41,6 +42,9 @@ class Settings:
     # Not in DESIGN.md's table but needed to tune the limiter of MOYSKLAD_API.md 2.3 without a release.
     json_api_budget: int = 15
     job_lease_seconds: float = 120.0
+    # The admin door: a login lasts this long; proxies whose X-Forwarded-For names the client.
+    admin_session_hours: float = 12.0
+    trusted_proxies: tuple = ()
 
     @property
     def is_sqlite(self) -> bool:
@@ -99,6 +103,15 @@ def _database_url(env: Mapping[str, str], instance_dir: str) -> str:
     return raw
 
 
+def _networks(env: Mapping[str, str], name: str) -> tuple:
+    """Comma- or space-separated addresses or networks (`127.0.0.1, 10.0.0.0/8`)."""
+    raw = env.get(name) or ""
+    try:
+        return tuple(ipaddress.ip_network(part, strict=False) for part in raw.replace(",", " ").split())
+    except ValueError as exc:
+        raise SettingsError(f"{name}: {exc}") from None
+
+
 def _generated_secret(instance_dir: str, filename: str) -> str:
     """Read a secret kept in the instance dir, creating it (mode 0600) on first use."""
     path = os.path.join(instance_dir, filename)
@@ -146,4 +159,6 @@ def load(env: Optional[Mapping[str, str]] = None) -> Settings:
         instance_dir=instance_dir,
         json_api_budget=_int(env, "MS_JSON_API_BUDGET", 15, 1, 45),
         job_lease_seconds=_float(env, "MS_JOB_LEASE", 120.0, 1.0, 3600.0),
+        admin_session_hours=_float(env, "MS_ADMIN_SESSION_HOURS", 12.0, 0.01, 720.0),
+        trusted_proxies=_networks(env, "MS_TRUSTED_PROXIES"),
     )

@@ -21,6 +21,7 @@ class MsState:
     customers: Optional[Any] = None  # services.customers.Customers
     lookups: Optional[Any] = None  # services.lookups.Lookups
     admin: Optional[Any] = None  # services.admin.AdminService
+    directory: Optional[Any] = None  # services.directory.Directory
 
 
 def ms() -> MsState:

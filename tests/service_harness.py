@@ -38,6 +38,16 @@ class Service:
             self.app.extensions["ms"].configs.save(number, merged)
         return number
 
+    def webhook_url(self, number="0367"):
+        """The enterprise's click-to-call URL, on this server."""
+        with self.app.app_context():
+            url = self.app.extensions["ms"].configs.read(number)["webhook_url"]
+        return url.replace("https://bot.example.by", self.url)
+
+    def configure(self, number="0367", **cfg):
+        with self.app.app_context():
+            self.app.extensions["ms"].configs.save(number, cfg)
+
     def event(self, path="call-event", **body):
         body.setdefault("enterprise_number", "0367")
         return self.http.post(f"{self.url}/internal/ms/{path}", json=body, timeout=10)
@@ -74,6 +84,15 @@ class Service:
     def stop(self):
         self.server.close()
         dispose(self.app)
+
+
+def wait_for(predicate, timeout=10.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def phone_requests(sandbox, account="demo", since=0):

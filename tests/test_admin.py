@@ -139,7 +139,7 @@ def test_save_with_field_errors_then_success(browser, app):
     r = c.post("/ms-admin/config/0367", data={"enabled": "on", "timezone": "Mars/Base", "default_region": "ZZ"},
                headers=hx(csrf))
     assert r.status_code == 200 and 'aria-invalid="true"' in r.text and "Mars/Base" in r.text
-    assert "unknown time zone" in r.text and "Исправьте" in json.loads(r.headers["HX-Trigger"])["toast"]["message"]
+    assert "неизвестный часовой пояс" in r.text and "Исправьте" in json.loads(r.headers["HX-Trigger"])["toast"]["message"]
     r = c.post("/ms-admin/config/0367", headers=hx(csrf), data={
         "enabled": "on", "timezone": "Europe/Moscow", "default_region": "RU", "integration_code": "phonekey-abcdef123456",
         "notifications.call_notify_mode": "answer", "incoming_call_actions.create_orders": "always",

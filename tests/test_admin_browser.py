@@ -65,6 +65,8 @@ def shots(tmp_path) -> Path:
 
 def test_operator_sets_up_an_enterprise(page, svc, sandbox, tmp_path):
     out = shots(tmp_path)
+    blocked = []  # the page must work under the admin's Content-Security-Policy: nothing blocked
+    page.on("console", lambda msg: blocked.append((msg.text, msg.location, page.url)) if "Content Security Policy" in msg.text else None)
     keys = sandbox.state.keys()["demo"]
     page.goto(f"{svc.url}/ms-admin/")
     assert "/ms-admin/login" in page.url
@@ -86,7 +88,7 @@ def test_operator_sets_up_an_enterprise(page, svc, sandbox, tmp_path):
     page.get_by_role("button", name="Сохранить").click()
     field = page.get_by_label("Часовой пояс АТС")
     page.wait_for_selector("#timezone[aria-invalid=true]")
-    assert "unknown time zone" in page.locator("#err-timezone").inner_text()
+    assert "неизвестный часовой пояс" in page.locator("#err-timezone").inner_text()
     page.screenshot(path=str(out / "config-error.png"), full_page=True)
     with svc.app.app_context():
         assert "ms" not in (db.session.get(Enterprise, "0367").integrations_config or {})
@@ -125,6 +127,28 @@ def test_operator_sets_up_an_enterprise(page, svc, sandbox, tmp_path):
     events = [e["eventType"] for c in sandbox.state.accounts["demo"].calls.values() for e in c["events"]]
     assert events == ["SHOW", "HIDE"] and shown_cards(sandbox) == {}
 
+    # the toll-fraud guard's section: a bad limit is refused in Russian, then countries and limits are saved
+    limit = page.get_by_label("Звонков в минуту с одного добавочного")
+    limit.fill("0")
+    page.get_by_role("button", name="Сохранить").click()  # the browser itself refuses it (min=1)
+    assert limit.evaluate("e => e.validity.rangeUnderflow") is True
+    page.wait_for_timeout(300)
+    with svc.app.app_context():
+        db.session.expire_all()
+        assert db.session.get(Enterprise, "0367").integrations_config["ms"]["click_to_call"][
+            "max_per_extension_per_minute"] == 10
+    limit.fill("5")
+    page.get_by_label("Разрешённые страны назначения").select_option(["BY", "RU"])
+    page.get_by_label("Запретить платные и специальные номера").uncheck()
+    page.get_by_role("button", name="Сохранить").click()
+    page.locator(".toast", has_text="Настройки сохранены").last.wait_for()
+    with svc.app.app_context():
+        db.session.expire_all()
+        c2c = db.session.get(Enterprise, "0367").integrations_config["ms"]["click_to_call"]
+        assert c2c["allowed_countries"] == ["BY", "RU"] and c2c["max_per_extension_per_minute"] == 5
+        assert c2c["block_premium"] is False
+    assert page.locator("#c2c_countries option:checked").all_inner_texts() == ["Беларусь (BY)", "Россия (RU)"]
+
     page.get_by_role("link", name="Журнал").click()
     page.get_by_role("heading", name="Журнал обмена").wait_for()
     assert page.locator("table.journal tbody tr").count() >= 3
@@ -133,3 +157,4 @@ def test_operator_sets_up_an_enterprise(page, svc, sandbox, tmp_path):
     page.get_by_label("Результат").select_option("error")
     page.wait_for_timeout(300)
     assert "Записей" in page.locator("#journal").inner_text()
+    assert blocked == []

@@ -9,10 +9,10 @@ from sqlalchemy import func, select
 from msapp.extensions import db
 from msapp.models import IntegrationLog, Job
 from msapp.services.click_to_call import check_signature, signature_candidates
-from tests.service_harness import FakeOriginate, Service
+from tests.service_harness import FakeOriginate, Service, wait_for
 
 pytestmark = pytest.mark.e2e
-CLICK = {"srcNumber": "152", "destNumber": "+375445613954", "uid": "admin@demo"}
+CLICK = {"srcNumber": "152", "destNumber": "+375445613954", "uid": "sidorov@demo"}
 
 
 @pytest.fixture
@@ -31,17 +31,7 @@ def svc(db_url, tmp_path, sandbox, pbx):
 
 
 def hook_url(svc):
-    with svc.app.app_context():
-        return svc.app.extensions["ms"].configs.read("0367")["webhook_url"].replace("https://bot.example.by", svc.url)
-
-
-def wait_for(predicate, timeout=10.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
+    return svc.webhook_url()
 
 
 def jobs(svc):
@@ -62,7 +52,7 @@ def test_one_click_is_one_originate(svc, pbx):
 
 
 def test_form_body_and_national_number(svc, pbx):
-    r = requests.post(hook_url(svc), data={"srcNumber": "150", "destNumber": "8 (029) 711-12-22", "uid": "x@y"})
+    r = requests.post(hook_url(svc), data={"srcNumber": "150", "destNumber": "8 (029) 711-12-22", "uid": "ivanov@demo"})
     assert r.status_code == 200
     assert wait_for(lambda: pbx.requests)
     assert pbx.requests[0]["phone"] == ["+375297111222"]

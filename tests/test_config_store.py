@@ -83,11 +83,39 @@ def test_secrets_masked_and_masked_write_keeps_value(ent):
     ({"integration_code": "has spaces in it"}, "integration_code"),
     ({"nonsense": 1}, "nonsense"),
     ({"notifications": []}, "notifications"),
+    ({"click_to_call": {"allowed_countries": []}}, "click_to_call.allowed_countries"),
+    ({"click_to_call": {"allowed_countries": ["ZZ"]}}, "click_to_call.allowed_countries"),
+    ({"click_to_call": {"allowed_countries": "BY"}}, None),
+    ({"click_to_call": {"allowed_countries": [1]}}, "click_to_call.allowed_countries"),
+    ({"click_to_call": {"block_premium": "no"}}, "click_to_call.block_premium"),
+    ({"click_to_call": {"max_per_extension_per_minute": 0}}, "click_to_call.max_per_extension_per_minute"),
+    ({"click_to_call": {"max_per_extension_per_minute": 121}}, "click_to_call.max_per_extension_per_minute"),
+    ({"click_to_call": {"max_per_enterprise_per_minute": True}}, "click_to_call.max_per_enterprise_per_minute"),
+    ({"click_to_call": {"max_per_enterprise_per_minute": "ten"}}, "click_to_call.max_per_enterprise_per_minute"),
+    ({"click_to_call": {"unlimited": True}}, "click_to_call.unlimited"),
 ])
 def test_validation_names_the_field(ent, payload, field):
+    if field is None:  # accepted
+        ms().configs.save(ent, payload)
+        return
     with pytest.raises(ValidationFailed) as info:
         ms().configs.save(ent, payload)
     assert info.value.status == 400 and info.value.field == field
+
+
+def test_click_to_call_defaults_follow_the_default_region(ent):
+    from msapp.services.click_guard import allowed_countries
+
+    cfg = ms().configs.read(ent)
+    assert cfg["click_to_call"] == {"allowed_countries": None, "block_premium": True,
+                                    "max_per_extension_per_minute": 10, "max_per_enterprise_per_minute": 60}
+    assert allowed_countries(cfg) == ["BY"]
+    cfg = ms().configs.save(ent, {"default_region": "ru"})
+    assert allowed_countries(cfg) == ["RU"]
+    cfg = ms().configs.save(ent, {"click_to_call": {"allowed_countries": ["kz", "RU", "KZ"],
+                                                    "max_per_extension_per_minute": "5"}})
+    assert cfg["click_to_call"]["allowed_countries"] == ["KZ", "RU"]
+    assert cfg["click_to_call"]["max_per_extension_per_minute"] == 5 and cfg["click_to_call"]["block_premium"]
 
 
 def test_body_must_be_an_object(ent):

@@ -23,6 +23,7 @@ from ..errors import ValidationFailed
 from ..extensions import db
 from ..models import Enterprise
 from ..redact import mask_tail
+from ..services import click_guard
 from ..services.config import NOTIFY_MODES, ORDER_MODES, SIGNATURE_MODES, public_view
 from ..state import ms
 from . import auth, forms
@@ -56,8 +57,21 @@ def require_login():
 def no_store(resp: Response) -> Response:
     resp.headers["Cache-Control"] = "no-store"
     resp.headers["Vary"] = "HX-Request, Cookie"
-    resp.headers.setdefault("X-Frame-Options", "DENY")
-    resp.headers.setdefault("Referrer-Policy", "same-origin")
+    return resp
+
+
+# Admin pages run only our own files: htmx (with eval and its inline indicator style turned off in
+# base.html), ms.js and ms.css. No inline script or style anywhere, no framing, no referrer leaks.
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+       "form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'")
+SECURITY_HEADERS = {"Content-Security-Policy": CSP, "X-Frame-Options": "DENY", "Referrer-Policy": "same-origin",
+                    "X-Content-Type-Options": "nosniff"}
+
+
+def security_headers(resp: Response) -> Response:
+    if request.path.startswith(("/ms-admin", "/ms.png", "/ms/")) and not request.path.startswith("/ms/webhook/"):
+        for name, value in SECURITY_HEADERS.items():
+            resp.headers.setdefault(name, value)
     return resp
 
 
@@ -140,7 +154,8 @@ def _context(number: str, cfg: dict, errors=None, values=None) -> dict:
     ent = ms().configs.enterprise(number)
     return {"ent": ent, "cfg": cfg, "view": public_view(cfg), "errors": errors or {}, "values": values or {},
             "secret": mask_tail(ent.secret), "notify_modes": NOTIFY_MODES, "order_modes": ORDER_MODES,
-            "signature_modes": SIGNATURE_MODES, "panel": ms().admin.panel(number)}
+            "signature_modes": SIGNATURE_MODES, "panel": ms().admin.panel(number),
+            "countries": click_guard.country_choices(), "allowed": click_guard.allowed_countries(cfg)}
 
 
 def _enterprise_page(number: str):
@@ -158,7 +173,7 @@ def save_config(number):
     try:
         cfg = ms().configs.save(number, update)
     except ValidationFailed as exc:
-        ctx = _context(number, ms().configs.read(number), errors=exc.errors, values=request.form)
+        ctx = _context(number, ms().configs.read(number), errors=forms.in_russian(exc.errors), values=request.form)
         resp = make_response(render_template("admin/_config_form.html", **ctx))
         return _toast(resp, "Исправьте отмеченные поля", "error")
     resp = make_response(render_template("admin/_config_form.html", **_context(number, cfg)))
@@ -242,8 +257,24 @@ def ms_root():
     return redirect(url_for("admin.index"))
 
 
+def localtime(value, tz_name: str = "Europe/Minsk", fmt: str = "%d.%m.%Y %H:%M:%S") -> str:
+    """A stored naive-UTC time in the enterprise's time zone (the zone is named by the page)."""
+    from datetime import timezone
+    from zoneinfo import ZoneInfo
+
+    if value is None:
+        return "—"
+    try:
+        zone = ZoneInfo(tz_name or "UTC")
+    except (ValueError, KeyError):
+        zone = timezone.utc
+    return value.replace(tzinfo=timezone.utc).astimezone(zone).strftime(fmt)
+
+
 def register(app) -> None:
     from .api import bp as api_bp
+
+    app.add_template_filter(localtime, "localtime")
 
     # Checked explicitly (auth.protect) for cookie-authenticated changes only; set before init_app,
     # which would otherwise default to checking every POST of every blueprint.
@@ -257,10 +288,24 @@ def register(app) -> None:
     app.add_url_rule("/ms/", "ms_root", ms_root)
     app.add_url_rule("/ms", "ms_root_bare", ms_root)
 
+    app.after_request(security_headers)
+
+    @app.errorhandler(auth.LockedOut)
+    def _locked_out(exc):
+        if request.path.startswith("/ms-admin/api/") or (request.endpoint != "admin.login_post"
+                                                         and not request.accept_mimetypes.accept_html):
+            resp = make_response(exc.body(), 429)
+        else:
+            message = f"Слишком много неверных попыток входа с этого адреса. Повторите через {exc.retry_after} с."
+            resp = make_response(render_template("admin/login.html", error=message, next=""), 429)
+        resp.headers["Retry-After"] = str(exc.retry_after)
+        return resp
+
     from flask_wtf.csrf import CSRFError
 
     @app.errorhandler(CSRFError)
     def _csrf_error(exc):
-        if request.path.startswith("/ms-admin/api/") or not request.accept_mimetypes.accept_html:
+        if request.path.startswith("/ms-admin/api/") or (request.endpoint != "admin.login_post"
+                                                         and not request.accept_mimetypes.accept_html):
             return {"error": "CSRF token missing or invalid"}, 403
         return render_template("admin/login.html", error="Сессия устарела: войдите снова", next=""), 403

@@ -1,19 +1,29 @@
 """Admin authentication: a session cookie after logging in with the admin token, or a Bearer token.
 
-The session keeps a fingerprint of the token, so changing MS_ADMIN_TOKEN logs every browser out.
+The session keeps a fingerprint of the token and the login time, so changing MS_ADMIN_TOKEN logs every
+browser out at once and a login lasts MS_ADMIN_SESSION_HOURS at most (the cookie is `Secure` whenever
+MS_PUBLIC_URL is https). Wrong tokens, by form or Bearer, are counted per client address (throttle.py).
 CSRF (Flask-WTF) guards every state-changing request made with the session cookie; Bearer requests
 carry no cookie and need none.
 """
 from __future__ import annotations
 
 import hashlib
+import logging
+import time
 from typing import Optional
 
-from flask import request, session
+from flask import current_app, request, session
 from flask_wtf.csrf import CSRFProtect
 
+from ..errors import ApiError
+from ..extensions import db
 from ..security import bearer_token, secrets_equal
+from ..services import exchange_log
 from ..state import ms
+from .throttle import LoginThrottle, client_address
+
+log = logging.getLogger("msapp.admin")
 
 csrf = CSRFProtect()
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
@@ -23,12 +33,56 @@ def _fingerprint(token: str) -> str:
     return hashlib.sha256(("ms-admin:" + token).encode()).hexdigest()
 
 
+class LockedOut(ApiError):
+    """Too many wrong tokens from this address: 429 with Retry-After."""
+
+    def __init__(self, retry_after: int):
+        super().__init__(429, f"too many wrong admin tokens from this address; try again in {retry_after} s")
+        self.retry_after = retry_after
+
+
+def throttle() -> LoginThrottle:
+    return current_app.extensions.setdefault("ms_admin_throttle", LoginThrottle())
+
+
+def _address() -> str:
+    return client_address(request.environ, ms().settings.trusted_proxies)
+
+
+def _check(token: Optional[str], via: str) -> bool:
+    """Compare a presented token; count and journal a wrong one. Raises LockedOut while locked out."""
+    address = _address()
+    wait = throttle().retry_after(address)
+    if wait is None and secrets_equal(token, ms().settings.admin_token):
+        throttle().succeeded(address)
+        return True
+    if wait is None:
+        wait = throttle().failed(address)
+        if wait is None:
+            _journal(address, via, 401, "wrong admin token")
+            return False
+    _journal(address, via, 429, f"admin login refused for {wait} s after repeated wrong tokens")
+    raise LockedOut(wait)
+
+
+def _journal(address: str, via: str, status: int, message: str) -> None:
+    log.warning("admin %s from %s: %s", via, address, message)
+    try:
+        db.session.rollback()
+        exchange_log.add(None, "admin.login", {"address": address, "via": via, "path": request.path},
+                         {"status": status}, message)
+        db.session.commit()
+    except Exception:  # noqa: BLE001 - the journal must never open the door or break the refusal
+        db.session.rollback()
+
+
 def login(token: str) -> bool:
-    if not secrets_equal(token, ms().settings.admin_token):
+    if not _check(token, "form"):
         return False
     session.clear()
     session["admin"] = _fingerprint(ms().settings.admin_token)
-    session.permanent = False
+    session["at"] = int(time.time())
+    session.permanent = True  # the cookie expires with the login (PERMANENT_SESSION_LIFETIME)
     return True
 
 
@@ -36,13 +90,23 @@ def logout() -> None:
     session.clear()
 
 
+def _session_valid() -> bool:
+    if not secrets_equal(session.get("admin"), _fingerprint(ms().settings.admin_token)):
+        return False
+    at = session.get("at")
+    age = time.time() - at if isinstance(at, (int, float)) else None
+    return age is not None and -60 <= age <= ms().settings.admin_session_hours * 3600
+
+
 def method() -> Optional[str]:
     """"bearer", "session", or None when the request is not authenticated."""
     token = bearer_token(request)
     if token is not None:
-        return "bearer" if secrets_equal(token, ms().settings.admin_token) else None
-    if secrets_equal(session.get("admin"), _fingerprint(ms().settings.admin_token)):
+        return "bearer" if _check(token, "bearer") else None
+    if _session_valid():
         return "session"
+    if session.get("admin"):
+        session.clear()  # expired or from an old token: drop it
     return None
 
 

@@ -1,12 +1,17 @@
-"""The enterprise form: posted fields -> a config update, and back."""
+"""The enterprise form: posted fields -> a config update, and back; field errors in the users' language."""
 from __future__ import annotations
 
+import re
+
 CHECKBOXES = ("enabled", "notifications.notify_incoming", "notifications.notify_outgoing",
-              "incoming_call_actions.create_customers", "outgoing_call_actions.create_customers")
+              "incoming_call_actions.create_customers", "outgoing_call_actions.create_customers",
+              "click_to_call.block_premium")
 FIELDS = ("integration_code", "api_token", "timezone", "default_region", "signature_mode",
           "notifications.call_notify_mode", "incoming_call_actions.create_orders",
           "incoming_call_actions.organization", "incoming_call_actions.order_state",
-          "incoming_call_actions.order_source", "outgoing_call_actions.create_orders")
+          "incoming_call_actions.order_source", "outgoing_call_actions.create_orders",
+          "click_to_call.max_per_extension_per_minute", "click_to_call.max_per_enterprise_per_minute")
+LISTS = ("click_to_call.allowed_countries",)
 
 
 def to_update(form) -> dict:
@@ -22,8 +27,39 @@ def to_update(form) -> dict:
 
     for name in CHECKBOXES:
         put(name, form.get(name) in ("on", "true", "1"))
+    for name in LISTS:  # the page sends an empty marker value too, so "none selected" is not "absent"
+        if name in form:
+            put(name, [v.strip() for v in form.getlist(name) if v.strip()])
     for name in FIELDS:
         if name in form:
             value = form.get(name, "").strip()
             put(name, value or None if name.endswith(("organization", "order_state", "order_source")) else value)
     return update
+
+
+# Validation speaks English (it is shared with the JSON API); the page speaks Russian.
+_RUSSIAN = [
+    (r"must be true or false", "должно быть «да» или «нет»"),
+    (r"must be one of: .*", "выберите одно из предложенных значений"),
+    (r"must be a MoySklad id", "выберите значение из списка МойСклад"),
+    (r"unknown field", "неизвестное поле"),
+    (r"must be an object", "неверный формат раздела"),
+    (r"must be the key as MoySklad shows it.*", "вставьте ключ так, как его показывает МойСклад, без пробелов"),
+    (r"unknown time zone.*", "неизвестный часовой пояс (пример: Europe/Minsk)"),
+    (r"must be a two-letter country code.*", "двухбуквенный код страны, например BY или RU"),
+    (r"must be a whole number from (\d+) to (\d+)", r"целое число от \1 до \2"),
+    (r"must be a list of one or more two-letter country codes.*", "выберите хотя бы одну страну"),
+    (r"unknown country code: (\S+)", r"неизвестный код страны: \1"),
+]
+
+
+def in_russian(errors: dict) -> dict:
+    """The same field errors, worded for the admin page."""
+    out = {}
+    for field, message in errors.items():
+        for pattern, russian in _RUSSIAN:
+            if re.fullmatch(pattern, message):
+                message = re.sub(pattern, russian, message)
+                break
+        out[field] = message
+    return out

@@ -17,7 +17,7 @@ from ..jobs import JobContext
 from ..models import Call, Enterprise, IntegrationLog, Job
 from ..moysklad import MoySkladError, RateLimited
 from ..moysklad.formats import is_extension, to_moysklad_time
-from . import exchange_log
+from . import click_guard, exchange_log
 from .moysklad_clients import MoySkladClients
 
 TEST_POPUP_KIND = "test-popup.hide"
@@ -56,10 +56,11 @@ def _timed(fn):
 
 
 class AdminService:
-    def __init__(self, clients: MoySkladClients, customers, queue):
+    def __init__(self, clients: MoySkladClients, customers, queue, directory=None):
         self.clients = clients
         self.customers = customers
         self.queue = queue
+        self.directory = directory
 
     def _done(self) -> None:
         exchange_log.flush()
@@ -76,21 +77,28 @@ class AdminService:
         if phone["ok"]:
             result["phone"]["message"] = f"Ключ принят, сотрудников с добавочными: {len(phone['value'])}"
             self.clients.cache.set((number, "employees"), phone["value"], 600)
-            result["employees"] = self._named(number, cfg, phone["value"])
+            people = self._people(number, cfg)
+            result["employees"] = self._named(phone["value"], people)
+            if self.directory is not None:  # click-to-call is checked against this list from now on
+                self.directory.store(number, phone["value"], people)
         if jsonapi["ok"]:
             who = (jsonapi["value"] or {}).get("name") or (jsonapi["value"] or {}).get("uid") or "?"
             result["json"]["message"] = f"Токен принят (пользователь: {who})"
         self._done()
         return result
 
-    def _named(self, number: str, cfg: dict, employees: list) -> list:
-        names = {}
-        if cfg.get("api_token"):
-            try:
-                people = self.customers.cached_list(number, cfg, "json_employees", lambda api: api.employees())
-                names = {p.get("id"): p.get("name") for p in people}
-            except (MoySkladError, RateLimited, ApiError):
-                names = {}
+    def _people(self, number: str, cfg: dict) -> Optional[list]:
+        """JSON API employees (names, logins), or None without a token or when the JSON API fails."""
+        if not cfg.get("api_token"):
+            return None
+        try:
+            return self.customers.cached_list(number, cfg, "json_employees", lambda api: api.employees())
+        except (MoySkladError, RateLimited, ApiError):
+            return None
+
+    @staticmethod
+    def _named(employees: list, people: Optional[list]) -> list:
+        names = {p.get("id"): p.get("name") for p in people or []}
         return [{"id": e["id"], "extension": e["extension"], "name": names.get(e["id"]) or "—",
                  "href": f"https://online.moysklad.ru/app/#employee/edit?id={e['id']}"}
                 for e in sorted(employees, key=lambda e: e["extension"])]
@@ -100,7 +108,7 @@ class AdminService:
         if refresh:
             self.clients.forget(number, "employees")
             self.clients.forget(number, "json_employees")
-        rows = self._named(number, cfg, self.clients.employees(number, cfg, refresh=refresh))
+        rows = self._named(self.clients.employees(number, cfg, refresh=refresh), self._people(number, cfg))
         self._done()
         return rows
 
@@ -191,7 +199,10 @@ class AdminService:
         db.session.commit()
         ok = sum(1 for r in recent if r.status == "success")
         paused = self.clients.paused(number)
+        suspicious = click_guard.suspicious(number, now)
+        db.session.commit()
         return {"paused": {"minutes": max(1, round(paused[0] / 60)), "reason": paused[1]} if paused else None,
+                "suspicious": suspicious,
                 "calls_today": calls[0], "customers_created": calls[1], "orders_created": calls[2],
                 "success_rate": round(100 * ok / len(recent), 1) if recent else None,
                 "median_latency_ms": round(statistics.median(latencies)) if latencies else None,

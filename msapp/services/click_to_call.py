@@ -22,7 +22,9 @@ from ..extensions import db
 from ..jobs import JobContext, Permanent
 from ..models import Enterprise, Job
 from ..moysklad.formats import is_extension, to_e164
+from . import click_guard as guard
 from . import exchange_log
+from .directory import RECHECK_SECONDS, DirectoryUnavailable
 
 log = logging.getLogger("msapp.click_to_call")
 KIND = "originate"
@@ -70,40 +72,85 @@ def parse_click(body: Any, region: str) -> tuple[str, str, str]:
     return src, dest, uid or ""
 
 
-def accept_click(queue, ent: Enterprise, cfg: dict, body: Any, raw: bytes, signature: Optional[str]) -> dict:
-    """Validate, check the signature, and store one originate job (one per click within 5 s)."""
+def accept_click(queue, directory, ent: Enterprise, cfg: dict, body: Any, raw: bytes,
+                 signature: Optional[str]) -> dict:
+    """Validate, check the signature and the toll-fraud guard, and store one originate job (one per click
+    within 5 s). A refusal is journaled, counted and raised as `Refused`."""
     src, dest, uid = parse_click(body, cfg.get("default_region") or "BY")
     mode = cfg.get("signature_mode") or "log"
     signed = None if mode == "off" else check_signature(cfg.get("integration_code") or "", signature, body, raw)
+    request_log = {"srcNumber": src, "destNumber": dest, "uid": uid, "signature": signed}
     if mode == "enforce" and not signed:
-        exchange_log.add(ent.number, "webhook.click", {"srcNumber": src, "destNumber": dest, "uid": uid},
-                         {"status": 401}, "signature mismatch")
+        exchange_log.add(ent.number, "webhook.click", request_log, {"status": 401}, "signature mismatch")
         db.session.commit()
         raise ApiError(401, "signature (Lognex-Content-MD5) does not match")
-    # Lock the enterprise row: two identical clicks at once must not both pass the repeat check.
-    db.session.execute(select(Enterprise.number).where(Enterprise.number == ent.number).with_for_update())
-    key = f"originate:{ent.number}:{src}:{dest}"
-    recent = db.session.execute(select(Job.id).where(Job.key == key, Job.kind == KIND,
-                                                     Job.created_at > utcnow() - REPEAT_WINDOW)).first()
-    request_log = {"srcNumber": src, "destNumber": dest, "uid": uid, "signature": signed}
-    if recent is not None:
-        exchange_log.add(ent.number, "webhook.click", request_log, {"repeat_of_job": recent[0]})
-        db.session.commit()
-        return {"success": True}
+    try:
+        guard.check_destination(dest, cfg)
+        employee = _employee(directory, ent.number, cfg, src, uid)
+        # Lock the enterprise row: the repeat rule and the per-minute limits hold across requests and processes.
+        db.session.execute(select(Enterprise.number).where(Enterprise.number == ent.number).with_for_update())
+        now = utcnow()
+        key = f"originate:{ent.number}:{src}:{dest}"
+        recent = db.session.execute(select(Job.id).where(Job.key == key, Job.kind == KIND,
+                                                         Job.created_at > now - REPEAT_WINDOW)).first()
+        if recent is not None:
+            guard.record(ent.number, src, dest, uid, "repeat", now=now)
+            exchange_log.add(ent.number, "webhook.click", request_log, {"repeat_of_job": recent[0]})
+            db.session.commit()
+            return {"success": True}
+        guard.check_rate(ent.number, src, cfg, now)
+    except guard.Refused as refusal:
+        _refuse(directory, ent.number, request_log, refusal)
+        raise
     queue.enqueue(KIND, key, {"src": src, "dest": dest, "uid": uid}, enterprise_number=ent.number,
                   max_attempts=4)
-    exchange_log.add(ent.number, "webhook.click", request_log, {"status": "queued"},
-                     None if signed is not False else "signature mismatch (logged, not enforced)")
+    guard.record(ent.number, src, dest, uid, "queued", now=now)
+    note = None if signed is not False else "signature mismatch (logged, not enforced)"
+    if employee is None and uid:
+        note = "; ".join(filter(None, [note, "uid not verified: no JSON API token"]))
+    exchange_log.add(ent.number, "webhook.click", request_log, {"status": "queued"}, note)
     db.session.commit()
     queue.notify()
     return {"success": True}
 
 
+def _employee(directory, number: str, cfg: dict, src: str, uid: str) -> Optional[dict]:
+    """The employee behind the click from the stored directory (one bounded fetch when it is missing, or
+    when it cannot yet tell a sent login apart). None: the login cannot be checked (no JSON API token)."""
+    try:
+        listing = directory.get(number, cfg)
+        employee = guard.check_caller(listing, src, uid)
+        if employee is None and cfg.get("api_token"):
+            if listing.age() < RECHECK_SECONDS:
+                raise DirectoryUnavailable("employee logins are not known yet")
+            employee = guard.check_caller(directory.fetch_bounded(number, cfg), src, uid)
+            if employee is None:
+                raise DirectoryUnavailable("employee logins are not known")
+        return employee
+    except DirectoryUnavailable as exc:
+        raise guard.Refused(503, "employees_unavailable", "cannot check the extension now: MoySklad's employee "
+                            "list is unavailable, try again in a minute", "srcNumber", 60) from exc
+
+
+def _refuse(directory, number: str, request_log: dict, refusal: guard.Refused) -> None:
+    """Journal and count a refused click; commit. Nothing is originated."""
+    db.session.rollback()  # drop the row lock and anything half done
+    guard.record(number, request_log["srcNumber"], request_log["destNumber"], request_log["uid"], "refused",
+                 refusal.reason)
+    if refusal.reason == "unknown_extension":  # perhaps a new employee: a fresh list, at most once a minute
+        directory.request_refresh(number, if_older_than=RECHECK_SECONDS)
+    exchange_log.add(number, "webhook.click", request_log, {"status": refusal.status, "reason": refusal.reason},
+                     f"refused: {guard.REASONS_RU[refusal.reason]} ({refusal.error})")
+    db.session.commit()
+    log.warning("click-to-call of %s refused (%s): %s", number, refusal.reason, refusal.error)
+
+
 class Originate:
     """Job handler: GET MS_ORIGINATE_URL?code=<ext>&phone=<E.164>&clientId=<enterprise secret>."""
 
-    def __init__(self, originate_url: str, timeout: tuple = (3.05, 10.0)):
+    def __init__(self, originate_url: str, configs, timeout: tuple = (3.05, 10.0)):
         self.url = originate_url
+        self.configs = configs
         self.timeout = timeout
 
     def __call__(self, job: JobContext) -> None:
@@ -112,7 +159,12 @@ class Originate:
             raise Permanent("refusing to originate unvalidated numbers")
         ent = db.session.get(Enterprise, job.enterprise_number)
         secret = ent.secret if ent is not None else None
+        cfg = self.configs.of(ent) if ent is not None else {}
         db.session.commit()
+        try:  # again at dial time: the admin may have narrowed the destinations since the click
+            guard.check_destination(dest, cfg)
+        except guard.Refused as refusal:
+            raise Permanent(f"destination no longer allowed: {refusal.error}") from None
         if not secret:
             exchange_log.add(job.enterprise_number, "originate", {"code": src, "phone": dest}, None,
                              "the enterprise has no secret (clientId): set it with ./ms.sh enterprise set-secret")

@@ -41,9 +41,12 @@ DEFAULTS: dict[str, Any] = {
     "incoming_call_actions": {"create_customers": True, "create_orders": "none",
                               "order_state": None, "order_source": None, "organization": None},
     "outgoing_call_actions": {"create_customers": False, "create_orders": "none"},
+    # Toll-fraud guard (DESIGN.md 5.2). allowed_countries None: the enterprise's default_region only.
+    "click_to_call": {"allowed_countries": None, "block_premium": True,
+                      "max_per_extension_per_minute": 10, "max_per_enterprise_per_minute": 60},
     "signature_mode": "log",
 }
-_SECTIONS = ("notifications", "incoming_call_actions", "outgoing_call_actions")
+_SECTIONS = ("notifications", "incoming_call_actions", "outgoing_call_actions", "click_to_call")
 _KNOWN = set(DEFAULTS) | {"phone_api_url", "webhook_url", "employee_mapping"}
 
 
@@ -155,6 +158,38 @@ _ACTION_RULES = {
     "order_source": _optional_id,
     "organization": _optional_id,
 }
+def _int_range(lo: int, hi: int):
+    def rule(errors: dict, name: str, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value.strip())
+        if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+            errors[name] = f"must be a whole number from {lo} to {hi}"
+        return value
+    return rule
+
+
+def _countries(errors: dict, name: str, value: Any) -> Any:
+    """A list of two-letter regions phonenumbers knows; None means the enterprise's default_region."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [part for part in re.split(r"[\s,;]+", value) if part]
+    if not isinstance(value, list) or not value or len(value) > 60 or not all(isinstance(v, str) for v in value):
+        errors[name] = "must be a list of one or more two-letter country codes such as BY or RU"
+        return value
+    regions = list(dict.fromkeys(v.strip().upper() for v in value))
+    unknown = [r for r in regions if r not in phonenumbers.SUPPORTED_REGIONS]
+    if unknown:
+        errors[name] = f"unknown country code: {unknown[0]}"
+    return regions
+
+
+_CLICK_RULES = {
+    "allowed_countries": _countries,
+    "block_premium": _bool,
+    "max_per_extension_per_minute": _int_range(1, 120),
+    "max_per_enterprise_per_minute": _int_range(1, 1000),
+}
 _NOTIFY_RULES = {
     "call_notify_mode": lambda e, n, v: _choice(e, n, v, NOTIFY_MODES),
     "notify_incoming": _bool,
@@ -197,6 +232,8 @@ def validate_update(payload: Any) -> dict:
             clean[key] = _choice(errors, key, value, SIGNATURE_MODES)
         elif key == "notifications":
             clean[key] = _section(errors, key, value, _NOTIFY_RULES)
+        elif key == "click_to_call":
+            clean[key] = _section(errors, key, value, _CLICK_RULES)
         else:
             clean[key] = _section(errors, key, value, _ACTION_RULES)
     if errors:

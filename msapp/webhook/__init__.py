@@ -1,10 +1,11 @@
-"""Webhook face: MoySklad's click-to-call (DESIGN.md 5.2). Verify, store, answer at once."""
+"""Webhook face: MoySklad's click-to-call (DESIGN.md 5.2). Verify, guard against toll fraud, store, answer."""
 from __future__ import annotations
 
 from flask import Blueprint, jsonify, request
 
 from ..errors import ApiError
 from ..http_utils import json_body
+from ..services.click_guard import Refused
 from ..services.click_to_call import accept_click
 from ..state import ms
 
@@ -26,4 +27,12 @@ def click(webhook_uuid: str):
         body = request.form.to_dict()
     else:
         body = json_body()
-    return jsonify(accept_click(ms().queue, ent, cfg, body, raw, request.headers.get("Lognex-Content-MD5")))
+    try:
+        answer = accept_click(ms().queue, ms().directory, ent, cfg, body, raw,
+                              request.headers.get("Lognex-Content-MD5"))
+    except Refused as refusal:
+        resp = jsonify(refusal.body())
+        if refusal.retry_after:
+            resp.headers["Retry-After"] = str(refusal.retry_after)
+        return resp, refusal.status
+    return jsonify(answer)
