@@ -18,6 +18,7 @@ from .extensions import db, migrate
 from .jobs import JobQueue, WorkerPool
 from .services import click_to_call, exchange_log
 from .services.admin import TEST_POPUP_KIND, AdminService
+from .services.breakers import Breakers
 from .services.callflow import CallSync
 from .services.config import ConfigStore
 from .services.customers import Customers
@@ -58,13 +59,16 @@ def create_app(config: Optional[Mapping[str, str]] = None) -> Flask:
         if settings.is_sqlite:
             _sqlite_pragmas(db.engine)
 
-    queue = JobQueue(lease_seconds=settings.job_lease_seconds, worker_id=env.get("MS_WORKER_ID"))
+    queue = JobQueue(lease_seconds=settings.job_lease_seconds, worker_id=env.get("MS_WORKER_ID"),
+                     retry_horizon=settings.retry_horizon_seconds)
     configs = ConfigStore(settings.phone_api_url, settings.public_url)
-    clients = MoySkladClients(settings)
+    breakers = Breakers(queue)
+    clients = MoySkladClients(settings, breakers)
     customers = Customers(clients)
     queue.register(SYNC_KIND, CallSync(clients, configs, customers), max_attempts=12)
     queue.register(click_to_call.KIND, click_to_call.Originate(settings.originate_url, configs), max_attempts=4)
-    configs.on_saved.append(lambda number: _credentials_changed(clients, queue, number))
+    # a saved config may carry a fixed key: the refused-key pause ends, the next request tells
+    configs.on_saved.append(lambda number: breakers.close(number, why="config saved", kind="auth"))
     queue.register(TEST_POPUP_KIND, lambda job: admin_service.hide_test_popup(configs, job), max_attempts=5)
     directory = Directory(app, clients, configs, queue, settings.lookup_timeout)
     admin_service = AdminService(clients, customers, queue, directory)
@@ -73,6 +77,7 @@ def create_app(config: Optional[Mapping[str, str]] = None) -> Flask:
     queue.flush_hooks.append(exchange_log.flush)
     pool = WorkerPool(app, queue, settings.workers)
     pool.every(60.0, directory.refresh_stale)
+    pool.every(1.0, breakers.refresh)
     app.extensions["ms"] = MsState(
         settings=settings,
         queue=queue,
@@ -80,9 +85,10 @@ def create_app(config: Optional[Mapping[str, str]] = None) -> Flask:
         configs=configs,
         clients=clients,
         customers=customers,
-        lookups=Lookups(app, configs, clients, customers, settings.lookup_timeout),
+        lookups=Lookups(app, configs, clients, customers, settings.lookup_timeout, directory=directory),
         admin=admin_service,
         directory=directory,
+        breakers=breakers,
     )
 
     from .internal import bp as internal_bp
@@ -101,22 +107,6 @@ def create_app(config: Optional[Mapping[str, str]] = None) -> Flask:
 
     app.cli.add_command(enterprise_group)
     return app
-
-
-def _credentials_changed(clients, queue, number: str) -> None:
-    """A saved config may carry a fixed key: lift the pause and run the enterprise's waiting jobs now."""
-    if clients.paused(number) is None:
-        return
-    clients.resume(number)
-    from sqlalchemy import update
-
-    from .clock import utcnow
-    from .models import Job
-
-    db.session.execute(update(Job).where(Job.enterprise_number == number, Job.status == "pending")
-                       .values(run_at=utcnow()))
-    db.session.commit()
-    queue.notify(everyone=True)
 
 
 def _engine_options(settings) -> dict:

@@ -360,6 +360,66 @@ def _fault_run(env: Env, calls: int, rate: float) -> dict:
             "rss_during_mb": round(peak[0], 1)}
 
 
+def measure_outage(kind: str, pg_url: str, seconds: float, calls: int, workers: int, processes: int) -> dict:
+    """DESIGN.md 10: `calls` calls during a Phone API outage of `seconds` (real time): requests sent to the
+    failing MoySklad during it, and how long after it is back the last call is in MoySklad."""
+    with tempfile.TemporaryDirectory() as tmp, _sandbox() as sandbox_url:
+        db_url, cleanup = _database(kind, pg_url, tmp)
+        try:
+            numbers = _prepare(db_url, tmp, sandbox_url, 1)
+            with _services(db_url, tmp, sandbox_url, workers, processes) as (urls, procs):
+                env = Env(sandbox_url, urls, procs, numbers)
+                return {"database": kind if processes == 1 else f"{kind}, {processes} processes",
+                        **_outage_run(env, seconds, calls)}
+        finally:
+            cleanup()
+
+
+def _outage_run(env: Env, seconds: float, calls: int) -> dict:
+    number, account = env.accounts[0]
+    session = requests.Session()
+    mark = env.log()["total"]
+    env.faults(fail_rate=1.0, fail_status=503, api="phone", account=account)
+    started = time.time()
+    for i in range(calls):  # spread over the outage, each a missed call (dial, then hangup)
+        time.sleep(max(0.0, started + i * seconds / calls - time.time()))
+        uid = f"outage-{i}"
+        for body in ({"event_type": "dial", "extensions": ["150", "151"]},
+                     {"event_type": "hangup", "call_status": "missed"}):
+            env.event(session, number, {"unique_id": uid, "direction": "in", "phone": CALLER, **body})
+    time.sleep(max(0.0, started + seconds - time.time()))
+    env.faults()
+    back = time.time()
+    during = sum(1 for r in env.log(mark)["requests"] if r["account"] == account and r["status"] == 503)
+    done = []
+    while time.time() - back < 600:
+        done = [c for c in env.calls(account) if c["externalId"].startswith("outage-") and c["endTime"]]
+        if len({c["externalId"] for c in done}) == calls:
+            break
+        time.sleep(0.1)
+    caught_up = time.time() - back
+    ids = [c["externalId"] for c in env.calls(account) if c["externalId"].startswith("outage-")]
+    ready = env.http.get(f"{env.service_url}/readyz", timeout=10).json()
+    return {"outage_s": seconds, "outage_calls": calls, "outage_requests_during": during,
+            "outage_catch_up_s": round(caught_up, 1), "outage_lost": calls - len(set(ids)),
+            "outage_duplicates": len(ids) - len(set(ids)), "outage_dead_jobs": ready.get("dead")}
+
+
+def report_outage(results: list) -> str:
+    head = "| figure | target | " + " | ".join(r["database"] for r in results) + " |"
+    rows = [
+        (f"{results[0]['outage_calls']} calls in a {results[0]['outage_s']:.0f} s outage: requests to the "
+         "failing MoySklad during it", "≤ 40", lambda r: str(r["outage_requests_during"])),
+        ("last call in MoySklad after it is back", "≤ 30 s", lambda r: f"{r['outage_catch_up_s']} s"),
+        ("lost / duplicated / dead", "0 / 0 / 0",
+         lambda r: f"{r['outage_lost']} / {r['outage_duplicates']} / {r['outage_dead_jobs']}"),
+    ]
+    lines = [head, "|" + "---|" * (2 + len(results))]
+    for name, target, fmt in rows:
+        lines.append(f"| {name} | {target} | " + " | ".join(fmt(r) for r in results) + " |")
+    return "\n".join(lines)
+
+
 def report(results: list) -> str:
     rows = [
         ("internal event acknowledged (202), p50 / p99", "≤ 5 ms / ≤ 25 ms",
@@ -396,23 +456,36 @@ def report(results: list) -> str:
 @click.option("--latency-ms", default=50, show_default=True, help="Sandbox latency L for the first-card figure")
 @click.option("--workers", default=4, show_default=True, help="MS_WORKERS of the service under test")
 @click.option("--processes", default=1, show_default=True, help="Service processes sharing the database")
+@click.option("--outage", type=float, default=None, metavar="SECONDS",
+              help="Only the outage figure: 20 calls during a Phone API outage of SECONDS")
 @click.option("--json-out", type=click.Path(dir_okay=False), help="Also write the raw figures as JSON")
-def bench(dbs, pg_url, calls, soak, enterprises, rate, ack_seconds, latency_ms, workers, processes, json_out):
+def bench(dbs, pg_url, calls, soak, enterprises, rate, ack_seconds, latency_ms, workers, processes, outage, json_out):
     """Measure the section 10 figures against the sandbox and print them as a Markdown table."""
     kinds = list(dbs) or (["sqlite", "postgresql"] if pg_url else ["sqlite"])
     if "postgresql" in kinds and not pg_url:
         raise click.UsageError("postgresql needs --pg-url or MS_BENCH_DATABASE_URL")
+    if processes > 1 and "sqlite" in kinds:
+        raise click.UsageError("several processes need PostgreSQL (--db postgresql)")
     if soak:
         calls = 10_000
     results = []
+    if outage is not None:
+        for kind in kinds:
+            click.echo(f"outage run on {kind}: 20 calls during {outage:.0f} s...", err=True)
+            results.append(measure_outage(kind, pg_url, outage, 20, workers, processes))
+        click.echo(report_outage(results))
+        _write_json(json_out, results)
+        return
     for kind in kinds:
         click.echo(f"measuring on {kind} ({calls} calls in the fault run, {enterprises} enterprises)...", err=True)
-        if processes > 1 and kind == "sqlite":
-            raise click.UsageError("several processes need PostgreSQL (--db postgresql)")
         results.append(measure(kind, pg_url, calls, enterprises, rate, ack_seconds, latency_ms, workers, processes))
     click.echo(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}; "
                f"load {rate:.0f} events/s, {workers} workers")
     click.echo(report(results))
-    if json_out:
-        with open(json_out, "w", encoding="utf-8") as fh:
+    _write_json(json_out, results)
+
+
+def _write_json(path, results: list) -> None:
+    if path:
+        with open(path, "w", encoding="utf-8") as fh:
             json.dump(results, fh, indent=2)

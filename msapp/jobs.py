@@ -2,13 +2,18 @@
 
 Rules (DESIGN.md section 7):
 - `enqueue` adds a row to the caller's session: the job exists exactly when the caller's commit does.
-- A job is claimed only when no earlier job with the same `key` is pending or running, so the jobs
-  of one call run strictly in order. Dead jobs do not block their successors.
+- A job is claimed only when no earlier job with the same `key` is pending and no other one is running,
+  so the jobs of one call run strictly in order, one at a time (also when an older dead job is retried
+  from the admin). Dead jobs do not block their successors.
 - A claim is a conditional UPDATE (status and lease checked), so two claimers never both win; on
   PostgreSQL the candidates are also selected `FOR UPDATE SKIP LOCKED` so consumers do not queue up.
 - A running job whose lease expired (its process died) is claimed again; the crash counts as an attempt.
 - Failures back off exponentially with jitter; a handler may ask for a wait (`Retry(after)`), or for a
-  wait that is not an attempt (`Defer(after)`, e.g. our own rate limiter); `Permanent` is dead at once.
+  wait that is not an attempt (`Defer(after)`: our own rate limiter, an open breaker); `Permanent` is
+  dead at once.
+- Two kinds of failure end differently: a `Retry` or `Defer` (MoySklad unreachable, busy, refusing the
+  key: the outside world) dies only when the job is older than the retry horizon (MS_RETRY_HORIZON,
+  24 h); any other exception (a fault of ours) after `max_attempts` runs.
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ import time
 import traceback
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Callable, Optional
 
 from sqlalchemy import and_, bindparam, exists, func, insert, or_, select, update
@@ -42,11 +47,12 @@ _INSERT_JOB = insert(Job.__table__)  # values bound at execution: far cheaper th
 
 
 class Retry(Exception):
-    """Try again after `after` seconds (counts as an attempt)."""
+    """Try again after `after` seconds, or after the queue's backoff when None (counts as an attempt;
+    the job lives until the retry horizon, however many attempts that takes)."""
 
-    def __init__(self, after: float, reason: str = ""):
-        super().__init__(reason or f"retry after {after:.3f}s")
-        self.after = max(0.0, float(after))
+    def __init__(self, after: Optional[float] = None, reason: str = ""):
+        super().__init__(reason or (f"retry after {after:.3f}s" if after is not None else "retry"))
+        self.after = None if after is None else max(0.0, float(after))
 
 
 class Defer(Exception):
@@ -70,6 +76,7 @@ class JobContext:
     payload: dict
     attempts: int
     max_attempts: int
+    created_at: Optional[datetime] = None
 
 
 Handler = Callable[[JobContext], Any]
@@ -91,7 +98,10 @@ def _claim_statements(dialect: str) -> dict:
         return found
     j = Job.__table__
     p = j.alias("p")
-    blocked = exists().where(p.c.key == j.c.key, p.c.id < j.c.id, p.c.status.in_(ACTIVE))
+    # One job of a key at a time, earliest first: blocked by an earlier waiting one, or by any running one
+    # (a dead job retried from the admin may be older than one already running).
+    blocked = exists().where(p.c.key == j.c.key, p.c.id != j.c.id,
+                             or_(p.c.status == "running", and_(p.c.id < j.c.id, p.c.status == "pending")))
     due = or_(and_(j.c.status == "pending", j.c.run_at <= bindparam("_now")),
               and_(j.c.status == "running", j.c.lease_until < bindparam("_now")))
     base = select(j.c.id, j.c.status, j.c.lease_until, j.c.enterprise_number).where(due, ~blocked)
@@ -130,8 +140,10 @@ def _claim_statements(dialect: str) -> dict:
 class JobQueue:
     """Enqueue, claim, finish and inspect jobs. One instance per app; thread-safe."""
 
-    def __init__(self, lease_seconds: float = 120.0, worker_id: Optional[str] = None):
+    def __init__(self, lease_seconds: float = 120.0, worker_id: Optional[str] = None,
+                 retry_horizon: float = 86400.0):
         self.lease_seconds = lease_seconds
+        self.retry_horizon = timedelta(seconds=retry_horizon)
         self.worker_id = worker_id or f"{uuid.uuid4().hex[:8]}"
         self.handlers: dict[str, tuple[Handler, int]] = {}
         # Called before each run, and to add buffered rows to the transaction that records its outcome.
@@ -206,7 +218,7 @@ class JobQueue:
                 if row.status == "running":
                     log.warning("job %s (%s) taken again after its lease expired", job.id, job.kind)
                 return JobContext(job.id, job.kind, job.key, job.enterprise_number, dict(job.payload or {}),
-                                  job.attempts, job.max_attempts)
+                                  job.attempts, job.max_attempts, job.created_at)
         db.session.commit()
         return None
 
@@ -230,18 +242,22 @@ class JobQueue:
         """Record a failed run: reschedule, defer or mark dead. Returns the new status."""
         error = redact_text(f"{type(exc).__name__}: {exc}")[:2000]
         now = utcnow()
-        if isinstance(exc, Defer):
+        outside = isinstance(exc, (Retry, Defer))
+        past_horizon = outside and job.created_at is not None and now - job.created_at > self.retry_horizon
+        if past_horizon:
+            error = f"gave up after the retry horizon ({self.retry_horizon}): {error}"[:2000]
+        if isinstance(exc, Defer) and not past_horizon:
             self._finish(job.id, status="pending", attempts=job.attempts - 1, lease_until=None,
                          locked_by=None, run_at=now + timedelta(seconds=exc.after))
             return "pending"
-        if isinstance(exc, Permanent) or job.attempts >= job.max_attempts:
+        if isinstance(exc, Permanent) or past_horizon or (not outside and job.attempts >= job.max_attempts):
             self._finish(job.id, status="dead", lease_until=None, locked_by=None, last_error=error)
             metrics.JOBS_DEAD.labels(job.kind).inc()
             log.error("job %s (%s, key %s) is dead after %s attempts: %s", job.id, job.kind, job.key,
                       job.attempts, error)
             return "dead"
         wait = backoff(job.attempts)
-        if isinstance(exc, Retry):
+        if isinstance(exc, Retry) and exc.after is not None:
             wait = exc.after * random.uniform(1.0, 1.1)
         self._finish(job.id, status="pending", lease_until=None, locked_by=None, last_error=error,
                      run_at=now + timedelta(seconds=wait))
@@ -257,8 +273,9 @@ class JobQueue:
         if enterprise_number is not None:
             cond = and_(cond, j.c.enterprise_number == enterprise_number)
         now = utcnow()
+        # created_at restarts too: the retry horizon counts from the admin's retry, not the first enqueue
         result = db.session.execute(update(j).where(cond).values(
-            status="pending", attempts=0, run_at=now, updated_at=now))
+            status="pending", attempts=0, run_at=now, created_at=now, updated_at=now))
         db.session.commit()
         if result.rowcount:
             self.notify()
@@ -373,7 +390,8 @@ class WorkerPool:
         self._threads = []
 
     def alive(self) -> int:
-        return sum(1 for t in self._threads if t.is_alive())
+        """Worker threads alive (the ticker is not counted)."""
+        return sum(1 for t in self._threads if t.is_alive() and t.name.startswith("ms-worker"))
 
     def _busy(self) -> frozenset:
         with self._lock:

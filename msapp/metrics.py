@@ -18,3 +18,7 @@ WORKERS_ALIVE = Gauge("ms_workers_alive", "Worker threads alive in this process"
 CLICKS = Counter("ms_clicks_total", "Click-to-call requests by outcome (queued, repeat, refused)", ["outcome"])
 CLICK_REFUSALS = Counter("ms_click_refusals_total", "Click-to-call requests refused by the toll-fraud guard",
                          ["reason"])
+BREAKER_TRANSITIONS = Counter("ms_breaker_transitions_total", "MoySklad breakers opened and closed", ["api", "to"])
+BREAKER_OPEN = Gauge("ms_breaker_open", "1 while MoySklad is unreachable (outage) or refuses the key (auth)",
+                     ["enterprise", "api", "kind"])
+BREAKER_WAITING = Gauge("ms_breaker_waiting_calls", "Calls waiting behind an open breaker", ["enterprise", "api"])

@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Optional
 
-from sqlalchemy import JSON, Boolean, DateTime, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, Float, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -151,3 +151,19 @@ class Click(db.Model):
     uid: Mapped[Optional[str]] = mapped_column(Text)
     outcome: Mapped[str] = mapped_column(String(16), nullable=False)
     reason: Mapped[Optional[str]] = mapped_column(String(32))
+
+
+class Breaker(db.Model):
+    """MoySklad seen from one enterprise and API: open while unreachable (`outage`) or refusing the key (`auth`)."""
+
+    __tablename__ = "ms_breakers"
+
+    enterprise_number: Mapped[str] = mapped_column(Text, primary_key=True)
+    api: Mapped[str] = mapped_column(String(8), primary_key=True)
+    state: Mapped[str] = mapped_column(String(8), nullable=False)  # open | closed
+    kind: Mapped[str] = mapped_column(String(8), nullable=False)  # outage | auth
+    reason: Mapped[Optional[str]] = mapped_column(Text)
+    opened_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+    next_probe_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+    probe_interval: Mapped[float] = mapped_column(Float, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow)

@@ -44,6 +44,8 @@ class Settings:
     job_lease_seconds: float = 120.0
     # The admin door: a login lasts this long; proxies whose X-Forwarded-For names the client.
     admin_session_hours: float = 12.0
+    # How long a call's work may wait for an unreachable MoySklad before it is given up (dead, retryable).
+    retry_horizon_seconds: float = 86400.0
     trusted_proxies: tuple = ()
 
     @property
@@ -74,6 +76,21 @@ def _float(env: Mapping[str, str], name: str, default: float, lo: float, hi: flo
         raise SettingsError(f"{name}={raw!r} is not a number") from None
     if not lo <= value <= hi:
         raise SettingsError(f"{name}={value} is out of range {lo}..{hi}")
+    return value
+
+
+def _duration(env: Mapping[str, str], name: str, default: float, lo: float, hi: float) -> float:
+    """Seconds, or a number with a unit: `90`, `90s`, `15m`, `24h`, `2d`."""
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    scale = {"s": 1, "m": 60, "h": 3600, "d": 86400}.get(raw[-1])
+    try:
+        value = float(raw[:-1] if scale else raw) * (scale or 1)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a duration (e.g. 86400, 24h, 30m)") from None
+    if not lo <= value <= hi:
+        raise SettingsError(f"{name}={raw} is out of range {lo:.0f}s..{hi:.0f}s")
     return value
 
 
@@ -158,7 +175,8 @@ def load(env: Optional[Mapping[str, str]] = None) -> Settings:
         lookup_timeout=_float(env, "MS_LOOKUP_TIMEOUT", 1.5, 0.05, 30.0),
         instance_dir=instance_dir,
         json_api_budget=_int(env, "MS_JSON_API_BUDGET", 15, 1, 45),
-        job_lease_seconds=_float(env, "MS_JOB_LEASE", 120.0, 1.0, 3600.0),
+        job_lease_seconds=_float(env, "MS_JOB_LEASE", 120.0, 1.0, 86400.0),
         admin_session_hours=_float(env, "MS_ADMIN_SESSION_HOURS", 12.0, 0.01, 720.0),
         trusted_proxies=_networks(env, "MS_TRUSTED_PROXIES"),
+        retry_horizon_seconds=_duration(env, "MS_RETRY_HORIZON", 86400.0, 60.0, 30 * 86400.0),
     )

@@ -22,6 +22,7 @@ class MsState:
     lookups: Optional[Any] = None  # services.lookups.Lookups
     admin: Optional[Any] = None  # services.admin.AdminService
     directory: Optional[Any] = None  # services.directory.Directory
+    breakers: Optional[Any] = None  # services.breakers.Breakers
 
 
 def ms() -> MsState:

@@ -85,6 +85,16 @@ def require_pg():
         pytest.skip(_PG_REASON)
 
 
+@pytest.fixture(autouse=True)
+def _real_clock():
+    """Tests may compress time with msapp.clock.advance(); every test starts and ends on the real clock."""
+    from msapp import clock
+
+    clock.reset()
+    yield
+    clock.reset()
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def db_url(request, tmp_path):
     """A URL of an empty database of each kind."""

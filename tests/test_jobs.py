@@ -50,6 +50,40 @@ def test_dead_job_does_not_block_its_successors(ctx):
     assert q.claim().id == a2
 
 
+def test_a_retried_older_dead_job_waits_for_the_running_one(ctx):
+    """Retrying a dead job from the admin must not run two jobs of one call at once."""
+    q = ms().queue
+    a1, a2 = add(key="A", max_attempts=1), add(key="A")
+    q.fail(q.claim(), RuntimeError("boom"))
+    running = q.claim()
+    assert running.id == a2
+    assert q.retry_dead(a1)
+    assert q.claim() is None  # a1 is earlier, but a2 is running: nobody else of key A runs now
+    q.complete(running)
+    assert q.claim().id == a1
+
+
+def test_outside_failures_live_until_the_horizon_not_max_attempts(ctx):
+    from msapp import clock
+
+    q = ms().queue
+    jid = add(max_attempts=2)
+    for _ in range(5):  # far more runs than max_attempts: MoySklad unreachable is not our fault
+        db.session.query(Job).filter_by(id=jid).update({"run_at": utcnow()})
+        db.session.commit()
+        assert q.fail(q.claim(), Retry(None, "HTTP 503")) == "pending"
+    clock.advance(q.retry_horizon.total_seconds() + 1)
+    db.session.query(Job).filter_by(id=jid).update({"run_at": utcnow()})
+    db.session.commit()
+    assert q.fail(q.claim(), Defer(5.0, "breaker open")) == "dead"
+    assert "retry horizon" in job(jid).last_error
+    other = add(key="other", max_attempts=2)
+    for expected in ("pending", "dead"):  # our own faults still stop after max_attempts
+        db.session.query(Job).filter_by(id=other).update({"run_at": utcnow()})
+        db.session.commit()
+        assert q.fail(q.claim(), KeyError("bug")) == expected
+
+
 def test_failure_backs_off_exponentially_with_jitter(ctx):
     q = ms().queue
     jid = add()

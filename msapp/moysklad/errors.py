@@ -99,10 +99,10 @@ class RetryPolicy:
         return None
 
     def as_job_error(self, exc: MoySkladError) -> Exception:
-        """Translate for the job queue: Retry(wait), a plain error (backoff), or Permanent."""
+        """Translate for the job queue: Retry (after MoySklad's wait, else the queue's backoff; the job
+        lives until the retry horizon), or Permanent."""
         from ..jobs import Permanent, Retry
 
         if not self.retryable(exc):
             return Permanent(str(exc))
-        wait = self.wait(exc)
-        return Retry(wait, str(exc)) if wait is not None else exc
+        return Retry(self.wait(exc), str(exc))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Protocol
 
 import requests
 
@@ -15,6 +15,15 @@ from .limiter import Limiter
 ACCEPT = "application/json;charset=utf-8"
 DEFAULT_TIMEOUT = (3.05, 10.0)
 Exchange = Callable[[dict], None]
+
+
+class Breaker(Protocol):
+    """What the transport asks before and tells after each request (services.breakers implements it)."""
+
+    def before(self, enterprise: str, api: str) -> None: ...
+
+    def after(self, enterprise: str, api: str, error: Optional[MoySkladError]) -> None: ...
+
 _local = threading.local()
 
 
@@ -37,7 +46,8 @@ class ApiClient:
 
     def __init__(self, base_url: str, *, enterprise: str = "-", limiter: Optional[Limiter] = None,
                  timeout: tuple = DEFAULT_TIMEOUT, on_exchange: Optional[Exchange] = None,
-                 max_wait: float = 2.0, session: Optional[requests.Session] = None):
+                 max_wait: float = 2.0, session: Optional[requests.Session] = None,
+                 breaker: Optional[Breaker] = None, gate: bool = True):
         self.base_url = base_url.rstrip("/")
         self.enterprise = enterprise
         self.limiter = limiter
@@ -45,6 +55,8 @@ class ApiClient:
         self.on_exchange = on_exchange
         self.max_wait = max_wait
         self._session = session
+        self.breaker = breaker
+        self.gate = gate  # False: ask even while the breaker is open (an admin's connection test)
 
     def auth_headers(self) -> dict:
         raise NotImplementedError
@@ -57,6 +69,8 @@ class ApiClient:
         if body is not None:
             headers["Content-Type"] = "application/json"
             data = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        if self.breaker is not None and self.gate:
+            self.breaker.before(self.enterprise, self.api)  # raises BreakerOpen while MoySklad is down
         url = self.base_url + path
         session = self._session or thread_session()
         started = time.monotonic()
@@ -96,6 +110,8 @@ class ApiClient:
         latency = time.monotonic() - started
         metrics.MS_REQUESTS.labels(self.api, outcome).inc()
         metrics.MS_LATENCY.labels(self.api).observe(latency)
+        if self.breaker is not None:
+            self.breaker.after(self.enterprise, self.api, error)
         if self.on_exchange is not None:
             record.update(status=status, response=response, outcome=outcome,
                           latency_ms=round(latency * 1000, 1), error=str(error) if error else None)

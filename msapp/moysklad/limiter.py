@@ -20,6 +20,17 @@ class RateLimited(Exception):
         self.after = after
 
 
+class BreakerOpen(RateLimited):
+    """MoySklad is unreachable for this enterprise and API (or refuses its key): nothing is sent until the
+    breaker's next probe, `after` seconds from now. Waiting is not a failure of the work that waits."""
+
+    def __init__(self, after: float, reason: str = "", api: str = ""):
+        super().__init__(after)
+        self.reason = reason
+        self.api = api
+        self.args = (f"MoySklad unavailable ({reason}), next probe in {after:.1f}s",)
+
+
 class TokenBucket:
     def __init__(self, limit: int, window: float, headroom: float = 0.9):
         self.capacity = max(1.0, round(limit * 0.2))

@@ -33,6 +33,9 @@ def readyz():
         db.session.rollback()
         body["database"] = f"error: {type(exc).__name__}"
         ready = False
+    if ready:  # MoySklad being down is not the service being unready: shown, not failed
+        body["breakers"] = [{**b, "since": b["since"].isoformat() + "Z", "next_probe_at": b["next_probe_at"]
+                             .isoformat() + "Z"} for b in _breakers(state)]
     if body["workers"] < state.settings.workers:
         ready = False
     body["status"] = "ready" if ready else "not ready"
@@ -50,7 +53,17 @@ def prometheus_metrics():
         metrics.QUEUE_DEPTH.set(stats["depth"])
         metrics.QUEUE_OLDEST.set(stats["oldest_pending_age_seconds"])
         metrics.JOBS_DEAD_NOW.set(stats["dead"])
+        metrics.BREAKER_OPEN.clear()
+        metrics.BREAKER_WAITING.clear()
+        for b in _breakers(state):
+            metrics.BREAKER_OPEN.labels(b["enterprise"], b["api"], b["kind"]).set(1)
+            metrics.BREAKER_WAITING.labels(b["enterprise"], b["api"]).set(b["waiting_calls"])
     except Exception:  # metrics still answer when the database is down
         db.session.rollback()
     metrics.WORKERS_ALIVE.set(state.pool.alive())
-    return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
+    # the exact content type (a mimetype would get a second "; charset=utf-8" from Flask)
+    return Response(generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _breakers(state) -> list:
+    return state.breakers.status() if state.breakers is not None else []

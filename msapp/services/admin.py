@@ -15,7 +15,7 @@ from ..errors import ApiError
 from ..extensions import db
 from ..jobs import JobContext
 from ..models import Call, Enterprise, IntegrationLog, Job
-from ..moysklad import MoySkladError, RateLimited
+from ..moysklad import BreakerOpen, MoySkladError, RateLimited
 from ..moysklad.formats import is_extension, to_moysklad_time
 from . import click_guard, exchange_log
 from .moysklad_clients import MoySkladClients
@@ -31,6 +31,8 @@ def explain(exc: Exception) -> str:
     """A message an operator can act on, in the users' language."""
     if isinstance(exc, ApiError):
         return exc.error
+    if isinstance(exc, BreakerOpen):
+        return f"МойСклад сейчас недоступен для этого предприятия ({exc.reason}); повторите позже"
     if isinstance(exc, RateLimited):
         return "Слишком много запросов к МойСклад, попробуйте через несколько секунд"
     if isinstance(exc, MoySkladError):
@@ -70,8 +72,9 @@ class AdminService:
         """Phone API key and JSON API token, each with its latency, and the employees with extensions."""
         db.session.rollback()  # no transaction held while MoySklad is asked
         self.clients.forget(number)
-        phone = _timed(lambda: self.clients.phone(number, cfg, timeout=QUICK).employees())
-        jsonapi = _timed(lambda: self.clients.json(number, cfg, timeout=QUICK).current_employee())
+        # the admin asks MoySklad itself even while a breaker is open; a good answer closes it
+        phone = _timed(lambda: self.clients.phone(number, cfg, timeout=QUICK, gate=False).employees())
+        jsonapi = _timed(lambda: self.clients.json(number, cfg, timeout=QUICK, gate=False).current_employee())
         result = {"phone": {k: v for k, v in phone.items() if k != "value"},
                   "json": {k: v for k, v in jsonapi.items() if k != "value"}, "employees": []}
         if phone["ok"]:
@@ -198,11 +201,14 @@ class AdminService:
             logs.c.created_at >= now - timedelta(hours=1)).order_by(logs.c.id.desc()).limit(1)).first()
         db.session.commit()
         ok = sum(1 for r in recent if r.status == "success")
-        paused = self.clients.paused(number)
         suspicious = click_guard.suspicious(number, now)
         db.session.commit()
-        return {"paused": {"minutes": max(1, round(paused[0] / 60)), "reason": paused[1]} if paused else None,
-                "suspicious": suspicious,
+        breakers = self.clients.breakers.status(number) if self.clients.breakers else []
+        paused = next((b for b in breakers if b["kind"] == "auth"), None)
+        outage = next((b for b in breakers if b["kind"] == "outage"), None)
+        return {"paused": {"since": paused["since"], "reason": paused["reason"], "api": paused["api"],
+                           "waiting_calls": paused["waiting_calls"]} if paused else None,
+                "outage": outage, "suspicious": suspicious,
                 "calls_today": calls[0], "customers_created": calls[1], "orders_created": calls[2],
                 "success_rate": round(100 * ok / len(recent), 1) if recent else None,
                 "median_latency_ms": round(statistics.median(latencies)) if latencies else None,

@@ -26,15 +26,15 @@ from sqlalchemy import bindparam, update
 
 from .. import metrics
 from ..extensions import db
-from ..jobs import Defer, JobContext, Retry
+from ..jobs import Defer, JobContext
 from ..models import Call, Enterprise
-from ..moysklad import MoySkladError, RateLimited, RetryPolicy
+from ..moysklad import BreakerOpen, MoySkladError, RateLimited, RetryPolicy
 from ..moysklad.formats import to_moysklad_time
 from ..moysklad.http import id_from_href, meta
 from ..redact import redact_text
 from . import exchange_log
 from .customers import Customers
-from .moysklad_clients import AUTH_PAUSE, MoySkladClients
+from .moysklad_clients import MoySkladClients
 
 log = logging.getLogger("msapp.callflow")
 _UPDATE_CALL = update(Call.__table__).where(Call.__table__.c.id == bindparam("_id"))
@@ -143,22 +143,19 @@ class CallSync:
             log.info("call %s of %s not sent: integration disabled or without key", snap.unique_id,
                      snap.enterprise_number)
             return
-        paused = self.clients.paused(snap.enterprise_number)
-        if paused is not None:  # credentials refused recently: wait (an attempt) instead of failing again
-            raise Retry(paused[0], f"MoySklad traffic paused: {paused[1]}")
         try:
             self.sync(snap, cfg, job)
-        except RateLimited as exc:
-            raise Defer(exc.after) from None
+        except BreakerOpen as exc:  # MoySklad is down for this enterprise: wait for the probe, no attempt
+            wait = self.clients.breakers.wait(snap.enterprise_number, exc.api)
+            raise Defer(wait or 0.0, str(exc)) from None
+        except RateLimited as exc:  # our own pacing: wait, no attempt
+            raise Defer(exc.after, str(exc)) from None
         except MoySkladError as exc:
             self._save(snap, last_error=redact_text(str(exc))[:1000])
-            if exc.status == 401 or 55008 in exc.codes:
-                # Account-wide refusal: pause the enterprise (no request per call; MoySklad blocks users
-                # who repeat failing requests) and keep the call for when the admin fixes the key.
-                self.clients.pause(snap.enterprise_number, exc.explanation)
-                raise Retry(AUTH_PAUSE, str(exc)) from None
+            wait = self.clients.breakers.wait(snap.enterprise_number, exc.api) if self.clients.breakers else None
+            if wait is not None:  # this failure opened the breaker (or was its probe): wait for the next probe
+                raise Defer(wait, str(exc)) from None
             raise self.policy.as_job_error(exc) from None
-        self.clients.resume(snap.enterprise_number)
 
     # -- the steps --------------------------------------------------------------------------------
     def sync(self, snap: Snapshot, cfg: dict, job: JobContext) -> None:

@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 from .. import metrics
 from ..jobs import JobContext
-from ..moysklad import MoySkladError, RateLimited, RetryPolicy
+from ..moysklad import BreakerOpen, MoySkladError, RateLimited, RetryPolicy
 from .moysklad_clients import MoySkladClients
 
 log = logging.getLogger("msapp.customers")
@@ -57,9 +57,12 @@ class Customers:
         return snap.answered_extension if snap.incoming else snap.caller
 
     def _give_up(self, exc: MoySkladError, job: JobContext, what: str, snap) -> bool:
-        """True when the step should be abandoned rather than retried."""
-        if self.policy.retryable(exc) and job.attempts < GIVE_UP_AFTER:
-            return False
+        """True when the step should be abandoned rather than retried: a permanent error, a few
+        retryable ones, or the JSON API's breaker open (the call must not wait for the JSON API)."""
+        json_down = self.clients.breakers is not None and \
+            self.clients.breakers.wait(snap.enterprise_number, "json") is not None
+        if self.policy.retryable(exc) and (exc.api != "json" or (job.attempts < GIVE_UP_AFTER and not json_down)):
+            return False  # a Phone API failure here (the employee list) is the call's own: it waits
         log.error("call %s of %s: %s given up: %s", snap.unique_id, snap.enterprise_number, what, exc)
         return True
 
@@ -90,6 +93,12 @@ class Customers:
             created = self.clients.json(number, cfg).create_counterparty(
                 snap.phone, snap.phone, owner_id=owner["id"] if owner else None, external_code=code,
                 description=f"Создан автоматически по звонку {snap.phone}")
+        except BreakerOpen as exc:  # the JSON API is down: the call goes into the history unlinked
+            if exc.api != "json":
+                raise
+            log.warning("call %s of %s: customer step skipped: %s", snap.unique_id, snap.enterprise_number, exc)
+            save(snap, customer_checked=True)
+            return
         except RateLimited:
             raise
         except MoySkladError as exc:
@@ -133,6 +142,12 @@ class Customers:
                 sales_channel_id=self._sales_channel(number, cfg, settings.get("order_source")),
                 owner_id=owner["id"] if owner else None, external_code=code,
                 description=f"Заказ по звонку {snap.phone}")
+        except BreakerOpen as exc:
+            if exc.api != "json":
+                raise
+            log.warning("call %s of %s: order skipped: %s", snap.unique_id, snap.enterprise_number, exc)
+            save(snap, order_id="")
+            return
         except RateLimited:
             raise
         except MoySkladError as exc:

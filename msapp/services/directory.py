@@ -30,7 +30,7 @@ from ..extensions import db
 from ..jobs import ACTIVE, Defer, JobContext
 from ..models import Directory as DirectoryRow
 from ..models import Enterprise, Job
-from ..moysklad import MoySkladError, RateLimited
+from ..moysklad import BreakerOpen, MoySkladError, RateLimited
 from ..redact import redact_text
 from . import exchange_log
 
@@ -189,6 +189,8 @@ class Directory:
             return
         try:
             self.fetch(job.enterprise_number, cfg)
+        except BreakerOpen:
+            return  # MoySklad is down: the stored list stays in use; the next tick asks again
         except RateLimited as exc:
             raise Defer(exc.after) from None
         except MoySkladError as exc:

@@ -15,9 +15,9 @@ _INSERT = insert(IntegrationLog.__table__)  # values bound at execution (hot pat
 
 
 def add(enterprise: Optional[str], event_type: str, request: Any = None, response: Any = None,
-        error: Optional[str] = None) -> None:
-    """Add a log row to the current session (committed with the caller's transaction)."""
-    db.session.execute(_INSERT, dict(
+        error: Optional[str] = None, conn=None) -> None:
+    """Add a log row to the current session (committed with the caller's transaction), or to `conn`."""
+    (conn or db.session).execute(_INSERT, dict(
         created_at=utcnow(), enterprise_number=enterprise, integration_type="ms", event_type=event_type[:100],
         request_data=redact_obj(request), response_data=redact_obj(response),
         status="error" if error else "success", error_message=redact_text(error)[:2000] if error else None))

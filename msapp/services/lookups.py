@@ -24,8 +24,9 @@ NOT_FOUND = {"found": False}
 
 
 class Lookups:
-    def __init__(self, app, configs, clients, customers, deadline: float, threads: int = 8):
+    def __init__(self, app, configs, clients, customers, deadline: float, threads: int = 8, directory=None):
         self.app = app
+        self.directory = directory
         self.configs = configs
         self.clients = clients
         self.customers = customers
@@ -81,7 +82,12 @@ class Lookups:
         owner_id = id_from_href(owner_href)
         if not owner_id:
             return None
-        extension = next((e["extension"] for e in self.clients.employees(number, cfg) if e["id"] == owner_id), None)
+        try:
+            employees = self.clients.employees(number, cfg)
+        except (MoySkladError, RateLimited):  # the Phone API is down: the stored directory knows extensions
+            listing = self.directory.read(number) if self.directory is not None else None
+            employees = listing.employees if listing else []
+        extension = next((e["extension"] for e in employees if e["id"] == owner_id), None)
         people = self.customers.cached_list(number, cfg, "json_employees", lambda api: api.employees())
         name = next((p.get("name") for p in people if p.get("id") == owner_id), None)
         return {"id": owner_id, "name": name, "extension": extension}

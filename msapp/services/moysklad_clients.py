@@ -1,7 +1,6 @@
 """Build MoySklad clients for one enterprise: URLs from settings, keys from its config, shared limits."""
 from __future__ import annotations
 
-import time
 from typing import Optional
 
 from ..errors import ApiError
@@ -13,32 +12,12 @@ from .cache import TTLCache
 EMPLOYEES_TTL = 600.0
 
 
-AUTH_PAUSE = 300.0  # after MoySklad refuses an enterprise's credentials, ask again this much later
-
-
 class MoySkladClients:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, breakers=None):
         self.settings = settings
         self.limiter = Limiter(json_budget=settings.json_api_budget)
         self.cache = TTLCache()
-        self._paused: dict[str, tuple[float, str]] = {}
-
-    # -- refused credentials: one probe per pause, not one failing request per call -------------------
-    def pause(self, number: str, reason: str, seconds: float = AUTH_PAUSE) -> None:
-        self._paused[number] = (time.monotonic() + seconds, reason)
-
-    def paused(self, number: str) -> Optional[tuple[float, str]]:
-        """(seconds left, reason) while the enterprise's MoySklad traffic is paused, else None."""
-        found = self._paused.get(number)
-        if found is None:
-            return None
-        left = found[0] - time.monotonic()
-        if left <= 0:
-            return None  # half-open: the next request probes; success clears it, refusal pauses again
-        return left, found[1]
-
-    def resume(self, number: str) -> None:
-        self._paused.pop(number, None)
+        self.breakers = breakers  # services.breakers.Breakers: outages and refused keys, per enterprise and API
 
     def phone(self, number: str, cfg: dict, **kw) -> PhoneApi:
         """The Phone API client of one enterprise (its key; URL from settings; shared limits)."""
@@ -52,11 +31,12 @@ class MoySkladClients:
 
     def _client(self, cls, url: str, number: str, cfg: dict, secret_field: str, missing: str, *,
                 max_wait: float = 2.0, timeout: Optional[tuple] = None, log: bool = True,
-                context: Optional[dict] = None):
+                context: Optional[dict] = None, gate: bool = True):
+        """`gate=False`: send even while the enterprise's breaker is open (its answer still counts)."""
         if not cfg.get(secret_field):
             raise ApiError(400, missing, secret_field)
         return cls(url, cfg[secret_field], enterprise=number, limiter=self.limiter, max_wait=max_wait,
-                   timeout=timeout or (3.05, 10.0),
+                   timeout=timeout or (3.05, 10.0), breaker=self.breakers, gate=gate,
                    on_exchange=exchange_log.exchange_writer(number, context) if log else None)
 
     def employees(self, number: str, cfg: dict, refresh: bool = False) -> list[dict]:
