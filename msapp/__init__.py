@@ -76,6 +76,10 @@ def create_app(config: Optional[Mapping[str, str]] = None) -> Flask:
     queue.start_hooks.append(exchange_log.discard)
     queue.flush_hooks.append(exchange_log.flush)
     pool = WorkerPool(app, queue, settings.workers)
+    if not settings.is_sqlite:  # several processes may share PostgreSQL: buckets of enterprises each
+        from .ownership import PgOwnership
+
+        pool.ownership = PgOwnership(queue, pool.busy_buckets)
     pool.every(60.0, directory.refresh_stale)
     pool.every(1.0, breakers.refresh)
     app.extensions["ms"] = MsState(
@@ -118,7 +122,9 @@ def _engine_options(settings) -> dict:
         "pool_pre_ping": True,
         "pool_size": settings.workers + 8,
         "max_overflow": 16,
-        "connect_args": {"connect_timeout": 5},
+        # keepalives: a connection to a vanished database host fails in seconds, not minutes
+        "connect_args": {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
+                         "keepalives_count": 3},
     }
 
 

@@ -405,6 +405,95 @@ def _outage_run(env: Env, seconds: float, calls: int) -> dict:
             "outage_duplicates": len(ids) - len(set(ids)), "outage_dead_jobs": ready.get("dead")}
 
 
+def measure_failover(pg_url: str, processes: int, workers: int, enterprises: int, seconds: float = 20.0,
+                     calls_per_second: float = 20.0) -> dict:
+    """DESIGN.md 10: steady load on `processes` processes sharing PostgreSQL, SIGKILL of one mid-run: the
+    largest dial-to-first-card delay around the kill, calls lost and duplicated, time to rebalance."""
+    import psycopg2
+
+    from .ownership import balanced, snapshot
+
+    with tempfile.TemporaryDirectory() as tmp, _sandbox() as sandbox_url:
+        db_url, cleanup = _database("postgresql", pg_url, tmp)
+        try:
+            numbers = _prepare(db_url, tmp, sandbox_url, enterprises)
+            with _services(db_url, tmp, sandbox_url, workers, processes) as (urls, procs):
+                env = Env(sandbox_url, list(urls), procs, numbers)
+                conn = psycopg2.connect(db_url.replace("postgresql+psycopg2://", "postgresql://"))
+                conn.autocommit = True
+                try:
+                    return {"database": f"postgresql, {processes} processes",
+                            **_failover_run(env, conn, seconds, calls_per_second, snapshot, balanced)}
+                finally:
+                    conn.close()
+        finally:
+            cleanup()
+
+
+def _failover_run(env: Env, conn, seconds: float, per_second: float, snapshot, balanced) -> dict:
+    deadline = time.time() + 10
+    while not balanced(*snapshot(conn)) and time.time() < deadline:
+        time.sleep(0.1)
+    session, dialed, killed, rebalanced = requests.Session(), {}, None, None
+    started = time.time()
+    n = 0
+    while time.time() - started < seconds:
+        if killed is not None and rebalanced is None and balanced(*snapshot(conn)):
+            rebalanced = time.time() - killed
+        if killed is None and time.time() - started >= seconds / 2:
+            env.procs[0].send_signal(9)  # SIGKILL: no goodbye, no lock released by the process
+            killed = time.time()
+            env.service_urls = env.service_urls[1:]
+        number, account = env.accounts[n % len(env.accounts)]
+        uid = f"fo-{n}"
+        dialed[uid] = (account, time.time())
+        env.event(session, number, {"unique_id": uid, "direction": "in", "phone": CALLER, "event_type": "dial",
+                                    "extensions": ["150"]})
+        if n >= per_second:  # hang up the call dialled a second ago
+            old = f"fo-{n - int(per_second)}"
+            env.event(session, env.accounts[(n - int(per_second)) % len(env.accounts)][0],
+                      {"unique_id": old, "direction": "in", "phone": CALLER, "event_type": "hangup",
+                       "call_status": "missed"})
+        n += 1
+        time.sleep(max(0.0, started + n / per_second - time.time()))
+    while rebalanced is None and time.time() - killed < 60:
+        if balanced(*snapshot(conn)):
+            rebalanced = time.time() - killed
+        time.sleep(0.05)
+    for uid in list(dialed)[-int(per_second):]:
+        account = dialed[uid][0]
+        number = next(num for num, acc in env.accounts if acc == account)
+        env.event(session, number, {"unique_id": uid, "direction": "in", "phone": CALLER, "event_type": "hangup",
+                                    "call_status": "missed"})
+    env.wait_idle(120)
+    shown, seen = {}, {}
+    for row in env.log()["requests"]:
+        if row["method"] == "POST" and row["path"].endswith("/call") and row["status"] == 200:
+            uid = json.loads(row["body"])["externalId"]
+            shown.setdefault(uid, row["done"])
+    for _, account in env.accounts:
+        for call in env.calls(account):
+            seen[call["externalId"]] = seen.get(call["externalId"], 0) + 1
+    around = [shown[u] - t for u, (_, t) in dialed.items() if u in shown and killed - 1 <= t <= killed + 5]
+    before = [shown[u] - t for u, (_, t) in dialed.items() if u in shown and t < killed - 1]
+    return {"failover_calls": len(dialed), "failover_blackout_s": round(max(around), 2) if around else None,
+            "failover_card_p50_before_ms": round(_pct(before, 50) * 1000, 1),
+            "failover_lost": sum(1 for u in dialed if u not in seen),
+            "failover_duplicates": sum(c - 1 for c in seen.values()),
+            "failover_rebalance_s": round(rebalanced, 2) if rebalanced is not None else None}
+
+
+def report_failover(results: list) -> str:
+    r = results[0]
+    return "\n".join([
+        f"| figure | target | {r['database']} |", "|---|---|---|",
+        f"| card blackout after SIGKILL of one process (largest dial-to-card delay around the kill) | ≤ 3 s | "
+        f"{r['failover_blackout_s']} s (p50 before the kill {r['failover_card_p50_before_ms']} ms) |",
+        f"| calls lost / duplicated ({r['failover_calls']} calls) | 0 / 0 | "
+        f"{r['failover_lost']} / {r['failover_duplicates']} |",
+        f"| time until the survivors own every bucket | | {r['failover_rebalance_s']} s |"])
+
+
 def report_outage(results: list) -> str:
     head = "| figure | target | " + " | ".join(r["database"] for r in results) + " |"
     rows = [
@@ -458,8 +547,10 @@ def report(results: list) -> str:
 @click.option("--processes", default=1, show_default=True, help="Service processes sharing the database")
 @click.option("--outage", type=float, default=None, metavar="SECONDS",
               help="Only the outage figure: 20 calls during a Phone API outage of SECONDS")
+@click.option("--failover", is_flag=True, help="Only the failover figure: SIGKILL one of --processes (PostgreSQL)")
 @click.option("--json-out", type=click.Path(dir_okay=False), help="Also write the raw figures as JSON")
-def bench(dbs, pg_url, calls, soak, enterprises, rate, ack_seconds, latency_ms, workers, processes, outage, json_out):
+def bench(dbs, pg_url, calls, soak, enterprises, rate, ack_seconds, latency_ms, workers, processes, outage,
+          failover, json_out):
     """Measure the section 10 figures against the sandbox and print them as a Markdown table."""
     kinds = list(dbs) or (["sqlite", "postgresql"] if pg_url else ["sqlite"])
     if "postgresql" in kinds and not pg_url:
@@ -469,6 +560,14 @@ def bench(dbs, pg_url, calls, soak, enterprises, rate, ack_seconds, latency_ms, 
     if soak:
         calls = 10_000
     results = []
+    if failover:
+        if not pg_url or processes < 2:
+            raise click.UsageError("--failover needs PostgreSQL (--pg-url) and --processes 2 or more")
+        click.echo(f"failover run: {processes} processes, SIGKILL of one mid-run...", err=True)
+        results.append(measure_failover(pg_url, processes, workers, enterprises))
+        click.echo(report_failover(results))
+        _write_json(json_out, results)
+        return
     if outage is not None:
         for kind in kinds:
             click.echo(f"outage run on {kind}: 20 calls during {outage:.0f} s...", err=True)

@@ -97,7 +97,18 @@ def serve():
             _fail(f"database unreachable: {_db_reason(exc)}", 2)
     if released:
         log.warning("took back %s jobs left running by a previous process", released)
-    state.pool.start()
+    from .ownership import SecondProcess, SqliteOwnership
+
+    single = None  # held (referenced) for the process's life: its file lock is the SQLite rule
+    try:
+        if s.is_sqlite:  # one process per SQLite file: a second one stops here with one line
+            from sqlalchemy.engine import make_url
+
+            single = SqliteOwnership(make_url(s.database_url).database or "ms.db")
+            single.start()
+        state.pool.start()
+    except SecondProcess as exc:
+        _fail(str(exc), 2)
 
     def _stop(signum, _frame):
         log.info("signal %s: stopping workers", signum)
@@ -108,6 +119,8 @@ def serve():
     log.info("serving on http://%s:%s with %s workers", s.host, s.port, s.workers)
     click.echo(f"serving on http://{s.host}:{s.port}")
     server.run()
+    if single is not None:
+        single.stop()
 
 
 def _shutdown(state, server) -> None:

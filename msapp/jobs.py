@@ -33,7 +33,8 @@ from sqlalchemy import and_, bindparam, exists, func, insert, or_, select, updat
 from . import metrics
 from .clock import utcnow
 from .extensions import db
-from .models import EnterpriseLease, Job
+from .models import Job
+from .ownership import bucket_of
 from .redact import redact_text
 
 log = logging.getLogger("msapp.jobs")
@@ -41,8 +42,6 @@ log = logging.getLogger("msapp.jobs")
 BACKOFF_BASE = 1.0
 BACKOFF_CAP = 300.0
 ACTIVE = ("pending", "running")
-# How long a process owns an enterprise's MoySklad traffic after it last claimed one of its jobs.
-ENTERPRISE_LEASE = 30.0
 _INSERT_JOB = insert(Job.__table__)  # values bound at execution: far cheaper than .values(...) per call
 
 
@@ -105,34 +104,24 @@ def _claim_statements(dialect: str) -> dict:
     due = or_(and_(j.c.status == "pending", j.c.run_at <= bindparam("_now")),
               and_(j.c.status == "running", j.c.lease_until < bindparam("_now")))
     base = select(j.c.id, j.c.status, j.c.lease_until, j.c.enterprise_number).where(due, ~blocked)
-    if dialect == "postgresql":  # several processes: skip enterprises another process owns right now
-        leases = EnterpriseLease.__table__
-        base = base.where(~exists().where(leases.c.enterprise_number == j.c.enterprise_number,
-                                          leases.c.owner != bindparam("_me"),
-                                          leases.c.expires_at >= bindparam("_now")))
     not_busy = or_(j.c.enterprise_number.is_(None),
                    j.c.enterprise_number.not_in(bindparam("_busy", expanding=True)))
+    owned = or_(j.c.bucket.is_(None), j.c.bucket.in_(bindparam("_buckets", expanding=True)))
     found = {}
-    for name, query in (("candidates", base), ("candidates_busy", base.where(not_busy))):
-        query = query.order_by(j.c.run_at, j.c.id).limit(8)
-        if dialect == "postgresql":
-            query = query.with_for_update(skip_locked=True, of=j)
-        found[name] = query
+    for busy in (False, True):
+        for in_buckets in (False, True):
+            query = base.where(not_busy) if busy else base
+            if in_buckets:  # several processes: only the buckets this one owns (msapp/ownership.py)
+                query = query.where(owned)
+            query = query.order_by(j.c.run_at, j.c.id).limit(8)
+            if dialect == "postgresql":
+                query = query.with_for_update(skip_locked=True, of=j)
+            found[(busy, in_buckets)] = query
     attempts = {"attempts": j.c.attempts + 1}
     found["take_pending"] = update(j).where(j.c.id == bindparam("_id"), j.c.status == "pending").values(attempts)
     found["take_expired"] = update(j).where(j.c.id == bindparam("_id"), j.c.status == "running",
                                             j.c.lease_until == bindparam("_lease")).values(attempts)
     found["read"] = select(j).where(j.c.id == bindparam("_id"))
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        leases = EnterpriseLease.__table__
-        ins = pg_insert(leases).values(enterprise_number=bindparam("_enterprise"), owner=bindparam("_me"),
-                                       expires_at=bindparam("_until"))
-        found["own"] = ins.on_conflict_do_update(
-            index_elements=["enterprise_number"],
-            set_={"owner": ins.excluded.owner, "expires_at": ins.excluded.expires_at},
-            where=or_(leases.c.owner == ins.excluded.owner, leases.c.expires_at < bindparam("_now")))
     _CLAIM[dialect] = found
     return found
 
@@ -151,6 +140,7 @@ class JobQueue:
         self.flush_hooks: list[Callable[[], None]] = []
         self._wakeup = threading.Condition()
         self._claim_lock = threading.Lock()
+        self.ownership = None  # ownership.PgOwnership when several processes share PostgreSQL
 
     # -- registration and enqueue -------------------------------------------------------------
     def register(self, kind: str, handler: Handler, max_attempts: int = 10) -> None:
@@ -164,7 +154,8 @@ class JobQueue:
             max_attempts = self.handlers.get(kind, (None, 10))[1]
         now = utcnow()
         result = db.session.execute(_INSERT_JOB, dict(
-            kind=kind, key=key, payload=payload or {}, enterprise_number=enterprise_number, status="pending",
+            kind=kind, key=key, payload=payload or {}, enterprise_number=enterprise_number,
+            bucket=bucket_of(enterprise_number), status="pending",
             attempts=0, max_attempts=max_attempts, run_at=now + timedelta(seconds=delay), created_at=now,
             updated_at=now, lease_until=None, locked_by=None, last_error=None))
         return result.inserted_primary_key[0]
@@ -186,47 +177,53 @@ class JobQueue:
 
     # -- claim and finish --------------------------------------------------------------------
     def claim(self, busy_enterprises: frozenset = frozenset()) -> Optional[JobContext]:
-        """Take one due job (or one whose lease expired), or None. Commits its own transaction."""
-        with self._claim_lock:  # threads of one process never race each other for the same rows
-            try:
-                return self._claim(busy_enterprises)
-            except Exception:
-                db.session.rollback()
-                raise
+        """Take one due job (or one whose lease expired), or None. Commits its own transaction.
 
-    def _claim(self, busy: frozenset) -> Optional[JobContext]:
-        dialect = db.engine.dialect.name
-        st = _claim_statements(dialect)
+        With an ownership (several processes on PostgreSQL) only jobs of the buckets this process owns
+        are taken, on the ownership's own connection: no locks, no claim."""
+        with self._claim_lock:  # threads of one process never race each other for the same rows
+            owner = self.ownership
+            if owner is None:
+                return self._claim_with(db.session, busy_enterprises, None)
+            buckets = owner.claimable()
+            if not buckets:
+                return None
+            return owner.run(lambda conn: self._claim_with(conn, busy_enterprises, buckets))
+
+    def _claim_with(self, ex, busy: frozenset, buckets: Optional[frozenset]) -> Optional[JobContext]:
+        """The claim on `ex` (the session, or a connection): candidates, a conditional take, commit."""
+        try:
+            return self._claim(ex, busy, buckets)
+        except Exception:
+            ex.rollback()
+            raise
+
+    def _claim(self, ex, busy: frozenset, buckets: Optional[frozenset]) -> Optional[JobContext]:
+        st = _claim_statements(db.engine.dialect.name)
         now = utcnow()
-        params = {"_now": now, "_me": self.worker_id}
+        params = {"_now": now}
         if busy:
             params["_busy"] = sorted(busy)
-        rows = db.session.execute(st["candidates_busy" if busy else "candidates"], params).all()
+        if buckets is not None:
+            params["_buckets"] = sorted(buckets)
+        rows = ex.execute(st[(bool(busy), buckets is not None)], params).all()
         lease = now + timedelta(seconds=self.lease_seconds)
         for row in rows:
-            if "own" in st and row.enterprise_number is not None and not self._own(st, row.enterprise_number, now):
-                continue
             take = {"_id": row.id, "status": "running", "locked_by": self.worker_id, "lease_until": lease,
                     "updated_at": now}
             if row.status == "running":
-                result = db.session.execute(st["take_expired"], {**take, "_lease": row.lease_until})
+                result = ex.execute(st["take_expired"], {**take, "_lease": row.lease_until})
             else:
-                result = db.session.execute(st["take_pending"], take)
+                result = ex.execute(st["take_pending"], take)
             if result.rowcount == 1:
-                job = db.session.execute(st["read"], {"_id": row.id}).one()
-                db.session.commit()
+                job = ex.execute(st["read"], {"_id": row.id}).one()
+                ex.commit()
                 if row.status == "running":
                     log.warning("job %s (%s) taken again after its lease expired", job.id, job.kind)
                 return JobContext(job.id, job.kind, job.key, job.enterprise_number, dict(job.payload or {}),
                                   job.attempts, job.max_attempts, job.created_at)
-        db.session.commit()
+        ex.commit()
         return None
-
-    def _own(self, st: dict, enterprise: str, now) -> bool:
-        """Take or renew this process's lease on an enterprise's traffic; False if another process has it."""
-        result = db.session.execute(st["own"], {"_enterprise": enterprise, "_me": self.worker_id, "_now": now,
-                                                "_until": now + timedelta(seconds=ENTERPRISE_LEASE)})
-        return result.rowcount == 1
 
     def _finish(self, job_id: int, **values: Any) -> None:
         j = Job.__table__
@@ -334,15 +331,25 @@ class WorkerPool:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._periodic: list[list] = []  # [interval, due (monotonic), task]
+        self.ownership = None  # ownership.PgOwnership (PostgreSQL), taken at start
 
     def every(self, interval: float, task: Callable[[], Any]) -> None:
         """Run `task` (in an app context) every `interval` seconds, first one interval after start."""
         self._periodic.append([interval, 0.0, task])
 
     def start(self) -> None:
+        """Start the workers (and the ownership, which may refuse: ownership.SecondProcess)."""
         if self._threads:
             return
         self._stop.clear()
+        owner = self.ownership
+        if owner is not None and self.size:
+            with self.app.app_context():
+                owner.start()
+            self.queue.ownership = owner  # from now on this process claims only in its buckets
+            t = threading.Thread(target=self._own, name="ms-owner", daemon=True)
+            t.start()
+            self._threads.append(t)
         for i in range(self.size):
             t = threading.Thread(target=self._loop, name=f"ms-worker-{i}", daemon=True)
             t.start()
@@ -351,6 +358,23 @@ class WorkerPool:
             t = threading.Thread(target=self._tick, name="ms-ticker", daemon=True)
             t.start()
             self._threads.append(t)
+
+    def _own(self) -> None:
+        """The ownership thread: which buckets this process works, every TICK (its own thread, so that
+        slow housekeeping never delays a failover)."""
+        from .ownership import TICK
+
+        with self.app.app_context():
+            while not self._stop.wait(TICK):
+                self.queue.ownership.tick()
+                db.session.remove()
+
+    def busy_buckets(self) -> set:
+        """Buckets in which a job of this process is running now (they are not handed over yet)."""
+        from .ownership import bucket_of
+
+        with self._lock:
+            return {bucket_of(e) for e, n in self._running.items() if n > 0}
 
     def _tick(self) -> None:
         """The ticker thread: periodic housekeeping (each task queues durable jobs or prunes rows)."""
@@ -378,15 +402,10 @@ class WorkerPool:
         self.queue.notify(everyone=True)
         for t in self._threads:
             t.join(timeout)
-        if self._threads:
-            with self.app.app_context():
-                try:  # let another process take this one's enterprises at once
-                    db.session.execute(EnterpriseLease.__table__.delete().where(
-                        EnterpriseLease.__table__.c.owner == self.queue.worker_id))
-                    db.session.commit()
-                except Exception as exc:  # the database may be gone at shutdown; leases expire anyway
-                    log.warning("could not release enterprise leases: %s", redact_text(str(exc)).splitlines()[0])
-                    db.session.rollback()
+        if self._threads and self.queue.ownership is not None:
+            with self.app.app_context():  # let the other processes take this one's buckets at once
+                self.queue.ownership.stop()
+            self.queue.ownership = None
         self._threads = []
 
     def alive(self) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Optional
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -104,6 +104,7 @@ class Job(db.Model):
     enterprise_number: Mapped[Optional[str]] = mapped_column(Text)
     key: Mapped[str] = mapped_column(Text, nullable=False)
     kind: Mapped[str] = mapped_column(String(64), nullable=False)
+    bucket: Mapped[Optional[int]] = mapped_column(Integer)  # ownership bucket of the enterprise (ownership.py)
     payload: Mapped[dict] = mapped_column(JSONType, default=dict)
     status: Mapped[str] = mapped_column(String(16), nullable=False, default="pending")
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
@@ -116,14 +117,17 @@ class Job(db.Model):
     updated_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow, onupdate=utcnow)
 
 
-class EnterpriseLease(db.Model):
-    """Which process owns an enterprise's MoySklad traffic (so per-enterprise limits hold across processes)."""
+class Worker(db.Model):
+    """A service process that works jobs (PostgreSQL): alive while it holds its advisory lock `lock_key`."""
 
-    __tablename__ = "ms_enterprise_leases"
+    __tablename__ = "ms_workers"
 
-    enterprise_number: Mapped[str] = mapped_column(Text, primary_key=True)
-    owner: Mapped[str] = mapped_column(Text, nullable=False)
-    expires_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+    worker_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    lock_key: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    host: Mapped[Optional[str]] = mapped_column(Text)
+    pid: Mapped[Optional[int]] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+    seen_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
 
 
 class Directory(db.Model):
@@ -167,3 +171,4 @@ class Breaker(db.Model):
     next_probe_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
     probe_interval: Mapped[float] = mapped_column(Float, nullable=False)
     updated_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow)
+

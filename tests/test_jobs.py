@@ -3,6 +3,8 @@ import threading
 import time
 from datetime import timedelta
 
+import pytest
+
 from msapp.clock import utcnow
 from msapp.extensions import db
 from msapp.jobs import Defer, JobQueue, Permanent, Retry, WorkerPool, backoff, release_orphans
@@ -279,35 +281,67 @@ def test_stats(ctx):
     assert stats["depth"] == 2 and stats["oldest_pending_age_seconds"] >= 5 and stats["dead"] == 0
 
 
-def test_one_process_at_a_time_owns_an_enterprise(pg_schema, tmp_path):
-    """With several processes on one PostgreSQL, an enterprise's jobs go to one of them at a time, so its
-    MoySklad limits (kept per process) hold for all of them together."""
-    from sqlalchemy import update as sa_update
-
-    from msapp.models import EnterpriseLease
+def test_processes_share_buckets_and_take_over_at_once(pg_schema, tmp_path):
+    """With several processes on one PostgreSQL each enterprise's jobs go to one of them at a time (its
+    bucket's advisory lock), the buckets are spread over the processes, and a process that goes away
+    leaves its buckets to the others at their next tick."""
+    from msapp.ownership import BUCKETS, PgOwnership, bucket_of
 
     apps = [make_app(pg_schema.url, tmp_path / f"p{i}") for i in range(2)]
+    owners = []
     try:
-        queues = [JobQueue(worker_id=f"host:{8023 + i}") for i in range(2)]
+        for i, app in enumerate(apps):
+            with app.app_context():
+                ms().queue.worker_id = f"host:{8023 + i}"
+                owner = PgOwnership(ms().queue, set)
+                owner.start()
+                ms().queue.ownership = owner
+                owners.append(owner)
+        for _ in range(2):  # each sees the other and settles on its share
+            for app, owner in zip(apps, owners):
+                with app.app_context():
+                    owner.tick()
+        mine = [set(o.claimable()) for o in owners]
+        assert not mine[0] & mine[1] and len(mine[0] | mine[1]) == BUCKETS
+        assert BUCKETS / 4 < len(mine[0]) < BUCKETS * 3 / 4  # spread, not one process owning everything
+
+        def enterprise_in(buckets):
+            return next(f"E{n}" for n in range(10_000) if bucket_of(f"E{n}") in buckets)
+
+        e0, e1 = enterprise_in(mine[0]), enterprise_in(mine[1])
         with apps[0].app_context():
-            for n in range(4):
-                ms().queue.enqueue("test", f"e1-{n}", {}, enterprise_number="E1")
-            ms().queue.enqueue("test", "e2-0", {}, enterprise_number="E2")
-            ms().queue.enqueue("test", "none-0", {})
+            for n in range(3):
+                ms().queue.enqueue("test", f"{e0}-{n}", {}, enterprise_number=e0)
+                ms().queue.enqueue("test", f"{e1}-{n}", {}, enterprise_number=e1)
             db.session.commit()
-            first = queues[0].claim()
-            assert first.enterprise_number == "E1"
+            assert {ms().queue.claim().enterprise_number for _ in range(3)} == {e0}
+            assert ms().queue.claim() is None  # never e1's jobs while the other process owns them
         with apps[1].app_context():
-            taken = [queues[1].claim() for _ in range(3)]
-            assert {t.enterprise_number for t in taken if t} == {"E2", None}  # never E1 while p0 owns it
-            assert taken[2] is None
+            running = ms().queue.claim()
+            assert running.enterprise_number == e1
+        with apps[1].app_context():
+            owners[1].stop()  # process 1 goes away (its locks end with its connection)
+            assert ms().queue.claim() is None
         with apps[0].app_context():
-            assert queues[0].claim().enterprise_number == "E1"  # the owner keeps going
-            # p0 stops claiming E1's jobs: its lease runs out
-            db.session.execute(sa_update(EnterpriseLease).values(expires_at=utcnow() - timedelta(seconds=1)))
-            db.session.commit()
-        with apps[1].app_context():
-            assert queues[1].claim().enterprise_number == "E1"
+            owners[0].tick()
+            assert set(owners[0].claimable()) == set(range(BUCKETS))
+            assert ms().queue.claim().enterprise_number == e1
     finally:
+        for owner in owners:
+            owner.stop()
         for app in apps:
             dispose(app)
+
+
+def test_a_second_process_on_one_sqlite_file_is_refused(tmp_path):
+    from msapp.ownership import SecondProcess, SqliteOwnership
+
+    first, second = SqliteOwnership(str(tmp_path / "ms.db")), SqliteOwnership(str(tmp_path / "ms.db"))
+    first.start()
+    try:
+        with pytest.raises(SecondProcess, match="SQLite is for one process"):
+            second.start()
+    finally:
+        first.stop()
+    second.start()  # free again once the first has stopped
+    second.stop()

@@ -4,7 +4,7 @@ import sqlalchemy as sa
 from msapp.extensions import db
 from tests.conftest import dispose, make_app
 
-OWN_TABLES = {"ms_calls", "ms_jobs", "ms_webhooks", "ms_enterprise_leases", "ms_alembic_version", "ms_directory", "ms_breakers",
+OWN_TABLES = {"ms_calls", "ms_jobs", "ms_webhooks", "ms_workers", "ms_alembic_version", "ms_directory", "ms_breakers",
               "ms_clicks"}
 
 

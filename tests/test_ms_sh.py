@@ -57,6 +57,18 @@ def test_start_status_stop(project):
     assert sh(dest, env, "stop").returncode == 0  # idempotent
 
 
+def test_a_second_process_on_the_same_sqlite_file_is_refused(project):
+    dest, env, port = project
+    assert sh(dest, env, "start").returncode == 0
+    other = subprocess.run([str(dest / ".venv" / "bin" / "python"), "-m", "msapp", "serve"], cwd=dest,
+                           env={**env, "MS_PORT": str(free_port()), "MS_INSTANCE_DIR": str(dest / "instance"),
+                                "MS_LOG_DIR": str(dest / "logs")}, capture_output=True, text=True, timeout=60)
+    assert other.returncode != 0
+    lines = [line for line in other.stderr.splitlines() if line.startswith("ms:")]
+    assert len(lines) == 1 and "SQLite is for one process" in lines[0] and "Traceback" not in other.stderr
+    assert sh(dest, env, "status").returncode == 0  # the first one is untouched
+
+
 def test_never_signals_a_process_it_did_not_start(project):
     dest, env, _ = project
     stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])

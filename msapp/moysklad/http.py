@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from typing import Any, Callable, Optional, Protocol
@@ -14,6 +15,8 @@ from .limiter import Limiter
 
 ACCEPT = "application/json;charset=utf-8"
 DEFAULT_TIMEOUT = (3.05, 10.0)
+# Names the process: MoySklad's support (and the sandbox's log) can tell several service processes apart.
+USER_AGENT = f"ms-telephony/0.1 (pid {os.getpid()})"
 Exchange = Callable[[dict], None]
 
 
@@ -64,7 +67,7 @@ class ApiClient:
     def request(self, method: str, path: str, *, body: Any = None, params: Optional[dict] = None,
                 event: str = "") -> Any:
         """Send one request; return the decoded JSON (None for 204); raise MoySkladError on failure."""
-        headers = {"Accept-Encoding": "gzip", "Accept": ACCEPT, **self.auth_headers()}
+        headers = {"Accept-Encoding": "gzip", "Accept": ACCEPT, "User-Agent": USER_AGENT, **self.auth_headers()}
         data = None
         if body is not None:
             headers["Content-Type"] = "application/json"

@@ -92,7 +92,7 @@ def _finish(resp: Response) -> Response:
     st.record({"t": g.get("sandbox_started"), "done": time.time(), "api": g.get("sandbox_api"),
                "account": g.get("sandbox_account"), "method": request.method, "path": request.path,
                "query": request.query_string.decode("utf-8", "replace"), "status": resp.status_code,
-               "body": g.get("sandbox_body")})
+               "body": g.get("sandbox_body"), "agent": request.headers.get("User-Agent", "")})
     if resp.get_data() and resp.status_code != 415:
         resp.set_data(gzip.compress(resp.get_data(), compresslevel=1))
         resp.headers["Content-Encoding"] = "gzip"
