@@ -26,6 +26,8 @@ from .services.directory import REFRESH_KIND, Directory
 from .services.events import SYNC_KIND
 from .services.lookups import Lookups
 from .services.moysklad_clients import MoySkladClients
+from .services.tasks import KIND as TASK_KIND
+from .services.tasks import Tasks
 from .state import MsState
 
 MAX_BODY = 64 * 1024
@@ -65,10 +67,12 @@ def create_app(config: Optional[Mapping[str, str]] = None) -> Flask:
     breakers = Breakers(queue)
     clients = MoySkladClients(settings, breakers)
     customers = Customers(clients)
-    queue.register(SYNC_KIND, CallSync(clients, configs, customers), max_attempts=12)
+    tasks = Tasks(clients, configs, customers, queue)
+    queue.register(SYNC_KIND, CallSync(clients, configs, customers, tasks), max_attempts=12)
+    queue.register(TASK_KIND, tasks, max_attempts=8)
     queue.register(click_to_call.KIND, click_to_call.Originate(settings.originate_url, configs), max_attempts=4)
     # a saved config may carry a fixed key: the refused-key pause ends, the next request tells
-    configs.on_saved.append(lambda number: breakers.close(number, why="config saved", kind="auth"))
+    configs.on_saved.append(lambda number: breakers.close(number, why="config saved", kind=("auth", "crm")))
     queue.register(TEST_POPUP_KIND, lambda job: admin_service.hide_test_popup(configs, job), max_attempts=5)
     directory = Directory(app, clients, configs, queue, settings.lookup_timeout)
     admin_service = AdminService(clients, customers, queue, directory)

@@ -21,7 +21,8 @@ def _post(base: str, path: str, body: dict) -> None:
 
 
 def play_calls(base: str, pause: float = 1.0) -> None:
-    """Three realistic calls: answered (three phones ring), missed, outgoing."""
+    """Four realistic calls: answered (three phones ring), missed (it becomes a callback task), outgoing, and
+    the callback that closes the task."""
     now = time.strftime("%Y-%m-%d %H:%M:%S")
     uid = f"{int(time.time())}"
     click.echo("  1) incoming from ООО Ромашка (8 029 711-12-22): 150, 151, 152 ring; 151 answers")
@@ -32,13 +33,21 @@ def play_calls(base: str, pause: float = 1.0) -> None:
     time.sleep(pause * 3)
     _post(base, "call-event", {**call, "event_type": "hangup", "call_status": "answered",
                                "record_url": "https://pbx.example.by/records/demo-1.mp3"})
-    click.echo("  2) incoming from an unknown number, nobody answers (the caller becomes a customer)")
+    click.echo("  2) incoming from an unknown number, nobody answers (a new customer, and a task «перезвонить»)")
     call = {"unique_id": f"{uid}.2", "direction": "in", "phone": "+375 29 100-20-30"}
     _post(base, "call-event", {**call, "event_type": "dial", "extensions": ["150", "152"]})
     time.sleep(pause * 2)
     _post(base, "call-event", {**call, "event_type": "hangup", "call_status": "missed"})
     click.echo("  3) outgoing from 152 to ИП Васильев (+375 33 123-45-67)")
     call = {"unique_id": f"{uid}.3", "direction": "out", "phone": "+375331234567", "extension": "152"}
+    _post(base, "call-event", {**call, "event_type": "dial"})
+    time.sleep(pause)
+    _post(base, "call-event", {**call, "event_type": "answer"})
+    time.sleep(pause * 2)
+    _post(base, "call-event", {**call, "event_type": "hangup", "call_status": "answered"})
+    time.sleep(pause * 2)
+    click.echo("  4) 151 calls the missed number back and gets through (the task is closed with a note)")
+    call = {"unique_id": f"{uid}.4", "direction": "out", "phone": "+375291002030", "extension": "151"}
     _post(base, "call-event", {**call, "event_type": "dial"})
     time.sleep(pause)
     _post(base, "call-event", {**call, "event_type": "answer"})
@@ -67,7 +76,8 @@ def run_demo(port: int, sandbox_port: int, once: bool, pause: float) -> None:
         db.session.commit()
         app.extensions["ms"].configs.save(DEMO_NUMBER, {
             "enabled": True, "integration_code": keys["phone_api_key"], "api_token": keys["json_api_token"],
-            "incoming_call_actions": {"create_customers": True, "create_orders": "new_customer"}})
+            "incoming_call_actions": {"create_customers": True, "create_orders": "new_customer"},
+            "missed_calls": {"create_task": True, "fallback_employee": "0a9c1f00-0000-4000-8000-000000000151"}})
     server = make_server(app, "127.0.0.1", port, threads=8)
     serve_in_thread(server)
     app.extensions["ms"].pool.start()
@@ -84,7 +94,8 @@ def run_demo(port: int, sandbox_port: int, once: bool, pause: float) -> None:
     acc = sandbox.state.accounts["demo"]
     click.echo(f"done: MoySklad (sandbox) holds {len(acc.calls)} calls, "
                f"{sum(1 for c in acc.counterparties.values() if c.get('externalCode', '').startswith('ms-call'))} "
-               f"new customer(s), {len(acc.orders)} order(s); "
+               f"new customer(s), {len(acc.orders)} order(s), "
+               f"{len(acc.tasks)} callback task(s) ({sum(1 for t in acc.tasks.values() if t.get('done'))} closed); "
                f"{sum(1 for r in sandbox.state.log if r['api'] == 'phone')} Phone API requests")
     click.echo(f"the service's journal (integration_logs) is in {data_dir}/ms.db")
     if once:

@@ -22,3 +22,4 @@ BREAKER_TRANSITIONS = Counter("ms_breaker_transitions_total", "MoySklad breakers
 BREAKER_OPEN = Gauge("ms_breaker_open", "1 while MoySklad is unreachable (outage) or refuses the key (auth)",
                      ["enterprise", "api", "kind"])
 BREAKER_WAITING = Gauge("ms_breaker_waiting_calls", "Calls waiting behind an open breaker", ["enterprise", "api"])
+TASKS = Counter("ms_tasks_total", "Missed-call tasks opened and closed in MoySklad", ["action"])

@@ -86,6 +86,7 @@ class Call(db.Model):
     customer_created: Mapped[bool] = mapped_column(Boolean, default=False)
     order_attempted: Mapped[bool] = mapped_column(Boolean, default=False)
     order_id: Mapped[Optional[str]] = mapped_column(Text)
+    task_queued: Mapped[bool] = mapped_column(Boolean, default=False)  # its missed-call task work is queued
     last_error: Mapped[Optional[str]] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
@@ -172,3 +173,26 @@ class Breaker(db.Model):
     probe_interval: Mapped[float] = mapped_column(Float, nullable=False)
     updated_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow)
 
+
+class MsTask(db.Model):
+    """A caller's callback task in MoySklad (services/tasks.py): at most one open per enterprise and phone."""
+
+    __tablename__ = "ms_tasks"
+    __table_args__ = (Index("ix_ms_tasks_caller", "enterprise_number", "phone", "state"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    enterprise_number: Mapped[str] = mapped_column(Text, nullable=False)
+    phone: Mapped[str] = mapped_column(Text, nullable=False)
+    state: Mapped[str] = mapped_column(String(8), nullable=False)  # open | closed
+    task_id: Mapped[Optional[str]] = mapped_column(Text)
+    create_attempted: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    marker: Mapped[str] = mapped_column(Text, nullable=False)  # in the description: finds a lost create
+    assignee_id: Mapped[Optional[str]] = mapped_column(Text)
+    counterparty_id: Mapped[Optional[str]] = mapped_column(Text)
+    missed: Mapped[list] = mapped_column(JSONType, nullable=False)  # [{"unique_id", "at", "extensions"}]
+    note_added: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow)
+    closed_at: Mapped[Optional[datetime]] = mapped_column(DateTime)
+    closed_reason: Mapped[Optional[str]] = mapped_column(String(16))  # reached | person | never created
+    closed_by_call: Mapped[Optional[str]] = mapped_column(Text)

@@ -149,6 +149,26 @@ def test_operator_sets_up_an_enterprise(page, svc, sandbox, tmp_path):
         assert c2c["block_premium"] is False
     assert page.locator("#c2c_countries option:checked").all_inner_texts() == ["Беларусь (BY)", "Россия (RU)"]
 
+    # missed calls: employee mode without an employee is refused in Russian; then a full setup is saved
+    page.get_by_label("Создавать задачу по пропущенному звонку").check()
+    page.get_by_label("Кому задача").select_option("employee")
+    page.get_by_role("button", name="Сохранить").click()
+    page.wait_for_selector("#mc_fallback[aria-invalid=true]")
+    assert "выберите сотрудника" in page.locator("#err-missed_calls-fallback_employee").inner_text()
+    page.get_by_role("button", name="Загрузить сотрудников из МойСклад").click()
+    page.get_by_role("button", name="Обновить сотрудников из МойСклад").wait_for()
+    page.get_by_label("Сотрудник для задач по умолчанию").select_option(label="Петрова Анна")
+    page.get_by_label("Срок задачи, минут после звонка").fill("45")
+    page.get_by_role("button", name="Сохранить").click()
+    page.locator(".toast", has_text="Настройки сохранены").last.wait_for()
+    with svc.app.app_context():
+        db.session.expire_all()
+        mc = db.session.get(Enterprise, "0367").integrations_config["ms"]["missed_calls"]
+        assert mc == {"create_task": True, "assignee": "employee", "fallback_employee":
+                      "0a9c1f00-0000-4000-8000-000000000151", "due_minutes": 45, "close_on_callback": True,
+                      "only_known_customers": False}
+    page.screenshot(path=str(out / "enterprise-settings.png"), full_page=True)
+
     page.get_by_role("link", name="Журнал").click()
     page.get_by_role("heading", name="Журнал обмена").wait_for()
     assert page.locator("table.journal tbody tr").count() >= 3

@@ -93,6 +93,15 @@ def test_secrets_masked_and_masked_write_keeps_value(ent):
     ({"click_to_call": {"max_per_enterprise_per_minute": True}}, "click_to_call.max_per_enterprise_per_minute"),
     ({"click_to_call": {"max_per_enterprise_per_minute": "ten"}}, "click_to_call.max_per_enterprise_per_minute"),
     ({"click_to_call": {"unlimited": True}}, "click_to_call.unlimited"),
+    ({"missed_calls": {"create_task": "yes"}}, "missed_calls.create_task"),
+    ({"missed_calls": {"assignee": "boss"}}, "missed_calls.assignee"),
+    ({"missed_calls": {"fallback_employee": "not an id!"}}, "missed_calls.fallback_employee"),
+    ({"missed_calls": {"due_minutes": 0}}, "missed_calls.due_minutes"),
+    ({"missed_calls": {"due_minutes": 7 * 24 * 60 + 1}}, "missed_calls.due_minutes"),
+    ({"missed_calls": {"create_task": True, "assignee": "employee"}}, "missed_calls.fallback_employee"),
+    ({"missed_calls": {"create_task": True, "assignee": "employee",
+                       "fallback_employee": "0a9c1f00-0000-4000-8000-000000000151"}}, None),
+    ({"missed_calls": {"surprise": 1}}, "missed_calls.surprise"),
 ])
 def test_validation_names_the_field(ent, payload, field):
     if field is None:  # accepted
@@ -101,6 +110,12 @@ def test_validation_names_the_field(ent, payload, field):
     with pytest.raises(ValidationFailed) as info:
         ms().configs.save(ent, payload)
     assert info.value.status == 400 and info.value.field == field
+
+
+def test_missed_calls_default_off_for_legacy_configs(ent):
+    cfg = ms().configs.read(ent)
+    assert cfg["missed_calls"] == {"create_task": False, "assignee": "owner", "fallback_employee": None,
+                                   "due_minutes": 30, "close_on_callback": True, "only_known_customers": False}
 
 
 def test_click_to_call_defaults_follow_the_default_region(ent):

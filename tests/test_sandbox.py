@@ -192,6 +192,50 @@ def test_cards_page_shows_what_employees_see(sandbox, keys):
     assert "Сидоров Пётр" in page and "+375296254070" in page and "Входящий" in page
 
 
+EMP = "https://x/api/remap/1.2/entity/employee/0a9c1f00-0000-4000-8000-000000000151"
+AGENT = "https://x/api/remap/1.2/entity/counterparty/5c0e7a00-0000-4000-8000-000000000001"
+
+
+def ref(href, kind):
+    return {"meta": {"href": href, "type": kind, "mediaType": "application/json"}}
+
+
+@pytest.mark.parametrize("missing", ["description", "assignee"])
+def test_task_needs_its_required_fields(sandbox, keys, missing):
+    body = {"description": "Перезвонить", "assignee": ref(EMP, "employee")}
+    body.pop(missing)
+    r = js(sandbox, keys, "POST", "/entity/task", json=body)
+    assert r.status_code == 412 and r.json()["errors"][0]["code"] == 3000
+
+
+def test_task_lifecycle_filters_and_notes(sandbox, keys):
+    r = js(sandbox, keys, "POST", "/entity/task", json={
+        "description": "Перезвонить [ms-task:1]", "assignee": ref(EMP, "employee"), "agent": ref(AGENT, "counterparty"),
+        "dueToDate": "2025-09-13 11:12:30"})
+    assert r.status_code == 200
+    task = r.json()
+    assert task["assignee"]["meta"]["href"].endswith("000000000151") and task["done"] is False
+    found = js(sandbox, keys, "GET", "/entity/task", params={"filter": "done=false;description~ms-task:1"}).json()
+    assert [t["id"] for t in found["rows"]] == [task["id"]]
+    href = f"{sandbox.json_url}/entity/counterparty/5c0e7a00-0000-4000-8000-000000000001"
+    assert js(sandbox, keys, "GET", "/entity/task", params={"filter": f"agent={href}"}).json()["meta"]["size"] == 1
+    note = js(sandbox, keys, "POST", f"/entity/task/{task['id']}/notes", json={"description": "Дозвонились"})
+    assert note.status_code == 200
+    assert js(sandbox, keys, "PUT", f"/entity/task/{task['id']}", json={"done": True}).json()["done"] is True
+    assert js(sandbox, keys, "GET", "/entity/task").json()["rows"] == []  # only open tasks by default
+    assert js(sandbox, keys, "GET", f"/entity/task/{task['id']}/notes").json()["rows"][0]["description"] == "Дозвонились"
+    assert "Перезвонить" in requests.get(f"{sandbox.url}/sandbox/").text
+    assert js(sandbox, keys, "DELETE", f"/entity/task/{task['id']}").status_code == 200
+    r = js(sandbox, keys, "GET", f"/entity/task/{task['id']}")
+    assert r.status_code == 404 and r.json()["errors"][0]["code"] == 1021
+
+
+def test_an_account_without_crm_refuses_tasks(sandbox, keys):
+    requests.post(f"{sandbox.url}/sandbox/api/faults", json={"tasks_disabled": True})
+    r = js(sandbox, keys, "POST", "/entity/task", json={"description": "x", "assignee": ref(EMP, "employee")})
+    assert r.status_code == 403 and "CRM" in r.json()["errors"][0]["error"]
+
+
 def test_runs_alone_from_the_command_line(tmp_path):
     import subprocess
     import sys

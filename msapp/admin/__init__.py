@@ -155,7 +155,8 @@ def _context(number: str, cfg: dict, errors=None, values=None) -> dict:
     return {"ent": ent, "cfg": cfg, "view": public_view(cfg), "errors": errors or {}, "values": values or {},
             "secret": mask_tail(ent.secret), "notify_modes": NOTIFY_MODES, "order_modes": ORDER_MODES,
             "signature_modes": SIGNATURE_MODES, "panel": ms().admin.panel(number),
-            "countries": click_guard.country_choices(), "allowed": click_guard.allowed_countries(cfg)}
+            "countries": click_guard.country_choices(), "allowed": click_guard.allowed_countries(cfg),
+            "staff": ms().admin.employee_choices(number, cfg)}
 
 
 def _enterprise_page(number: str):
@@ -203,6 +204,14 @@ def refresh_lists(number):
     lists["loaded"] = True
     return render_template("admin/_order_lists.html", lists=lists, cfg=cfg, errors={},
                            ent=ms().configs.enterprise(number))
+
+
+@bp.post("/employees-select/<number>")
+def refresh_employee_select(number):
+    """The missed-call fallback employee select, with MoySklad's employees loaded now."""
+    cfg = ms().configs.read(number)
+    return render_template("admin/_employee_select.html", cfg=cfg, ent=ms().configs.enterprise(number),
+                           staff=ms().admin.employee_choices(number, cfg, refresh=True), errors={}, values={})
 
 
 @bp.post("/test/<number>")

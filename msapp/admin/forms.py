@@ -5,12 +5,14 @@ import re
 
 CHECKBOXES = ("enabled", "notifications.notify_incoming", "notifications.notify_outgoing",
               "incoming_call_actions.create_customers", "outgoing_call_actions.create_customers",
-              "click_to_call.block_premium")
+              "click_to_call.block_premium", "missed_calls.create_task", "missed_calls.close_on_callback",
+              "missed_calls.only_known_customers")
 FIELDS = ("integration_code", "api_token", "timezone", "default_region", "signature_mode",
           "notifications.call_notify_mode", "incoming_call_actions.create_orders",
           "incoming_call_actions.organization", "incoming_call_actions.order_state",
           "incoming_call_actions.order_source", "outgoing_call_actions.create_orders",
-          "click_to_call.max_per_extension_per_minute", "click_to_call.max_per_enterprise_per_minute")
+          "click_to_call.max_per_extension_per_minute", "click_to_call.max_per_enterprise_per_minute",
+          "missed_calls.assignee", "missed_calls.fallback_employee", "missed_calls.due_minutes")
 LISTS = ("click_to_call.allowed_countries",)
 
 
@@ -33,7 +35,8 @@ def to_update(form) -> dict:
     for name in FIELDS:
         if name in form:
             value = form.get(name, "").strip()
-            put(name, value or None if name.endswith(("organization", "order_state", "order_source")) else value)
+            optional = name.endswith(("organization", "order_state", "order_source", "fallback_employee"))
+            put(name, value or None if optional else value)
     return update
 
 
@@ -50,6 +53,7 @@ _RUSSIAN = [
     (r"must be a whole number from (\d+) to (\d+)", r"целое число от \1 до \2"),
     (r"must be a list of one or more two-letter country codes.*", "выберите хотя бы одну страну"),
     (r"unknown country code: (\S+)", r"неизвестный код страны: \1"),
+    (r"choose the employee who gets every task", "выберите сотрудника, которому ставить задачи"),
 ]
 
 

@@ -115,6 +115,34 @@ class JsonApi(ApiClient):
         return self.request("POST", "/entity/customerorder", body=body, event="customerorder.create") or {}
 
 
+    # -- tasks (MOYSKLAD_API.md 2.11) ------------------------------------------------------------------
+    def create_task(self, description: str, assignee_id: str, *, agent_id: Optional[str] = None,
+                    due: Optional[str] = None) -> dict:
+        """POST /entity/task (`description` and `assignee` are required; `due` in MoySklad time)."""
+        body = {"description": description[:4096], "assignee": self.meta_of("employee", assignee_id)}
+        if agent_id:
+            body["agent"] = self.meta_of("counterparty", agent_id)
+        if due:
+            body["dueToDate"] = due
+        return self.request("POST", "/entity/task", body=body, event="task.create") or {}
+
+    def get_task(self, task_id: str) -> dict:
+        return self.request("GET", f"/entity/task/{task_id}", event="task.get") or {}
+
+    def update_task(self, task_id: str, changes: dict) -> dict:
+        return self.request("PUT", f"/entity/task/{task_id}", body=changes, event="task.update") or {}
+
+    def find_open_task(self, marker: str) -> Optional[dict]:
+        """The open task whose description carries `marker` (the probe after a lost create answer)."""
+        rows = self._rows("/entity/task", {"filter": f"done=false;description~{marker.replace(';', chr(92) + ';')}"},
+                          event="task.by_marker")
+        return rows[0] if rows else None
+
+    def add_task_note(self, task_id: str, text: str) -> dict:
+        return self.request("POST", f"/entity/task/{task_id}/notes", body={"description": text[:4096]},
+                            event="task.note") or {}
+
+
 def _counterparty(row: dict, persons: list, matched_by: str) -> dict:
     owner = ((row.get("owner") or {}).get("meta") or {}).get("href")
     return {

@@ -12,6 +12,7 @@ from .state import SandboxError, SandboxState
 
 
 def create_sandbox_app(seed_path: Optional[str] = None, json_weight: int = 3) -> Flask:
+    from . import tasks  # noqa: F401 - adds the task routes to remap_bp
     from .api import phone_bp, remap_bp, reply
     from .control import bp as control_bp
 

@@ -127,5 +127,7 @@ def page():
                                                        if cid in acc.calls],
                            "history": sorted(history, key=lambda c: c["created"], reverse=True)[:50]})
         names = {cp["id"]: cp["name"] for cp in acc.counterparties.values()}
+        tasks = sorted(acc.tasks.values(), key=lambda t: t["created"], reverse=True)[:50]
+        staff = {e["id"]: e["name"] for e in acc.employees}
         return render_template("sandbox.html", account=acc, accounts=sorted(st.accounts), people=people,
-                               names=names)
+                               names=names, tasks=tasks, staff=staff)

@@ -73,6 +73,7 @@ class Faults:
     account: Optional[str] = None  # None = every account
     phone_api_disabled: bool = False  # answer like an account without the telephony solution (55008)
     lose_next: int = 0  # apply the next N requests but answer 504, as if the answer were lost on the way
+    tasks_disabled: bool = False  # refuse tasks (403) like an account without MoySklad's CRM option
 
     def take_lost(self, api: str, account: str) -> bool:
         if self.lose_next > 0 and self.applies(api, account):
@@ -97,6 +98,7 @@ class Account:
     calls: dict = field(default_factory=dict)
     orders: list = field(default_factory=list)
     cards: dict = field(default_factory=dict)  # extension -> {call_id: {"started": bool}}
+    tasks: dict = field(default_factory=dict)  # task id -> task (sandbox/tasks.py)
 
     def employee(self, employee_id: str) -> Optional[dict]:
         return next((e for e in self.employees if e["id"] == employee_id), None)

@@ -19,6 +19,7 @@ from ..moysklad import BreakerOpen, MoySkladError, RateLimited
 from ..moysklad.formats import is_extension, to_moysklad_time
 from . import click_guard, exchange_log
 from .moysklad_clients import MoySkladClients
+from .tasks import Tasks
 
 TEST_POPUP_KIND = "test-popup.hide"
 TEST_POPUP_SECONDS = 5.0
@@ -133,6 +134,27 @@ class AdminService:
         self._done()
         return out
 
+    def employee_choices(self, number: str, cfg: dict, refresh: bool = False) -> dict:
+        """Employees to pick the missed-call fallback from: from MoySklad's JSON API on request (`refresh`),
+        else the stored directory (filled by a connection test), without asking MoySklad."""
+        db.session.rollback()
+        out = {"employees": [], "error": None, "loaded": refresh}
+        if refresh:
+            self.clients.forget(number, "json_employees")
+            try:
+                people = self.customers.cached_list(number, cfg, "json_employees", lambda api: api.employees())
+                out["employees"] = sorted(({"id": p.get("id"), "name": p.get("name") or p.get("uid") or p.get("id")}
+                                           for p in people if not p.get("archived")), key=lambda e: e["name"])
+            except (MoySkladError, RateLimited, ApiError) as exc:
+                out["error"] = explain(exc)
+            self._done()
+            return out
+        listing = self.directory.read(number) if self.directory is not None else None
+        if listing is not None:
+            out["employees"] = sorted(({"id": e["id"], "name": f"{e.get('name') or e['id']} (доб. {e['extension']})"}
+                                       for e in listing.employees), key=lambda e: e["name"])
+        return out
+
     def test_popup(self, number: str, cfg: dict, extension) -> dict:
         """Show a test card to one employee, hidden again after a few seconds. No customer is created."""
         if not is_extension(extension if isinstance(extension, str) else None):
@@ -206,9 +228,12 @@ class AdminService:
         breakers = self.clients.breakers.status(number) if self.clients.breakers else []
         paused = next((b for b in breakers if b["kind"] == "auth"), None)
         outage = next((b for b in breakers if b["kind"] == "outage"), None)
+        tasks_off = next((b for b in breakers if b["kind"] == "crm"), None)
+        tasks_today = Tasks.today(number, day)
+        db.session.commit()
         return {"paused": {"since": paused["since"], "reason": paused["reason"], "api": paused["api"],
                            "waiting_calls": paused["waiting_calls"]} if paused else None,
-                "outage": outage, "suspicious": suspicious,
+                "outage": outage, "tasks_suspended": tasks_off, "suspicious": suspicious, **tasks_today,
                 "calls_today": calls[0], "customers_created": calls[1], "orders_created": calls[2],
                 "success_rate": round(100 * ok / len(recent), 1) if recent else None,
                 "median_latency_ms": round(statistics.median(latencies)) if latencies else None,

@@ -92,7 +92,7 @@ class Breakers:
                 self.close(enterprise, api, "MoySklad answered")
             return
         if is_refusal(error):
-            self._trip(enterprise, api, "auth", error.explanation, AUTH_PROBE)
+            self.trip(enterprise, api, "auth", error.explanation, AUTH_PROBE)
             return
         if key in self._open:
             self._probe_failed(enterprise, api, error)
@@ -100,7 +100,7 @@ class Breakers:
         with self._lock:
             count = self._failures[key] = self._failures.get(key, 0) + 1
         if count >= THRESHOLD:
-            self._trip(enterprise, api, "outage", error.explanation, FIRST_PROBE)
+            self.trip(enterprise, api, "outage", error.explanation, FIRST_PROBE)
 
     def wait(self, enterprise: str, api: str) -> Optional[float]:
         """Seconds until the next probe while the breaker is open (a job then waits that long), else None:
@@ -112,7 +112,9 @@ class Breakers:
         return max(0.5, (state.next_probe_at - utcnow()).total_seconds()) + random.uniform(0.2, 1.0)
 
     # -- transitions (each one short transaction on its own connection) --------------------------
-    def _trip(self, enterprise: str, api: str, kind: str, reason: str, interval: float) -> None:
+    def trip(self, enterprise: str, api: str, kind: str, reason: str, interval: float) -> None:
+        """Open (or keep open) the breaker; journal the opening once. Also used for other refusals that
+        hold a kind of work until the config is saved (tasks without the CRM option: api "task")."""
         now = utcnow()
         table = Breaker.__table__
         pk = and_(table.c.enterprise_number == enterprise, table.c.api == api)
@@ -129,9 +131,9 @@ class Breakers:
                 else:
                     conn.execute(update(table).where(pk).values(opened_at=now, **values))
                 opened_at = now
+                message = f"{API_NAMES[api]} недоступен: {reason}" if api in API_NAMES else reason
                 exchange_log.add(enterprise, "breaker.open", {"api": api, "kind": kind},
-                                 {"next_probe_in_s": interval}, f"{API_NAMES.get(api, api)} недоступен: {reason}",
-                                 conn=conn)
+                                 {"next_probe_in_s": interval}, message, conn=conn)
                 metrics.BREAKER_TRANSITIONS.labels(api, "open").inc()
                 log.warning("breaker of %s %s opened (%s): %s", enterprise, api, kind, reason)
         with self._lock:
@@ -165,22 +167,23 @@ class Breakers:
     def _probe_failed(self, enterprise: str, api: str, error: MoySkladError) -> None:
         state = self._open.get((enterprise, api))
         interval = min(MAX_PROBE, (state.interval if state else FIRST_PROBE) * GROWTH)
-        self._trip(enterprise, api, "outage", error.explanation, interval)
+        self.trip(enterprise, api, "outage", error.explanation, interval)
 
-    def close(self, enterprise: str, api: Optional[str] = None, why: str = "", kind: Optional[str] = None) -> int:
-        """Close the enterprise's open breakers (one API, or all; one kind, or all) and make its waiting
-        jobs due now. Returns how many closed here (another process may have closed them first)."""
+    def close(self, enterprise: str, api: Optional[str] = None, why: str = "", kind=None) -> int:
+        """Close the enterprise's open breakers (one API, or all; one kind, a tuple of kinds, or all) and
+        make its waiting jobs due now. Returns how many closed here (another process may have closed them first)."""
         now = utcnow()
         table = Breaker.__table__
         cond = and_(table.c.enterprise_number == enterprise, table.c.state == "open")
         if api is not None:
             cond = and_(cond, table.c.api == api)
-        if kind is not None:
-            cond = and_(cond, table.c.kind == kind)
+        kinds = (kind,) if isinstance(kind, str) else kind
+        if kinds is not None:
+            cond = and_(cond, table.c.kind.in_(kinds))
         with self._lock:  # first, so a job that met the open breaker a moment ago sees it closed
             self._version += 1
             for key in [k for k in self._open if k[0] == enterprise and (api is None or k[1] == api)
-                        and (kind is None or self._open[k].kind == kind)]:
+                        and (kinds is None or self._open[k].kind in kinds)]:
                 del self._open[key]
         with db.engine.begin() as conn:
             rows = conn.execute(select(table.c.api, table.c.opened_at).where(cond).with_for_update()).all()

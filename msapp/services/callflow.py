@@ -72,6 +72,7 @@ class Snapshot:
     customer_created: bool = False
     order_attempted: bool = False
     order_id: Optional[str] = None
+    task_queued: bool = False
 
     @classmethod
     def of(cls, call: Call) -> Snapshot:
@@ -125,10 +126,11 @@ def comment(snap: Snapshot) -> str:
 class CallSync:
     """Job handler for `call.sync`."""
 
-    def __init__(self, clients: MoySkladClients, configs, customers: Customers):
+    def __init__(self, clients: MoySkladClients, configs, customers: Customers, tasks=None):
         self.clients = clients
         self.configs = configs
         self.customers = customers
+        self.tasks = tasks  # services.tasks.Tasks: missed calls become callback tasks
         self.policy = RetryPolicy()
 
     def __call__(self, job: JobContext) -> None:
@@ -176,6 +178,8 @@ class CallSync:
             self._end(snap, phone)
         self._late_answer(snap, phone)
         self.customers.after_end(snap, cfg, job, self._save)
+        if self.tasks is not None:
+            self.tasks.after_call(snap, cfg, self._save)
 
     def _probe(self, snap: Snapshot, phone) -> None:
         """A create was sent before and its answer lost: find the call by externalId instead of repeating."""

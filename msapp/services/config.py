@@ -44,9 +44,13 @@ DEFAULTS: dict[str, Any] = {
     # Toll-fraud guard (DESIGN.md 5.2). allowed_countries None: the enterprise's default_region only.
     "click_to_call": {"allowed_countries": None, "block_premium": True,
                       "max_per_extension_per_minute": 10, "max_per_enterprise_per_minute": 60},
+    # Missed calls become callback tasks (services/tasks.py); legacy configs without the block: off.
+    "missed_calls": {"create_task": False, "assignee": "owner", "fallback_employee": None, "due_minutes": 30,
+                     "close_on_callback": True, "only_known_customers": False},
     "signature_mode": "log",
 }
-_SECTIONS = ("notifications", "incoming_call_actions", "outgoing_call_actions", "click_to_call")
+_SECTIONS = ("notifications", "incoming_call_actions", "outgoing_call_actions", "click_to_call", "missed_calls")
+ASSIGNEE_MODES = ("owner", "employee")
 _KNOWN = set(DEFAULTS) | {"phone_api_url", "webhook_url", "employee_mapping"}
 
 
@@ -190,6 +194,14 @@ _CLICK_RULES = {
     "max_per_extension_per_minute": _int_range(1, 120),
     "max_per_enterprise_per_minute": _int_range(1, 1000),
 }
+_MISSED_RULES = {
+    "create_task": _bool,
+    "assignee": lambda e, n, v: _choice(e, n, v, ASSIGNEE_MODES),
+    "fallback_employee": _optional_id,
+    "due_minutes": _int_range(1, 7 * 24 * 60),
+    "close_on_callback": _bool,
+    "only_known_customers": _bool,
+}
 _NOTIFY_RULES = {
     "call_notify_mode": lambda e, n, v: _choice(e, n, v, NOTIFY_MODES),
     "notify_incoming": _bool,
@@ -234,6 +246,8 @@ def validate_update(payload: Any) -> dict:
             clean[key] = _section(errors, key, value, _NOTIFY_RULES)
         elif key == "click_to_call":
             clean[key] = _section(errors, key, value, _CLICK_RULES)
+        elif key == "missed_calls":
+            clean[key] = _section(errors, key, value, _MISSED_RULES)
         else:
             clean[key] = _section(errors, key, value, _ACTION_RULES)
     if errors:
@@ -309,6 +323,9 @@ class ConfigStore:
                 cfg[key] = {**cfg[key], **value}
             else:
                 cfg[key] = value
+        missed = cfg.get("missed_calls") or {}
+        if missed.get("create_task") and missed.get("assignee") == "employee" and not missed.get("fallback_employee"):
+            raise ValidationFailed({"missed_calls.fallback_employee": "choose the employee who gets every task"})
         if not cfg.get("webhook_uuid"):
             cfg["webhook_uuid"] = str(uuid.uuid4())
         self._write(ent, cfg)

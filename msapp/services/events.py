@@ -185,7 +185,7 @@ def _upsert_call(ev: CallEvent, statements: dict) -> dict:
                   phone=ev.phone, extensions=[], shown=[], hidden=[], status="ringing", notify=ev.notify,
                   external_id=ev.unique_id, create_attempted=False, answer_sent=False, end_sent=False,
                   sequence=0, customer_checked=False, customer_attempted=False, customer_created=False,
-                  order_attempted=False, created_at=now, updated_at=now)
+                  order_attempted=False, task_queued=False, created_at=now, updated_at=now)
     return dict(db.session.execute(statements["upsert"], values).mappings().one())
 
 
