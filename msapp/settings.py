@@ -158,11 +158,12 @@ def load(env: Optional[Mapping[str, str]] = None) -> Settings:
     if any(c.isspace() for c in host):
         raise SettingsError(f"MS_HOST={host!r} is not a host name")
     internal = env.get("MS_INTERNAL_TOKEN") or None
+    port = _int(env, "MS_PORT", 8023, 1, 65535)
     return Settings(
         database_url=_database_url(env, instance_dir),
         host=host,
-        port=_int(env, "MS_PORT", 8023, 1, 65535),
-        public_url=_http_url(env, "MS_PUBLIC_URL", "http://localhost:8023"),
+        port=port,
+        public_url=_http_url(env, "MS_PUBLIC_URL", f"http://localhost:{port}"),  # the port it really listens on
         phone_api_url=_http_url(env, "MS_PHONE_API_URL", DEFAULT_PHONE_API_URL),
         json_api_url=_http_url(env, "MS_JSON_API_URL", DEFAULT_JSON_API_URL),
         admin_token=env.get("MS_ADMIN_TOKEN") or _generated_secret(instance_dir, "admin_token"),

@@ -145,6 +145,22 @@ def test_unknown_enterprise_is_404(ctx):
     assert info.value.status == 404
 
 
+def test_a_put_of_what_a_get_returned_changes_nothing(app, ent):
+    """A read-modify-write client: GET, then PUT the same body (read-only fields, masked secrets)."""
+    client = app.test_client()
+    bearer = {"Authorization": "Bearer test-admin-token-0123456789"}
+    ms().configs.save(ent, {"enabled": True, "integration_code": "key-abcdefgh1234", "api_token": "tok-abcdefgh1234"})
+    before = db.session.get(Enterprise, ent).integrations_config
+    db.session.commit()
+    got = client.get(f"/ms-admin/api/config/{ent}", headers=bearer).get_json()
+    assert got["api_token_set"] is True and got["webhook_url"]
+    put = client.put(f"/ms-admin/api/config/{ent}", json=got, headers=bearer)
+    assert put.status_code == 200, put.get_json()
+    assert put.get_json() == got
+    db.session.expire_all()
+    assert db.session.get(Enterprise, ent).integrations_config == before
+
+
 def test_phone_api_url_is_read_only(ent):
     cfg = ms().configs.save(ent, {"phone_api_url": "https://evil.example/api", "enabled": True})
     assert cfg["phone_api_url"] == "https://api.moysklad.ru/api/phone/1.0"

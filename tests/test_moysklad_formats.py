@@ -59,12 +59,16 @@ def test_pbx_local_time_to_moscow():
     vlad = parse_pbx_time("2025-09-13 17:12:22", "Asia/Vladivostok")  # UTC+10
     assert to_moysklad_time(vlad) == "2025-09-13 10:12:22.000"
     assert parse_pbx_time("2025-09-13T17:12:22.5+02:00", "Europe/Minsk") == datetime(2025, 9, 13, 15, 12, 22, 500000)
+    assert parse_pbx_time("2025-09-13T14:12:22Z", "Europe/Minsk") == datetime(2025, 9, 13, 14, 12, 22)
+    assert parse_pbx_time("2025-09-13 17:12:22.25", "Europe/Minsk") == datetime(2025, 9, 13, 14, 12, 22, 250000)
+    assert parse_pbx_time("2025-09-13T17:12:22-0330", "Europe/Minsk") == datetime(2025, 9, 13, 20, 42, 22)
     assert to_moysklad_time(datetime(2025, 1, 1, 0, 0, 0, 123456)) == "2025-01-01 03:00:00.123"
     assert from_moysklad_time("2025-09-13 17:12:22.000") == datetime(2025, 9, 13, 14, 12, 22)
     assert parse_pbx_time(None, "Europe/Minsk") is None and parse_pbx_time("", "Europe/Minsk") is None
 
 
-@pytest.mark.parametrize("bad", ["yesterday", "2025-13-01 00:00:00", "2025-09-13T17:12:22junk", 1757772742, "2025-09-13"])
+@pytest.mark.parametrize("bad", ["yesterday", "2025-13-01 00:00:00", "2025-09-13T17:12:22junk", 1757772742, "2025-09-13",
+                                 "2025-09-13 25:00:00", "2025-09-13T17:12:22+24:00", "2025-02-30 10:00:00"])
 def test_bad_times(bad):
     with pytest.raises(ValueError):
         parse_pbx_time(bad, "Europe/Minsk")

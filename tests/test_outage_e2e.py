@@ -280,3 +280,34 @@ def test_two_processes_agree_on_the_breaker(pg_schema, tmp_path, sandbox):
             proc.send_signal(signal.SIGTERM)
         for proc in procs:
             proc.wait(20)
+
+
+def test_the_pause_is_shared_survives_a_restart_and_can_be_resumed(db_url, tmp_path, sandbox):
+    first = Service(db_url, tmp_path, sandbox, **LEASE)
+    first.add_enterprise(integration_code="revoked-key-0000000000")
+    ended_call(first, "pz-1")
+    assert wait_for(lambda: journal(first, "breaker.open"))
+    other = Service(db_url, tmp_path / "other", sandbox, **LEASE)  # a second process on the same database
+    try:
+        with other.app.app_context():
+            paused = other.app.extensions["ms"].admin.panel("0367")["paused"]
+        assert paused and "authentication" in paused["reason"]
+    finally:
+        other.stop()
+    first.stop()
+    again = Service(db_url, tmp_path / "again", sandbox, **LEASE)  # after a restart
+    try:
+        bearer = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        page = again.http.get(f"{again.url}/ms-admin/?enterprise_number=0367", headers=bearer, timeout=5).text
+        assert "Обмен с МойСклад приостановлен" in page and "Возобновить" in page
+        refused = len([r for r in sandbox.state.log if r["status"] == 401])
+        r = again.http.post(f"{again.url}/ms-admin/resume/0367", headers=bearer, timeout=5)
+        assert r.status_code == 200 and "toast" in r.headers["HX-Trigger"]
+        # resumed: the waiting call asks MoySklad at once; the key is still wrong, so it pauses again
+        assert wait_for(lambda: len([r for r in sandbox.state.log if r["status"] == 401]) > refused)
+        assert wait_for(lambda: len(journal(again, "breaker.open")) == 2)
+        again.configure(integration_code=sandbox.state.keys()["demo"]["phone_api_key"])
+        again.wait_idle(30)
+        assert [c["externalId"] for c in calls(sandbox)] == ["pz-1"]
+    finally:
+        again.stop()

@@ -17,11 +17,17 @@ def test_defaults_match_design(tmp_path):
     s = settings.load(base_env(tmp_path))
     assert (s.host, s.port, s.workers, s.lookup_timeout) == ("127.0.0.1", 8023, 4, 1.5)
     assert s.public_url == "http://localhost:8023"
+
     assert s.phone_api_url == "https://api.moysklad.ru/api/phone/1.0"
     assert s.json_api_url == "https://api.moysklad.ru/api/remap/1.2"
     assert s.originate_url == "http://127.0.0.1:8018/api/makecallexternal"
     assert s.database_url == "sqlite:///" + str(tmp_path / "inst" / "ms.db")
     assert s.internal_token is None and s.log_level == "INFO"
+
+
+def test_default_public_url_follows_the_port(tmp_path):
+    s = settings.load(base_env(tmp_path, MS_PORT="9100"))
+    assert s.public_url == "http://localhost:9100"
 
 
 def test_admin_token_generated_once_with_mode_0600(tmp_path):

@@ -156,7 +156,7 @@ def _context(number: str, cfg: dict, errors=None, values=None) -> dict:
             "secret": mask_tail(ent.secret), "notify_modes": NOTIFY_MODES, "order_modes": ORDER_MODES,
             "signature_modes": SIGNATURE_MODES, "panel": ms().admin.panel(number),
             "countries": click_guard.country_choices(), "allowed": click_guard.allowed_countries(cfg),
-            "staff": ms().admin.employee_choices(number, cfg)}
+            "staff": ms().admin.employee_choices(number, cfg), "resume_url": url_for("admin.resume", number=number)}
 
 
 def _enterprise_page(number: str):
@@ -204,6 +204,16 @@ def refresh_lists(number):
     lists["loaded"] = True
     return render_template("admin/_order_lists.html", lists=lists, cfg=cfg, errors={},
                            ent=ms().configs.enterprise(number))
+
+
+@bp.post("/resume/<number>")
+def resume(number):
+    """«Возобновить»: end the refused-key pause now; the next request tells whether the key works."""
+    ms().configs.enterprise(number)
+    db.session.commit()  # no transaction of ours open while the breaker writes (SQLite: one writer at a time)
+    closed = ms().breakers.close(number, why="resumed by an admin", kind="auth")
+    message = "Обмен с МойСклад возобновлён" if closed else "Обмен и так не был приостановлен"
+    return _toast(make_response(""), message)
 
 
 @bp.post("/employees-select/<number>")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from typing import Optional
 from zoneinfo import ZoneInfo
@@ -11,7 +11,10 @@ import phonenumbers
 
 MOSCOW = ZoneInfo("Europe/Moscow")
 MS_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
-_PBX_LOCAL = re.compile(r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d{1,6})?$")
+# Parsed by hand, not datetime.fromisoformat: before Python 3.11 that refuses fractions other than 3 or 6
+# digits ("17:12:22.5") and a "Z", which the PBX may send.
+_PBX_TIME = re.compile(r"^(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:[.,](\d{1,9}))?"
+                       r"(Z|[+-]\d{2}(?::?\d{2})?)?$")
 _EXTENSION = re.compile(r"^\d{1,10}$")
 
 
@@ -70,23 +73,33 @@ def phone_matches(stored: Optional[str], e164: str, region: str) -> bool:
 def parse_pbx_time(value: object, tz_name: str) -> Optional[datetime]:
     """PBX time -> naive UTC. Local `YYYY-MM-DD HH:MM:SS` (in tz_name) or ISO 8601 with offset; None if empty.
 
-    Raises ValueError on anything else.
+    Raises ValueError on anything else. Parses the same on every supported Python.
     """
     if value is None or value == "":
         return None
     if not isinstance(value, str) or len(value) > 40:
         raise ValueError("time must be 'YYYY-MM-DD HH:MM:SS' or ISO 8601")
-    text = value.strip()
+    match = _PBX_TIME.match(value.strip())
+    error = "time must be 'YYYY-MM-DD HH:MM:SS' or ISO 8601 with offset"
+    if match is None:
+        raise ValueError(error)
+    year, month, day, hour, minute, second, fraction, offset = match.groups()
     try:
-        if _PBX_LOCAL.match(text):
-            local = datetime.fromisoformat(text.replace(" ", "T"))
-            aware = local.replace(tzinfo=ZoneInfo(tz_name))
-        else:
-            aware = datetime.fromisoformat(text.replace("Z", "+00:00"))
-            if aware.tzinfo is None:
-                raise ValueError("ISO 8601 time needs an offset")
+        moment = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second),
+                          int((fraction or "0")[:6].ljust(6, "0")))
     except ValueError:
-        raise ValueError("time must be 'YYYY-MM-DD HH:MM:SS' or ISO 8601 with offset") from None
+        raise ValueError(error) from None
+    if offset is None:  # PBX local time, in the enterprise's zone
+        aware = moment.replace(tzinfo=ZoneInfo(tz_name))
+    elif offset == "Z":
+        aware = moment.replace(tzinfo=timezone.utc)
+    else:
+        sign = -1 if offset[0] == "-" else 1
+        digits = offset[1:].replace(":", "")
+        hours, minutes = int(digits[:2]), int(digits[2:4] or 0)
+        if hours > 23 or minutes > 59:
+            raise ValueError(error)
+        aware = moment.replace(tzinfo=timezone(sign * timedelta(hours=hours, minutes=minutes)))
     return aware.astimezone(timezone.utc).replace(tzinfo=None)
 
 

@@ -14,6 +14,9 @@ State lives in `ms_breakers`, so all processes agree: the right to send a probe 
 conditional update, and the journal gets one row when a breaker opens and one when it closes, not one
 per refused request. Each process keeps a snapshot of the open breakers (its own transitions at once,
 others' through `refresh()` every second), so a request to a healthy MoySklad costs a dict lookup.
+
+Transitions write on a connection of their own: call them with no transaction open on the session (as
+every MoySklad request is made), or on SQLite the second writer of one thread waits for the first.
 """
 from __future__ import annotations
 

@@ -51,7 +51,9 @@ DEFAULTS: dict[str, Any] = {
 }
 _SECTIONS = ("notifications", "incoming_call_actions", "outgoing_call_actions", "click_to_call", "missed_calls")
 ASSIGNEE_MODES = ("owner", "employee")
-_KNOWN = set(DEFAULTS) | {"phone_api_url", "webhook_url", "employee_mapping"}
+# Read-only fields a GET returns: a PUT of exactly what a GET returned must succeed and change nothing.
+_READ_ONLY = {"phone_api_url", "webhook_url", "webhook_uuid", "integration_code_set", "api_token_set"}
+_KNOWN = set(DEFAULTS) | _READ_ONLY | {"employee_mapping"}
 
 
 def webhook_hash(value: str) -> str:
@@ -219,8 +221,8 @@ def validate_update(payload: Any) -> dict:
     for key, value in payload.items():
         if key not in _KNOWN:
             errors[key] = "unknown field"
-        elif key in ("phone_api_url", "webhook_url", "webhook_uuid"):
-            continue  # read-only: set by the service's settings, never by an admin
+        elif key in _READ_ONLY:
+            continue  # read-only: set by the service's settings (or derived), never by an admin
         elif key == "employee_mapping":
             clean[key] = value
         elif key == "enabled":
