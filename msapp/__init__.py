@@ -117,12 +117,21 @@ def create_app(config: Optional[Mapping[str, str]] = None) -> Flask:
     return app
 
 
+def _json(value) -> str:
+    """JSON columns hold Cyrillic as text, not \\u escapes: the journal is read (and searched) by people."""
+    import json
+
+    return json.dumps(value, ensure_ascii=False)
+
+
 def _engine_options(settings) -> dict:
     if settings.is_sqlite:
         from .sqlite_lock import LockingConnection
 
-        return {"connect_args": {"timeout": 30, "check_same_thread": False, "factory": LockingConnection}}
+        return {"json_serializer": _json,
+                "connect_args": {"timeout": 30, "check_same_thread": False, "factory": LockingConnection}}
     return {
+        "json_serializer": _json,
         "pool_pre_ping": True,
         "pool_size": settings.workers + 8,
         "max_overflow": 16,

@@ -250,10 +250,13 @@ def journal():
     ent = ms().configs.enterprise(number)
     event = (request.args.get("event") or "")[:64]
     status = request.args.get("status") or ""
+    call = (request.args.get("call") or "").strip()[:128]
+    text = (request.args.get("q") or "").strip()[:100]
     page = request.args.get("page", type=int, default=1)
-    data = ms().admin.journal(number, event, status, page)
+    data = ms().admin.journal(number, event, status, page, call, text)
     template = "admin/_journal_rows.html" if is_htmx() else "admin/journal.html"
-    return render_template(template, ent=ent, data=data, event=event, status=status)
+    return render_template(template, ent=ent, cfg=ms().configs.of(ent), data=data, event=event, status=status,
+                           call=call, q=text)
 
 
 @bp.post("/jobs/<int:job_id>/retry")
@@ -276,6 +279,11 @@ def ms_root():
     return redirect(url_for("admin.index"))
 
 
+def pretty(value) -> str:
+    """JSON as people read it: Cyrillic as text, indented (autoescaped by the template)."""
+    return json.dumps(value, ensure_ascii=False, indent=2, sort_keys=False, default=str)
+
+
 def localtime(value, tz_name: str = "Europe/Minsk", fmt: str = "%d.%m.%Y %H:%M:%S") -> str:
     """A stored naive-UTC time in the enterprise's time zone (the zone is named by the page)."""
     from datetime import timezone
@@ -294,6 +302,7 @@ def register(app) -> None:
     from .api import bp as api_bp
 
     app.add_template_filter(localtime, "localtime")
+    app.add_template_filter(pretty, "pretty")
 
     # Checked explicitly (auth.protect) for cookie-authenticated changes only; set before init_app,
     # which would otherwise default to checking every POST of every blueprint.

@@ -8,7 +8,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Optional
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import Text, and_, cast, func, or_, select
 
 from ..clock import utcnow
 from ..errors import ApiError
@@ -47,6 +47,18 @@ def explain(exc: Exception) -> str:
             return "Нет прав на эту операцию в МойСклад (403)"
         return f"МойСклад ответил {exc.status}: {exc.message}"
     return str(exc)
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _like_prefix(text: str) -> str:
+    return _escape_like(text) + "%"
+
+
+def _like_anywhere(text: str) -> str:
+    return "%" + _escape_like(text) + "%"
 
 
 def _timed(fn):
@@ -183,14 +195,26 @@ class AdminService:
             "events": [{"eventType": "HIDE", "extension": job.payload["extension"], "sequence": 2}]})
 
     # -- the journal and the panel ----------------------------------------------------------------
-    def journal(self, number: str, event: str = "", status: str = "", page: int = 1) -> dict:
+    def journal(self, number: str, event: str = "", status: str = "", page: int = 1, call: str = "",
+                text: str = "") -> dict:
+        """Journal rows, newest first: by kind of event, result ("problems": errors and breaker
+        transitions), one call (its unique_id), and free text (in the event, the error and the bodies)."""
         logs = IntegrationLog.__table__
         cond = and_(logs.c.enterprise_number == number, logs.c.integration_type == "ms")
         if event:
-            cond = and_(cond, logs.c.event_type.like(event.replace("%", "").replace("_", r"\_") + "%",
-                                                     escape="\\"))
+            cond = and_(cond, logs.c.event_type.like(_like_prefix(event), escape="\\"))
         if status in ("success", "error"):
             cond = and_(cond, logs.c.status == status)
+        elif status == "problems":
+            cond = and_(cond, or_(logs.c.status == "error", logs.c.event_type.like("breaker.%")))
+        if call:
+            cond = and_(cond, logs.c.request_data["unique_id"].as_string() == call)
+        if text:
+            like = _like_anywhere(text)
+            cond = and_(cond, or_(logs.c.event_type.like(like, escape="\\"),
+                                  logs.c.error_message.like(like, escape="\\"),
+                                  cast(logs.c.request_data, Text).like(like, escape="\\"),
+                                  cast(logs.c.response_data, Text).like(like, escape="\\")))
         page = max(1, page)
         total = db.session.scalar(select(func.count()).select_from(logs).where(cond)) or 0
         rows = db.session.execute(select(logs).where(cond).order_by(logs.c.id.desc())
@@ -198,8 +222,9 @@ class AdminService:
         dead = db.session.scalars(select(Job).where(Job.enterprise_number == number, Job.status == "dead")
                                   .order_by(Job.id.desc()).limit(50)).all()
         db.session.commit()
+        breakers = self.clients.breakers.status(number) if status == "problems" and self.clients.breakers else []
         return {"rows": [dict(r) for r in rows], "total": total, "page": page,
-                "pages": max(1, -(-total // PAGE_SIZE)), "dead": dead}
+                "pages": max(1, -(-total // PAGE_SIZE)), "dead": dead, "breakers": breakers}
 
     def panel(self, number: str, now: Optional[datetime] = None) -> dict:
         """Today's figures for one enterprise (UTC day)."""
