@@ -26,6 +26,7 @@ from .services.directory import REFRESH_KIND, Directory
 from .services.events import SYNC_KIND
 from .services.lookups import Lookups
 from .services.moysklad_clients import MoySkladClients
+from .services.retention import Retention
 from .services.tasks import KIND as TASK_KIND
 from .services.tasks import Tasks
 from .state import MsState
@@ -86,6 +87,7 @@ def create_app(config: Optional[Mapping[str, str]] = None) -> Flask:
         pool.ownership = PgOwnership(queue, pool.busy_buckets)
     pool.every(60.0, directory.refresh_stale)
     pool.every(1.0, breakers.refresh)
+    pool.every(60.0, Retention(settings.retention_days).prune)
     app.extensions["ms"] = MsState(
         settings=settings,
         queue=queue,

@@ -46,6 +46,8 @@ class Settings:
     admin_session_hours: float = 12.0
     # How long a call's work may wait for an unreachable MoySklad before it is given up (dead, retryable).
     retry_horizon_seconds: float = 86400.0
+    # Journal rows, finished jobs and calls older than this are deleted (0: keep everything).
+    retention_days: int = 30
     trusted_proxies: tuple = ()
 
     @property
@@ -180,4 +182,5 @@ def load(env: Optional[Mapping[str, str]] = None) -> Settings:
         admin_session_hours=_float(env, "MS_ADMIN_SESSION_HOURS", 12.0, 0.01, 720.0),
         trusted_proxies=_networks(env, "MS_TRUSTED_PROXIES"),
         retry_horizon_seconds=_duration(env, "MS_RETRY_HORIZON", 86400.0, 60.0, 30 * 86400.0),
+        retention_days=_int(env, "MS_RETENTION_DAYS", 30, 0, 3650),
     )

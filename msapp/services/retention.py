@@ -1,0 +1,64 @@
+"""Keep the database lean: rows older than MS_RETENTION_DAYS go, in small batches (ticker task).
+
+What goes: this service's journal rows (`integration_logs` with integration_type 'ms'; other
+integrations' rows are never touched), finished jobs (done or dead), ended calls, clicks, and closed
+callback tasks. Each batch is one short transaction of at most BATCH rows chosen by primary key (old rows
+come first, so the scan stops early), with a pause between batches and a time budget per tick, so the
+event path never waits behind a long delete.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from datetime import timedelta
+
+from sqlalchemy import and_, delete, select
+
+from .. import metrics
+from ..clock import utcnow
+from ..extensions import db
+from ..models import Call, Click, IntegrationLog, Job, MsTask
+
+log = logging.getLogger("msapp.retention")
+BATCH = 500
+PAUSE = 0.05
+BUDGET = 2.0  # seconds of pruning per tick at most; the rest waits for the next tick
+
+
+def _targets(cutoff) -> list:
+    logs, jobs, calls, clicks, tasks = (IntegrationLog.__table__, Job.__table__, Call.__table__, Click.__table__,
+                                        MsTask.__table__)
+    return [
+        ("integration_logs", logs, and_(logs.c.integration_type == "ms", logs.c.created_at < cutoff)),
+        ("ms_jobs", jobs, and_(jobs.c.status.in_(("done", "dead")), jobs.c.updated_at < cutoff)),
+        ("ms_calls", calls, and_(calls.c.status == "ended", calls.c.updated_at < cutoff)),
+        ("ms_clicks", clicks, clicks.c.created_at < cutoff),
+        ("ms_tasks", tasks, and_(tasks.c.state == "closed", tasks.c.updated_at < cutoff)),
+    ]
+
+
+class Retention:
+    def __init__(self, days: int):
+        self.days = days
+
+    def prune(self, budget: float = BUDGET) -> dict:
+        """Delete what is older than the retention period, batch by batch; returns rows deleted per table."""
+        if self.days <= 0:
+            return {}
+        cutoff = utcnow() - timedelta(days=self.days)
+        deadline = time.monotonic() + budget
+        deleted: dict = {}
+        for name, table, cond in _targets(cutoff):
+            while time.monotonic() < deadline:
+                ids = select(table.c.id).where(cond).order_by(table.c.id).limit(BATCH).scalar_subquery()
+                count = db.session.execute(delete(table).where(table.c.id.in_(ids))).rowcount or 0
+                db.session.commit()
+                if count:
+                    deleted[name] = deleted.get(name, 0) + count
+                    metrics.PRUNED.labels(name).inc(count)
+                if count < BATCH:
+                    break
+                time.sleep(PAUSE)  # let the event path's writers in between batches
+        if deleted:
+            log.info("retention: deleted %s", ", ".join(f"{n} {c}" for n, c in deleted.items()))
+        return deleted
