@@ -244,7 +244,7 @@ def enterprise_configure(number, json_config):
         payload = json.loads(raw)
     except ValueError:
         _fail("config must be a JSON object")
-    cfg = ms().configs.save(number, payload)
+    cfg = ms().configs.save(number, payload, by="cli")
     click.echo(json.dumps(public_view(cfg), ensure_ascii=False, indent=2))
 
 

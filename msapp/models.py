@@ -196,3 +196,16 @@ class MsTask(db.Model):
     closed_at: Mapped[Optional[datetime]] = mapped_column(DateTime)
     closed_reason: Mapped[Optional[str]] = mapped_column(String(16))  # reached | person | never created
     closed_by_call: Mapped[Optional[str]] = mapped_column(Text)
+
+
+class ConfigChange(db.Model):
+    """One change of an enterprise's `ms` config: when, by whom, which fields (names only, never values)."""
+
+    __tablename__ = "ms_config_history"
+    __table_args__ = (Index("ix_ms_config_history_enterprise", "enterprise_number", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    enterprise_number: Mapped[str] = mapped_column(Text, nullable=False)
+    at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow)
+    by: Mapped[str] = mapped_column(Text, nullable=False)  # "admin <fingerprint>", "api", "cli", "service"
+    fields: Mapped[list] = mapped_column(JSONType, nullable=False)

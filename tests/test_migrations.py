@@ -5,7 +5,7 @@ from msapp.extensions import db
 from tests.conftest import dispose, make_app
 
 OWN_TABLES = {"ms_calls", "ms_jobs", "ms_webhooks", "ms_workers", "ms_alembic_version", "ms_directory", "ms_breakers",
-              "ms_clicks", "ms_tasks"}
+              "ms_clicks", "ms_tasks", "ms_config_history"}
 
 
 def head_revision() -> str:

@@ -156,7 +156,8 @@ def _context(number: str, cfg: dict, errors=None, values=None) -> dict:
             "secret": mask_tail(ent.secret), "notify_modes": NOTIFY_MODES, "order_modes": ORDER_MODES,
             "signature_modes": SIGNATURE_MODES, "panel": ms().admin.panel(number),
             "countries": click_guard.country_choices(), "allowed": click_guard.allowed_countries(cfg),
-            "staff": ms().admin.employee_choices(number, cfg), "resume_url": url_for("admin.resume", number=number)}
+            "staff": ms().admin.employee_choices(number, cfg), "resume_url": url_for("admin.resume", number=number),
+            "history": ms().configs.history(number, limit=20)}
 
 
 def _enterprise_page(number: str):
@@ -172,7 +173,7 @@ def save_config(number):
     ms().configs.enterprise(number)
     update = forms.to_update(request.form)
     try:
-        cfg = ms().configs.save(number, update)
+        cfg = ms().configs.save(number, update, by=auth.who())
     except ValidationFailed as exc:
         ctx = _context(number, ms().configs.read(number), errors=forms.in_russian(exc.errors), values=request.form)
         resp = make_response(render_template("admin/_config_form.html", **ctx))
@@ -183,7 +184,7 @@ def save_config(number):
 
 @bp.post("/config/<number>/webhook-uuid")
 def regenerate_webhook(number):
-    cfg = ms().configs.regenerate_webhook(number)
+    cfg = ms().configs.regenerate_webhook(number, by=auth.who())
     ent = ms().configs.enterprise(number)
     resp = make_response(render_template("admin/_webhook.html", view=public_view(cfg), ent=ent))
     return _toast(resp, "Создан новый адрес; старый больше не работает")
@@ -191,7 +192,7 @@ def regenerate_webhook(number):
 
 @bp.post("/config/<number>/delete")
 def delete_config(number):
-    ms().configs.delete(number)
+    ms().configs.delete(number, by=auth.who())
     resp = make_response("", 200)
     resp.headers["HX-Redirect"] = url_for("admin.index")
     return resp

@@ -23,21 +23,28 @@ def get_config(number):
     return jsonify(public_view(ms().configs.read(number)))
 
 
+@bp.get("/config/<number>/history")
+def config_history(number):
+    """Who changed which fields and when (names only: values, and secrets above all, are never shown)."""
+    changes = ms().configs.history(number)
+    return jsonify({"changes": [{**c, "at": c["at"].isoformat() + "Z"} for c in changes]})
+
+
 @bp.put("/config/<number>")
 def put_config(number):
     """Validate and merge; masked or omitted secrets keep their stored values."""
-    return jsonify(public_view(ms().configs.save(number, json_body())))
+    return jsonify(public_view(ms().configs.save(number, json_body(), by=auth.who())))
 
 
 @bp.delete("/config/<number>")
 def delete_config(number):
-    ms().configs.delete(number)
+    ms().configs.delete(number, by=auth.who())
     return jsonify({"deleted": True})
 
 
 @bp.post("/config/<number>/webhook-uuid")
 def new_webhook(number):
-    cfg = ms().configs.regenerate_webhook(number)
+    cfg = ms().configs.regenerate_webhook(number, by=auth.who())
     return jsonify({"webhook_url": cfg["webhook_url"]})
 
 

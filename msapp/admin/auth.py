@@ -110,6 +110,14 @@ def method() -> Optional[str]:
     return None
 
 
+def who() -> str:
+    """Who is changing things, for the config history: the session's token fingerprint, or "api"."""
+    token = session.get("admin")
+    if bearer_token(request) is None and isinstance(token, str):
+        return f"admin {token[:8]}"
+    return "api"
+
+
 def protect() -> Optional[str]:
     """Authenticate; run the CSRF check for cookie-authenticated state changes. Returns the method."""
     how = method()

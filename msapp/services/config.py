@@ -17,9 +17,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 import phonenumbers
 from sqlalchemy import bindparam, select
 
+from ..clock import utcnow
 from ..errors import ApiError, ValidationFailed
 from ..extensions import db
-from ..models import Enterprise, WebhookKey
+from ..models import ConfigChange, Enterprise, WebhookKey
 from ..redact import MASK, mask_tail
 
 NOTIFY_MODES = ("during", "answer", "none")
@@ -110,6 +111,21 @@ def normalize(raw: Optional[dict], phone_api_url: str, public_url: str) -> dict:
     cfg["phone_api_url"] = phone_api_url
     cfg["webhook_url"] = f"{public_url}/ms/webhook/{cfg['webhook_uuid']}" if cfg.get("webhook_uuid") else ""
     return cfg
+
+
+def changed_fields(before: dict, after: dict) -> list:
+    """Dotted names of the fields whose value differs (secrets by name only; derived fields left out)."""
+    out = []
+    for key in sorted(set(before) | set(after)):
+        if key in ("webhook_url", "phone_api_url"):
+            continue
+        a, b = before.get(key), after.get(key)
+        if isinstance(a, dict) or isinstance(b, dict):
+            a, b = a if isinstance(a, dict) else {}, b if isinstance(b, dict) else {}
+            out += [f"{key}.{sub}" for sub in sorted(set(a) | set(b)) if a.get(sub) != b.get(sub)]
+        elif a != b:
+            out.append("webhook_url" if key == "webhook_uuid" else key)
+    return out
 
 
 def public_view(cfg: dict) -> dict:
@@ -315,11 +331,13 @@ class ConfigStore:
         self._fast[number] = (now + CACHE_SECONDS, cfg)
         return cfg
 
-    def save(self, number: str, payload: Any) -> dict:
-        """Validate and merge an update into the stored config; commit; return the full config."""
+    def save(self, number: str, payload: Any, by: str = "service") -> dict:
+        """Validate and merge an update into the stored config; record which fields changed and by whom;
+        commit; return the full config."""
         update = validate_update(payload)
         ent = self.enterprise(number, lock=True)
         cfg = self.of(ent)
+        before = copy.deepcopy(cfg)
         for key, value in update.items():
             if key in _SECTIONS:
                 cfg[key] = {**cfg[key], **value}
@@ -331,23 +349,40 @@ class ConfigStore:
         if not cfg.get("webhook_uuid"):
             cfg["webhook_uuid"] = str(uuid.uuid4())
         self._write(ent, cfg)
+        self._record(number, by, changed_fields(before, cfg))
         db.session.commit()
         for callback in self.on_saved:
             callback(number)
         return self.of(ent)
 
-    def regenerate_webhook(self, number: str) -> dict:
+    @staticmethod
+    def _record(number: str, by: str, fields: list) -> None:
+        if fields:
+            db.session.add(ConfigChange(enterprise_number=number, at=utcnow(), by=by[:200], fields=fields))
+
+    def history(self, number: str, limit: int = 50) -> list:
+        """The enterprise's config changes, newest first: {"at", "by", "fields"} (no values, no secrets)."""
+        self.enterprise(number)
+        rows = db.session.scalars(select(ConfigChange).where(ConfigChange.enterprise_number == number)
+                                  .order_by(ConfigChange.id.desc()).limit(limit)).all()
+        out = [{"at": r.at, "by": r.by, "fields": list(r.fields or [])} for r in rows]
+        db.session.commit()
+        return out
+
+    def regenerate_webhook(self, number: str, by: str = "service") -> dict:
         """Give the enterprise a new webhook uuid; the old one stops working at once."""
         ent = self.enterprise(number, lock=True)
         cfg = self.of(ent)
         cfg["webhook_uuid"] = str(uuid.uuid4())
         self._write(ent, cfg)
+        self._record(number, by, ["webhook_url"])
         db.session.commit()
         return self.of(ent)
 
-    def delete(self, number: str) -> None:
+    def delete(self, number: str, by: str = "service") -> None:
         """Remove the `ms` key (and its webhook); other integrations' keys stay."""
         ent = self.enterprise(number, lock=True)
+        self._record(number, by, ["(all settings deleted)"])
         self._fast.pop(number, None)
         rest = {k: v for k, v in (ent.integrations_config or {}).items() if k != "ms"}
         ent.integrations_config = rest
