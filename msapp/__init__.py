@@ -27,6 +27,7 @@ from .services.events import SYNC_KIND
 from .services.lookups import Lookups
 from .services.moysklad_clients import MoySkladClients
 from .services.retention import Retention
+from .services.support import Support
 from .services.tasks import KIND as TASK_KIND
 from .services.tasks import Tasks
 from .state import MsState
@@ -99,6 +100,7 @@ def create_app(config: Optional[Mapping[str, str]] = None) -> Flask:
         admin=admin_service,
         directory=directory,
         breakers=breakers,
+        support=Support(configs, clients),
     )
 
     from .internal import bp as internal_bp

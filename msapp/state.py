@@ -23,6 +23,7 @@ class MsState:
     admin: Optional[Any] = None  # services.admin.AdminService
     directory: Optional[Any] = None  # services.directory.Directory
     breakers: Optional[Any] = None  # services.breakers.Breakers
+    support: Optional[Any] = None  # services.support.Support
 
 
 def ms() -> MsState:

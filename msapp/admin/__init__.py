@@ -260,6 +260,29 @@ def journal():
                            call=call, q=text)
 
 
+@bp.get("/calls")
+def calls_page():
+    """Calls of one enterprise: search by number, unique_id or MoySklad id; paged (htmx partial)."""
+    from .api import _call_filters
+
+    number = request.args.get("enterprise_number") or abort(404)
+    ent = ms().configs.enterprise(number)
+    filters = _call_filters()
+    try:
+        found, error = ms().support.search(number, **filters), None
+    except ValidationFailed as exc:
+        found, error = {"calls": [], "total": 0, "page": 1, "pages": 1, "timezone": ""}, forms.in_russian(exc.errors)
+    template = "admin/_calls_rows.html" if is_htmx() else "admin/calls.html"
+    return render_template(template, ent=ent, cfg=ms().configs.of(ent), found=found, f=filters, error=error)
+
+
+@bp.get("/calls/<number>/<path:unique_id>")
+def call_page(number, unique_id):
+    ent = ms().configs.enterprise(number)
+    return render_template("admin/call.html", ent=ent, cfg=ms().configs.of(ent),
+                           call=ms().support.timeline(number, unique_id))
+
+
 @bp.post("/jobs/<int:job_id>/retry")
 def retry_job(job_id):
     number = request.form.get("enterprise_number", "")
@@ -285,6 +308,15 @@ def pretty(value) -> str:
     return json.dumps(value, ensure_ascii=False, indent=2, sort_keys=False, default=str)
 
 
+def isotime(value: str, tz_name: str = "Europe/Minsk") -> str:
+    """An API timestamp ("...Z") in the enterprise's zone, for the pages that reuse the JSON answers."""
+    from datetime import datetime
+
+    if not value:
+        return "—"
+    return localtime(datetime.fromisoformat(value.rstrip("Z")), tz_name)
+
+
 def localtime(value, tz_name: str = "Europe/Minsk", fmt: str = "%d.%m.%Y %H:%M:%S") -> str:
     """A stored naive-UTC time in the enterprise's time zone (the zone is named by the page)."""
     from datetime import timezone
@@ -304,6 +336,7 @@ def register(app) -> None:
 
     app.add_template_filter(localtime, "localtime")
     app.add_template_filter(pretty, "pretty")
+    app.add_template_filter(isotime, "isotime")
 
     # Checked explicitly (auth.protect) for cookie-authenticated changes only; set before init_app,
     # which would otherwise default to checking every POST of every blueprint.

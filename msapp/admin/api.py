@@ -23,6 +23,26 @@ def get_config(number):
     return jsonify(public_view(ms().configs.read(number)))
 
 
+def _call_filters() -> dict:
+    args = request.args
+    return {"q": (args.get("q") or "")[:128], "date_from": (args.get("from") or "")[:10],
+            "date_to": (args.get("to") or "")[:10], "direction": (args.get("direction") or "")[:8],
+            "result": (args.get("result") or "")[:16], "page": args.get("page", type=int, default=1)}
+
+
+@bp.get("/calls/<number>")
+def calls(number):
+    """Calls by a phone number in any format, a PBX unique_id or a MoySklad call id, dates, direction, result."""
+    found = ms().support.search(number, **_call_filters())
+    return jsonify({"calls": found["calls"], "total": found["total"], "page": found["page"]})
+
+
+@bp.get("/calls/<number>/<path:unique_id>")
+def call(number, unique_id):
+    """One call with its timeline, oldest first."""
+    return jsonify(ms().support.timeline(number, unique_id))
+
+
 @bp.get("/config/<number>/history")
 def config_history(number):
     """Who changed which fields and when (names only: values, and secrets above all, are never shown)."""

@@ -54,6 +54,8 @@ _RUSSIAN = [
     (r"must be a list of one or more two-letter country codes.*", "выберите хотя бы одну страну"),
     (r"unknown country code: (\S+)", r"неизвестный код страны: \1"),
     (r"choose the employee who gets every task", "выберите сотрудника, которому ставить задачи"),
+    (r"must be a date YYYY-MM-DD", "дата в виде ГГГГ-ММ-ДД"),
+    (r"must be in or out", "входящие или исходящие"),
 ]
 
 

@@ -49,6 +49,10 @@ class Customers:
         return rows
 
     # -- around the end of a call ---------------------------------------------------------------
+    def _api(self, snap, cfg: dict):
+        """The JSON API client for one call's steps: its exchanges are journaled with the call's unique_id."""
+        return self.clients.json(snap.enterprise_number, cfg, context={"unique_id": snap.unique_id})
+
     @staticmethod
     def _actions(snap, cfg: dict) -> dict:
         return cfg.get("incoming_call_actions" if snap.incoming else "outgoing_call_actions") or {}
@@ -79,9 +83,9 @@ class Customers:
         number = snap.enterprise_number
         code = f"ms-call-{number}-{snap.unique_id}"
         try:
-            found = self.find(number, cfg, snap.phone)
+            found = self.find(number, cfg, snap.phone, context={"unique_id": snap.unique_id})
             if found is None and snap.customer_attempted:
-                found = self.clients.json(number, cfg).find_by_external_code("counterparty", code)
+                found = self._api(snap, cfg).find_by_external_code("counterparty", code)
             if found is not None:
                 save(snap, counterparty_id=found["id"], customer_checked=True)
                 return
@@ -90,7 +94,7 @@ class Customers:
                 return
             owner = self.clients.employee_for_extension(number, cfg, self._owner_extension(snap))
             save(snap, customer_attempted=True)
-            created = self.clients.json(number, cfg).create_counterparty(
+            created = self._api(snap, cfg).create_counterparty(
                 snap.phone, snap.phone, owner_id=owner["id"] if owner else None, external_code=code,
                 description=f"Создан автоматически по звонку {snap.phone}")
         except BreakerOpen as exc:  # the JSON API is down: the call goes into the history unlinked
@@ -124,7 +128,7 @@ class Customers:
         settings = cfg.get("incoming_call_actions") or {}
         code = f"ms-call-{number}-{snap.unique_id}"
         try:
-            api = self.clients.json(number, cfg)
+            api = self._api(snap, cfg)
             if snap.order_attempted:
                 found = api.find_by_external_code("customerorder", code)
                 if found is not None:
