@@ -494,6 +494,75 @@ def report_failover(results: list) -> str:
         f"| time until the survivors own every bucket | | {r['failover_rebalance_s']} s |"])
 
 
+def measure_prune(kind: str, pg_url: str, rows: int) -> dict:
+    """Retention on a journal of `rows` rows older than the retention period: how long each batch (one
+    short write transaction) takes, which is the longest an event's commit can wait behind pruning."""
+    from . import create_app
+    from .extensions import db
+    from .schema import upgrade_database
+    from .services import retention
+
+    with tempfile.TemporaryDirectory() as tmp:
+        db_url, cleanup = _database(kind, pg_url, tmp)
+        try:
+            app = create_app({"MS_DATABASE_URL": db_url, "MS_INSTANCE_DIR": tmp, "MS_LOG_DIR": tmp,
+                              "MS_WORKERS": "0", "MS_LOG_LEVEL": "WARNING"})
+            upgrade_database(app)
+            with app.app_context():
+                _fill_journal(db, kind, rows)
+                timings, started = [], time.perf_counter()
+                real_commit = db.session.commit
+
+                def timed_commit():  # the batch's transaction: from its DELETE to its COMMIT
+                    real_commit()
+                    timings.append(time.perf_counter() - mark[0])
+                    mark[0] = time.perf_counter()
+
+                mark = [time.perf_counter()]
+                db.session.commit = timed_commit
+                pause, retention.PAUSE = retention.PAUSE, 0.0  # time the transactions, not the pauses
+                deleted = 0
+                while True:
+                    mark[0] = time.perf_counter()
+                    done = retention.Retention(30).prune(budget=3600).get("integration_logs", 0)
+                    deleted += done
+                    if not done:
+                        break
+                elapsed = time.perf_counter() - started
+                db.session.commit = real_commit
+                retention.PAUSE = pause
+                db.session.remove()
+                db.engine.dispose()
+            batches = [t for t in timings if t > 0]
+            return {"database": kind, "prune_rows": deleted, "prune_seconds": round(elapsed, 1),
+                    "prune_rows_per_s": round(deleted / elapsed),
+                    "prune_batch_p50_ms": round(_pct(batches, 50) * 1000, 1),
+                    "prune_batch_p99_ms": round(_pct(batches, 99) * 1000, 1),
+                    "prune_batch_max_ms": round(max(batches) * 1000, 1)}
+        finally:
+            cleanup()
+
+
+def _fill_journal(db, kind: str, rows: int) -> None:
+    """`rows` journal rows 40 days old, written by the database itself (fast)."""
+    from sqlalchemy import text
+
+    if kind == "postgresql":
+        db.session.execute(text(
+            "INSERT INTO integration_logs (created_at, enterprise_number, integration_type, event_type, "
+            "request_data, status) SELECT now() - interval '40 days', '1000', 'ms', 'event.call-event', "
+            "'{\"unique_id\": \"x\"}'::jsonb, 'success' FROM generate_series(1, :n)"), {"n": rows})
+        db.session.commit()
+        db.session.execute(text("ANALYZE integration_logs"))  # as autovacuum would have, for a grown table
+    else:
+        db.session.execute(text(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :n) "
+            "INSERT INTO integration_logs (created_at, enterprise_number, integration_type, event_type, "
+            "request_data, status) SELECT datetime('now', '-40 days'), '1000', 'ms', 'event.call-event', "
+            "'{\"unique_id\": \"x\"}', 'success' FROM n"), {"n": rows})
+    db.session.commit()
+
+
 def report_outage(results: list) -> str:
     head = "| figure | target | " + " | ".join(r["database"] for r in results) + " |"
     rows = [
@@ -548,9 +617,11 @@ def report(results: list) -> str:
 @click.option("--outage", type=float, default=None, metavar="SECONDS",
               help="Only the outage figure: 20 calls during a Phone API outage of SECONDS")
 @click.option("--failover", is_flag=True, help="Only the failover figure: SIGKILL one of --processes (PostgreSQL)")
+@click.option("--prune", type=int, default=None, metavar="ROWS",
+              help="Only the retention figure: prune ROWS old journal rows, timing each batch")
 @click.option("--json-out", type=click.Path(dir_okay=False), help="Also write the raw figures as JSON")
 def bench(dbs, pg_url, calls, soak, enterprises, rate, ack_seconds, latency_ms, workers, processes, outage,
-          failover, json_out):
+          failover, prune, json_out):
     """Measure the section 10 figures against the sandbox and print them as a Markdown table."""
     kinds = list(dbs) or (["sqlite", "postgresql"] if pg_url else ["sqlite"])
     if "postgresql" in kinds and not pg_url:
@@ -560,6 +631,17 @@ def bench(dbs, pg_url, calls, soak, enterprises, rate, ack_seconds, latency_ms, 
     if soak:
         calls = 10_000
     results = []
+    if prune is not None:
+        for kind in kinds:
+            click.echo(f"retention run on {kind}: {prune} old journal rows...", err=True)
+            results.append(measure_prune(kind, pg_url, prune))
+        click.echo("| database | rows deleted | seconds | rows/s | batch (one transaction) p50 / p99 / max |")
+        click.echo("|---|---|---|---|---|")
+        for r in results:
+            click.echo(f"| {r['database']} | {r['prune_rows']} | {r['prune_seconds']} | {r['prune_rows_per_s']} | "
+                       f"{r['prune_batch_p50_ms']} / {r['prune_batch_p99_ms']} / {r['prune_batch_max_ms']} ms |")
+        _write_json(json_out, results)
+        return
     if failover:
         if not pg_url or processes < 2:
             raise click.UsageError("--failover needs PostgreSQL (--pg-url) and --processes 2 or more")

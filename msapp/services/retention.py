@@ -49,10 +49,14 @@ class Retention:
         deadline = time.monotonic() + budget
         deleted: dict = {}
         for name, table, cond in _targets(cutoff):
-            while time.monotonic() < deadline:
-                ids = select(table.c.id).where(cond).order_by(table.c.id).limit(BATCH).scalar_subquery()
-                count = db.session.execute(delete(table).where(table.c.id.in_(ids))).rowcount or 0
+            last = 0  # keyset: each batch starts past the previous one (PostgreSQL would otherwise wade
+            while time.monotonic() < deadline:  # through every dead index entry the earlier batches left)
+                ids = select(table.c.id).where(cond, table.c.id > last).order_by(table.c.id).limit(BATCH)
+                gone = db.session.execute(delete(table).where(table.c.id.in_(ids.scalar_subquery()))
+                                          .returning(table.c.id)).scalars().all()
                 db.session.commit()
+                count = len(gone)
+                last = max(gone, default=last)
                 if count:
                     deleted[name] = deleted.get(name, 0) + count
                     metrics.PRUNED.labels(name).inc(count)
