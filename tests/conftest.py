@@ -172,3 +172,13 @@ def sandbox(sandbox_server):
     """The MoySklad sandbox on a real socket, reset to its seed for each test."""
     sandbox_server.state.reset()
     return sandbox_server
+
+
+@pytest.fixture
+def pbx():
+    """The PBX's originate service (click-to-call), recording each request."""
+    from tests.service_harness import FakeOriginate
+
+    fake = FakeOriginate()
+    yield fake
+    fake.stop()

@@ -15,17 +15,10 @@ from sqlalchemy import select
 from msapp.extensions import db
 from msapp.models import Click, Enterprise, IntegrationLog
 from tests.conftest import ADMIN_TOKEN, dispose, free_port, make_app, require_pg
-from tests.service_harness import FakeOriginate, Service, start_process, wait_for
+from tests.service_harness import Service, start_process, wait_for
 
 pytestmark = pytest.mark.e2e
 LEGIT = {"srcNumber": "151", "destNumber": "+375297111222", "uid": "petrova@demo"}
-
-
-@pytest.fixture
-def pbx():
-    fake = FakeOriginate()
-    yield fake
-    fake.stop()
 
 
 @pytest.fixture

@@ -16,13 +16,6 @@ CLICK = {"srcNumber": "152", "destNumber": "+375445613954", "uid": "sidorov@demo
 
 
 @pytest.fixture
-def pbx():
-    fake = FakeOriginate()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture
 def svc(db_url, tmp_path, sandbox, pbx):
     service = Service(db_url, tmp_path, sandbox, MS_ORIGINATE_URL=pbx.url)
     service.add_enterprise(signature_mode="log")

@@ -18,7 +18,7 @@ reached (config `missed_calls`, DESIGN.md 4.1; tasks: MOYSKLAD_API.md 2.11).
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Optional
 from zoneinfo import ZoneInfo
 
@@ -214,8 +214,6 @@ class Tasks:
         who = self._name(number, cfg, call) or "неизвестный номер"
         lines = [f"Перезвонить: {who}, {call['phone']}", f"Пропущенные звонки ({tz_name}):"]
         for item in missed:
-            from datetime import datetime, timezone
-
             at = datetime.fromisoformat(item["at"]).replace(tzinfo=timezone.utc).astimezone(zone)
             rang = ", ".join(f"доб. {e}" for e in item.get("extensions") or []) or "—"
             lines.append(f"— {at:%d.%m.%Y %H:%M}, звонили: {rang}")
@@ -249,8 +247,6 @@ class Tasks:
             return
         if not row.note_added:
             zone = ZoneInfo(cfg.get("timezone") or "Europe/Minsk")
-            from datetime import timezone
-
             at = (call["end_time"] or utcnow()).replace(tzinfo=timezone.utc).astimezone(zone)
             ext = call["answered_extension"] or ((call["extensions"] or [None])[0])
             how = (f"клиент перезвонил, ответил доб. {ext}" if call["direction"] == "in"
