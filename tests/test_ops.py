@@ -54,6 +54,8 @@ def test_metrics_from_loopback(client):
                  "ms_moysklad_request_seconds", "ms_job_retries_total", "ms_jobs_dead_total",
                  "ms_customers_created_total", "ms_orders_created_total", "ms_queue_depth"):
         assert name in r.text
+    # exactly Prometheus's content type: it once came with "; charset=utf-8" twice
+    assert r.headers["Content-Type"] == "text/plain; version=1.0.0; charset=utf-8"
 
 
 @pytest.mark.parametrize("environ,headers,status", [
