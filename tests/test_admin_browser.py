@@ -193,7 +193,8 @@ def test_support_finds_a_call_and_reads_its_story(page, svc, sandbox, tmp_path):
     page.goto(f"{svc.url}/ms-admin/login")
     page.get_by_label("Токен администратора").fill(ADMIN_TOKEN)
     page.keyboard.press("Enter")
-    page.goto(f"{svc.url}/ms-admin/?enterprise_number=0367")
+    page.get_by_role("link", name="0367").wait_for()  # logged in (a goto now would cut the login short)
+    page.get_by_role("link", name="0367").click()
     page.get_by_role("link", name="Звонки").click()
     page.get_by_role("heading", name="Звонки").wait_for()
     assert page.locator("#calls tbody tr").count() == 2
