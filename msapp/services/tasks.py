@@ -61,21 +61,21 @@ class Tasks:
     # -- from the call flow ---------------------------------------------------------------------
     def after_call(self, snap, cfg: dict, save) -> None:
         """Queue the task work of an ended call (once): in the same commit as the call's last step."""
-        if snap.task_queued:
-            return
         rules = cfg.get("missed_calls") or {}
+        if snap.task_queued or not rules.get("create_task"):
+            return  # nothing to do costs nothing: no query, no write on the calls of enterprises without tasks
         event = None
-        if snap.incoming and snap.call_status in ("missed", "busy") and rules.get("create_task"):
+        if snap.incoming and snap.call_status in ("missed", "busy"):
             event = "missed"
         elif snap.call_status == "answered" and rules.get("close_on_callback", True) and \
                 self._may_have_task(snap.enterprise_number, snap.phone):
             event = "reached"
-        if event is not None:
-            self.queue.enqueue(KIND, _key(snap.enterprise_number, snap.phone), {"call_id": snap.id, "event": event},
-                               enterprise_number=snap.enterprise_number)
+        if event is None:
+            return
+        self.queue.enqueue(KIND, _key(snap.enterprise_number, snap.phone), {"call_id": snap.id, "event": event},
+                           enterprise_number=snap.enterprise_number)
         save(snap, task_queued=True)
-        if event is not None:
-            self.queue.notify()
+        self.queue.notify()
 
     @staticmethod
     def _may_have_task(enterprise: str, phone: str) -> bool:
