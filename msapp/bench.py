@@ -543,6 +543,46 @@ def measure_prune(kind: str, pg_url: str, rows: int) -> dict:
             cleanup()
 
 
+def measure_prune_ack(kind: str, pg_url: str, rows: int, rate: float, seconds: float, workers: int) -> dict:
+    """The 202 latency at `rate` with nothing else going on, then while another process prunes a journal of
+    `rows` old rows with the service's own code (batches and pauses as in service, without its 2 s budget)."""
+    from . import create_app
+    from .extensions import db
+    from .schema import upgrade_database
+
+    with tempfile.TemporaryDirectory() as tmp, _sandbox() as sandbox_url:
+        db_url, cleanup = _database(kind, pg_url, tmp)
+        try:
+            numbers = _prepare(db_url, tmp, sandbox_url, 4)
+            app = create_app({"MS_DATABASE_URL": db_url, "MS_INSTANCE_DIR": tmp, "MS_LOG_DIR": tmp,
+                              "MS_WORKERS": "0", "MS_LOG_LEVEL": "WARNING"})
+            upgrade_database(app)
+            with app.app_context():
+                _fill_journal(db, kind, rows)
+                db.session.remove()
+                db.engine.dispose()
+            with _services(db_url, tmp, sandbox_url, workers, 1) as (urls, procs):
+                env = Env(sandbox_url, urls, procs, numbers)
+                _ack_latency(env, rate, 5)  # warm-up (first connections, caches), not counted
+                quiet = _ack_latency(env, rate, seconds)
+                code = ("import sys; from msapp import create_app; from msapp.services.retention import Retention\n"
+                        "app = create_app({'MS_DATABASE_URL': sys.argv[1], 'MS_INSTANCE_DIR': sys.argv[2], "
+                        "'MS_LOG_DIR': sys.argv[2], 'MS_WORKERS': '0'})\n"
+                        "with app.app_context(): print(sum(Retention(30).prune(budget=3600).values()))")
+                pruner = subprocess.Popen([sys.executable, "-c", code, db_url, tmp], stdout=subprocess.PIPE,
+                                          stderr=subprocess.DEVNULL, text=True)
+                time.sleep(0.5)
+                busy = _ack_latency(env, rate, seconds)
+                still = pruner.poll() is None
+                pruner.terminate()
+                pruner.wait(30)
+            return {"database": kind, "rate": rate, "quiet_p50_ms": quiet["ack_p50_ms"],
+                    "quiet_p99_ms": quiet["ack_p99_ms"], "pruning_p50_ms": busy["ack_p50_ms"],
+                    "pruning_p99_ms": busy["ack_p99_ms"], "pruner_still_running_at_end": still}
+        finally:
+            cleanup()
+
+
 def _fill_journal(db, kind: str, rows: int) -> None:
     """`rows` journal rows 40 days old, written by the database itself (fast)."""
     from sqlalchemy import text
@@ -631,6 +671,17 @@ def bench(dbs, pg_url, calls, soak, enterprises, rate, ack_seconds, latency_ms, 
     if soak:
         calls = 10_000
     results = []
+    if prune is not None and rate != 200.0:
+        click.echo("| database | rate | 202 p50 / p99, quiet | 202 p50 / p99, while pruning |")
+        click.echo("|---|---|---|---|")
+        for kind in kinds:
+            r = measure_prune_ack(kind, pg_url, prune, rate, ack_seconds, workers)
+            results.append(r)
+            click.echo(f"| {kind} | {rate:.0f}/s | {r['quiet_p50_ms']} / {r['quiet_p99_ms']} ms | "
+                       f"{r['pruning_p50_ms']} / {r['pruning_p99_ms']} ms"
+                       f"{'' if r['pruner_still_running_at_end'] else ' (pruning ended early)'} |")
+        _write_json(json_out, results)
+        return
     if prune is not None:
         for kind in kinds:
             click.echo(f"retention run on {kind}: {prune} old journal rows...", err=True)
