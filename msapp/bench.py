@@ -497,19 +497,14 @@ def report_failover(results: list) -> str:
 def measure_prune(kind: str, pg_url: str, rows: int) -> dict:
     """Retention on a journal of `rows` rows older than the retention period: how long each batch (one
     short write transaction) takes, which is the longest an event's commit can wait behind pruning."""
-    from . import create_app
     from .extensions import db
-    from .schema import upgrade_database
     from .services import retention
 
     with tempfile.TemporaryDirectory() as tmp:
         db_url, cleanup = _database(kind, pg_url, tmp)
         try:
-            app = create_app({"MS_DATABASE_URL": db_url, "MS_INSTANCE_DIR": tmp, "MS_LOG_DIR": tmp,
-                              "MS_WORKERS": "0", "MS_LOG_LEVEL": "WARNING"})
-            upgrade_database(app)
+            app = _journal_app(db_url, tmp, kind, rows)
             with app.app_context():
-                _fill_journal(db, kind, rows)
                 timings, started = [], time.perf_counter()
                 real_commit = db.session.commit
 
@@ -546,19 +541,13 @@ def measure_prune(kind: str, pg_url: str, rows: int) -> dict:
 def measure_prune_ack(kind: str, pg_url: str, rows: int, rate: float, seconds: float, workers: int) -> dict:
     """The 202 latency at `rate` with nothing else going on, then while another process prunes a journal of
     `rows` old rows with the service's own code (batches and pauses as in service, without its 2 s budget)."""
-    from . import create_app
     from .extensions import db
-    from .schema import upgrade_database
 
     with tempfile.TemporaryDirectory() as tmp, _sandbox() as sandbox_url:
         db_url, cleanup = _database(kind, pg_url, tmp)
         try:
             numbers = _prepare(db_url, tmp, sandbox_url, 4)
-            app = create_app({"MS_DATABASE_URL": db_url, "MS_INSTANCE_DIR": tmp, "MS_LOG_DIR": tmp,
-                              "MS_WORKERS": "0", "MS_LOG_LEVEL": "WARNING"})
-            upgrade_database(app)
-            with app.app_context():
-                _fill_journal(db, kind, rows)
+            with _journal_app(db_url, tmp, kind, rows).app_context():
                 db.session.remove()
                 db.engine.dispose()
             with _services(db_url, tmp, sandbox_url, workers, 1) as (urls, procs):
@@ -581,6 +570,20 @@ def measure_prune_ack(kind: str, pg_url: str, rows: int, rate: float, seconds: f
                     "pruning_p99_ms": busy["ack_p99_ms"], "pruner_still_running_at_end": still}
         finally:
             cleanup()
+
+
+def _journal_app(db_url: str, tmp: str, kind: str, rows: int):
+    """An app (no workers) on the database, migrated, with `rows` journal rows 40 days old in it."""
+    from . import create_app
+    from .extensions import db
+    from .schema import upgrade_database
+
+    app = create_app({"MS_DATABASE_URL": db_url, "MS_INSTANCE_DIR": tmp, "MS_LOG_DIR": tmp, "MS_WORKERS": "0",
+                      "MS_LOG_LEVEL": "WARNING"})
+    upgrade_database(app)
+    with app.app_context():
+        _fill_journal(db, kind, rows)
+    return app
 
 
 def _fill_journal(db, kind: str, rows: int) -> None:
