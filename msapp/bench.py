@@ -8,10 +8,15 @@ request log. Figures, per database:
 2. first card: dial sent -> the sandbox has applied the POST /call carrying SHOW, with sandbox latency L;
 3. Phone API requests per call for an answered incoming call (3 phones), a missed one, an outgoing one;
 4. a fault run: N calls with 5 % injected 503 and 1 % 429: calls complete, duplicates, lost, the
-   sandbox's own 429s (the service's pacing exceeding MoySklad's limit), and peak resident memory.
+   sandbox's own 429s (the service's pacing exceeding MoySklad's limit), and peak resident memory;
+5. CPU per event: the service process's utime+stime (from /proc) per PBX event of answered 3-phone calls
+   sent closed-loop, until the sandbox holds every call ended, divided by the same process's CPU per
+   `GET /healthz` in the same run (the ratio travels between machines; milliseconds do not);
+6. the knee: the highest open-loop rate at which the 202's p99 stays within 25 ms.
 """
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import subprocess
@@ -56,6 +61,53 @@ def _pct(values: list, q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (utime + stime) a process has used, in seconds, from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()  # the name may hold spaces: count after its ')'
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class _Answer:
+    def __init__(self, status: int, body: bytes):
+        self.status_code, self.text = status, body.decode("utf-8", "replace")
+
+
+class LightClient:
+    """Keep-alive HTTP/1.1 with far less CPU per request than `requests` (the load generator shares the
+    cores with the service it measures). Speaks just enough of `requests.Session` for `Env.event`."""
+
+    def __init__(self):
+        self._conns: dict = {}
+
+    def _send(self, method: str, url: str, body, timeout: float) -> _Answer:
+        rest = url.split("://", 1)[1]
+        netloc, _, path = rest.partition("/")
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        for attempt in (1, 2):  # a kept-alive connection the server closed is opened again once
+            conn = self._conns.get(netloc)
+            if conn is None:
+                host, _, port = netloc.partition(":")
+                conn = self._conns[netloc] = http.client.HTTPConnection(host, int(port or 80), timeout=timeout)
+            try:
+                conn.request(method, "/" + path, data, headers)
+                answer = conn.getresponse()
+                return _Answer(answer.status, answer.read())
+            except (http.client.HTTPException, OSError):
+                conn.close()
+                del self._conns[netloc]
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def post(self, url: str, json=None, timeout: float = 10):  # noqa: A002 - the requests signature
+        return self._send("POST", url, json, timeout)
+
+    def get(self, url: str, timeout: float = 10):
+        return self._send("GET", url, None, timeout)
+
+
 def _rss_mb(pid: int, field_name: str = "VmHWM") -> float:
     with open(f"/proc/{pid}/status", encoding="ascii") as fh:
         for line in fh:
@@ -96,6 +148,12 @@ class Env:
         if r.status_code != 202:
             raise RuntimeError(f"event answered {r.status_code}: {r.text[:200]}")
         return elapsed
+
+    def ended(self, prefix: str) -> int:
+        """Calls whose externalId starts with `prefix` that the sandbox holds ended, over all accounts."""
+        return sum(self.http.get(f"{self.sandbox_url}/sandbox/api/calls", timeout=60,
+                                 params={"account": account, "prefix": prefix, "summary": 1}).json()["ended"]
+                   for _, account in self.accounts)
 
     def wait_idle(self, timeout: float = 600.0) -> float:
         started = time.time()
@@ -206,7 +264,7 @@ def _open_loop(env: Env, events: list, rate: float, senders: int = 16, sample=No
     start = time.perf_counter() + 0.2
 
     def sender():
-        session = requests.Session()
+        session = LightClient()
         while True:
             with lock:
                 i = next(index, None)
@@ -243,7 +301,7 @@ def _interleave(calls: list) -> list:
 
 
 def measure(kind: str, pg_url: str, calls: int, enterprises: int, rate: float, ack_seconds: float,
-            latency_ms: int, workers: int, processes: int = 1) -> dict:
+            latency_ms: int, workers: int, processes: int = 1, event_path_only: bool = False) -> dict:
     result = {"database": kind if processes == 1 else f"{kind}, {processes} processes"}
     with tempfile.TemporaryDirectory() as tmp, _sandbox() as sandbox_url:
         db_url, cleanup = _database(kind, pg_url, tmp)
@@ -251,7 +309,13 @@ def measure(kind: str, pg_url: str, calls: int, enterprises: int, rate: float, a
             numbers = _prepare(db_url, tmp, sandbox_url, enterprises)
             with _services(db_url, tmp, sandbox_url, workers, processes) as (urls, procs):
                 env = Env(sandbox_url, urls, procs, numbers)
+                _ack_latency(env, 50, 2, tag="warm")  # first connections and caches: not counted
                 result.update(_ack_latency(env, rate, ack_seconds))
+                if processes == 1:
+                    result.update(_cpu_ratio(env))
+                    result.update(_knee(env))
+                if event_path_only:
+                    return result
                 result.update(_first_card(env, latency_ms))
                 result.update(_requests_per_call(env))
                 result.update(_fault_run(env, calls, rate))
@@ -261,15 +325,95 @@ def measure(kind: str, pg_url: str, calls: int, enterprises: int, rate: float, a
     return result
 
 
-def _ack_latency(env: Env, rate: float, seconds: float) -> dict:
+def _ack_latency(env: Env, rate: float, seconds: float, tag: str = "ack") -> dict:
     count = int(rate * seconds)
     calls = [(env.accounts[i % len(env.accounts)][0], ev) for i in range(count // 3 + 1)
-             for ev in _call_events(f"ack-{i}")]
+             for ev in _call_events(f"{tag}-{i}")]
     events = _interleave([[c for c in calls[j:j + 3]] for j in range(0, len(calls), 3)])[:count]
     latencies = _open_loop(env, events, rate)
     drain = env.wait_idle()
     return {"ack_events": len(latencies), "ack_rate": rate, "ack_p50_ms": round(_pct(latencies, 50) * 1000, 2),
             "ack_p99_ms": round(_pct(latencies, 99) * 1000, 2), "ack_drain_s": round(drain, 1)}
+
+
+def _cpu_ratio(env: Env, calls: int = 300, probes: int = 3000, senders: int = 4) -> dict:
+    """CPU of the service process per PBX event ÷ its CPU per `GET /healthz`, measured in one run.
+
+    Events: `calls` answered calls ringing 3 phones (dial, answer, hangup: 3 events each), sent closed-loop
+    by `senders` threads, counted until the sandbox holds every call ended (so the workers' MoySklad
+    exchanges are in). /healthz: `probes` requests, closed-loop, same senders. CPU is utime + stime from
+    /proc; the process's idle background (workers polling, housekeeping ticks) is in both, as in service.
+    """
+    pid, url = env.procs[0].pid, env.service_url
+    tag = f"cpu{uuid.uuid4().hex[:6]}-"
+
+    def closed_loop(count: int, work) -> float:
+        index, lock = iter(range(count)), threading.Lock()
+
+        def sender():
+            client = LightClient()
+            while True:
+                with lock:
+                    i = next(index, None)
+                if i is None:
+                    return
+                work(client, i)
+
+        threads = [threading.Thread(target=sender, daemon=True) for _ in range(senders)]
+        started = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return time.perf_counter() - started
+
+    def healthz(client, _i):
+        if client.get(f"{url}/healthz").status_code != 200:
+            raise RuntimeError("/healthz did not answer 200")
+
+    def call(client, i):
+        number = env.accounts[i % len(env.accounts)][0]
+        for body in _call_events(f"{tag}{i}"):
+            env.event(client, number, body)
+
+    env.wait_idle()
+    idle_from, idle_cpu = time.perf_counter(), _cpu_seconds(pid)
+    time.sleep(2.0)
+    idle_rate = (_cpu_seconds(pid) - idle_cpu) / (time.perf_counter() - idle_from)
+    before = _cpu_seconds(pid)
+    healthz_s = closed_loop(probes, healthz)
+    per_healthz = (_cpu_seconds(pid) - before) / probes
+    before = _cpu_seconds(pid)
+    started = time.perf_counter()
+    closed_loop(calls, call)
+    while env.ended(tag) < calls:
+        if time.perf_counter() - started > 600:
+            raise RuntimeError("the calls of the CPU run did not all end in the sandbox")
+        time.sleep(0.05)
+    events_s = time.perf_counter() - started
+    per_event = (_cpu_seconds(pid) - before) / (3 * calls)
+    return {"cpu_events": 3 * calls, "cpu_per_event_ms": round(per_event * 1000, 3),
+            "cpu_per_healthz_ms": round(per_healthz * 1000, 3),
+            "cpu_ratio": round(per_event / per_healthz, 2) if per_healthz else None,
+            "cpu_events_s": round(events_s, 1), "cpu_healthz_per_s": round(probes / healthz_s),
+            "cpu_idle_percent": round(idle_rate * 100, 2)}
+
+
+def _knee(env: Env, rates=(50, 100, 150, 200, 250, 300, 400), seconds: float = 5.0, limit_ms: float = 25.0) -> dict:
+    """The highest open-loop rate (of `rates`) at which the 202's p99 is within `limit_ms`; it stops after two
+    rates in a row over the limit. Each rate runs `seconds`, after the previous one's jobs drained."""
+    runs, knee, over = {}, None, 0
+    for rate in rates:
+        env.wait_idle()
+        r = _ack_latency(env, rate, seconds, tag=f"knee{rate}-{uuid.uuid4().hex[:6]}")
+        runs[str(rate)] = [r["ack_p50_ms"], r["ack_p99_ms"]]
+        if r["ack_p99_ms"] <= limit_ms:
+            knee, over = rate, 0
+        else:
+            over += 1
+            if over == 2:
+                break
+    return {"knee_rate": knee, "knee_limit_ms": limit_ms, "knee_runs": runs}
 
 
 def _first_card(env: Env, latency_ms: int, samples: int = 40) -> dict:
@@ -621,7 +765,7 @@ def report_outage(results: list) -> str:
     return "\n".join(lines)
 
 
-def report(results: list) -> str:
+def report(results: list, event_path_only: bool = False) -> str:
     rows = [
         ("internal event acknowledged (202), p50 / p99", "≤ 5 ms / ≤ 25 ms",
          lambda r: f"{r['ack_p50_ms']} ms / {r['ack_p99_ms']} ms at {r['ack_rate']:.0f}/s ({r['ack_events']} events)"),
@@ -629,6 +773,12 @@ def report(results: list) -> str:
          lambda r: f"{r['card_p50_ms']} ms with L = {r['card_latency_L_ms']} ms (p99 {r['card_p99_ms']} ms)"),
         ("Phone API requests: answered (3 phones) / missed / outgoing", "3 / 2 / 2",
          lambda r: f"{r['requests_incoming_answered_3_phones']} / {r['requests_missed']} / {r['requests_outgoing']}"),
+        ("service CPU per event ÷ CPU per GET /healthz (same process, same run)", "≤ 4",
+         lambda r: (f"{r['cpu_ratio']} ({r['cpu_per_event_ms']} ms ÷ {r['cpu_per_healthz_ms']} ms; "
+                    f"{r['cpu_events']} events)") if "cpu_ratio" in r else "(one process only)"),
+        ("knee: highest rate with 202 p99 ≤ 25 ms", "≥ 200 events/s",
+         lambda r: (f"{r['knee_rate']}/s (" + ", ".join(f"{k}/s: {v[1]} ms" for k, v in r["knee_runs"].items())
+                    + ")") if "knee_runs" in r else "(one process only)"),
         ("calls with 5 % 503 and 1 % 429", "all complete, 0 duplicates, 0 lost",
          lambda r: f"{r['fault_complete']}/{r['fault_calls']} complete, {r['fault_duplicates']} duplicates, "
                    f"{r['fault_lost']} lost ({r['fault_injected']} faults injected, {r['fault_seconds']} s)"),
@@ -637,6 +787,8 @@ def report(results: list) -> str:
         ("resident memory under that load (per process)", "≤ 150 MB",
          lambda r: f"{r['rss_during_mb']} MB (peak {r['rss_peak_mb']} MB)"),
     ]
+    if event_path_only:
+        rows = [rows[0], rows[3], rows[4]]
     head = "| figure | target | " + " | ".join(r["database"] for r in results) + " |"
     lines = [head, "|" + "---|" * (2 + len(results))]
     for name, target, fmt in rows:
@@ -662,9 +814,11 @@ def report(results: list) -> str:
 @click.option("--failover", is_flag=True, help="Only the failover figure: SIGKILL one of --processes (PostgreSQL)")
 @click.option("--prune", type=int, default=None, metavar="ROWS",
               help="Only the retention figure: prune ROWS old journal rows, timing each batch")
+@click.option("--event-path", is_flag=True,
+              help="Only the event path: the 202 at --rate, CPU per event ÷ per /healthz, and the knee")
 @click.option("--json-out", type=click.Path(dir_okay=False), help="Also write the raw figures as JSON")
 def bench(dbs, pg_url, calls, soak, enterprises, rate, ack_seconds, latency_ms, workers, processes, outage,
-          failover, prune, json_out):
+          failover, prune, event_path, json_out):
     """Measure the section 10 figures against the sandbox and print them as a Markdown table."""
     kinds = list(dbs) or (["sqlite", "postgresql"] if pg_url else ["sqlite"])
     if "postgresql" in kinds and not pg_url:
@@ -713,10 +867,11 @@ def bench(dbs, pg_url, calls, soak, enterprises, rate, ack_seconds, latency_ms, 
         return
     for kind in kinds:
         click.echo(f"measuring on {kind} ({calls} calls in the fault run, {enterprises} enterprises)...", err=True)
-        results.append(measure(kind, pg_url, calls, enterprises, rate, ack_seconds, latency_ms, workers, processes))
+        results.append(measure(kind, pg_url, calls, enterprises, rate, ack_seconds, latency_ms, workers, processes,
+                               event_path_only=event_path))
     click.echo(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}; "
                f"load {rate:.0f} events/s, {workers} workers")
-    click.echo(report(results))
+    click.echo(report(results, event_path_only=event_path))
     _write_json(json_out, results)
 
 

@@ -87,8 +87,12 @@ def calls():
     acc, err = _account()
     if err:
         return err
+    prefix = request.args.get("prefix")
     with state().lock:
-        return jsonify({"calls": list(acc.calls.values())})
+        rows = [c for c in acc.calls.values() if not prefix or str(c.get("externalId") or "").startswith(prefix)]
+        if request.args.get("summary"):  # counts only: cheap to poll while a benchmark waits
+            return jsonify({"calls": len(rows), "ended": sum(1 for c in rows if c.get("endTime"))})
+        return jsonify({"calls": rows})
 
 
 @bp.get("/api/cards")
