@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable, Optional
 
-from sqlalchemy import and_, bindparam, exists, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, case, exists, func, insert, or_, select, update
 
-from . import metrics
+from . import metrics, rawsql
 from .clock import utcnow
 from .extensions import db
 from .models import Job
@@ -42,7 +42,9 @@ log = logging.getLogger("msapp.jobs")
 BACKOFF_BASE = 1.0
 BACKOFF_CAP = 300.0
 ACTIVE = ("pending", "running")
-_INSERT_JOB = insert(Job.__table__)  # values bound at execution: far cheaper than .values(...) per call
+_INSERT_JOB = insert(Job.__table__).returning(Job.__table__.c.id)  # run by rawsql (hot path)
+_JOB_KEYS = ("attempts", "bucket", "created_at", "enterprise_number", "key", "kind", "last_error", "lease_until",
+             "locked_by", "max_attempts", "payload", "run_at", "status", "updated_at")
 
 
 class Retry(Exception):
@@ -91,7 +93,10 @@ _CLAIM: dict = {}
 
 
 def _claim_statements(dialect: str) -> dict:
-    """The claim's statements, built once per dialect (values bound at execution)."""
+    """The claim, built once per dialect (values bound at execution): one UPDATE that picks the first due
+    job, takes it and returns it. A job whose lease expired (its process died) gets `_retaken` as its
+    last error: RETURNING shows new values only (and SQLite's cannot name a FROM table), so that is how
+    the claimer learns it, and how the support desk sees why the job ran twice."""
     found = _CLAIM.get(dialect)
     if found is not None:
         return found
@@ -103,7 +108,7 @@ def _claim_statements(dialect: str) -> dict:
                              or_(p.c.status == "running", and_(p.c.id < j.c.id, p.c.status == "pending")))
     due = or_(and_(j.c.status == "pending", j.c.run_at <= bindparam("_now")),
               and_(j.c.status == "running", j.c.lease_until < bindparam("_now")))
-    base = select(j.c.id, j.c.status, j.c.lease_until, j.c.enterprise_number).where(due, ~blocked)
+    base = select(j.c.id).where(due, ~blocked)
     not_busy = or_(j.c.enterprise_number.is_(None),
                    j.c.enterprise_number.not_in(bindparam("_busy", expanding=True)))
     owned = or_(j.c.bucket.is_(None), j.c.bucket.in_(bindparam("_buckets", expanding=True)))
@@ -113,17 +118,23 @@ def _claim_statements(dialect: str) -> dict:
             query = base.where(not_busy) if busy else base
             if in_buckets:  # several processes: only the buckets this one owns (msapp/ownership.py)
                 query = query.where(owned)
-            query = query.order_by(j.c.run_at, j.c.id).limit(8)
-            if dialect == "postgresql":
+            query = query.order_by(j.c.run_at, j.c.id).limit(1)
+            if dialect == "postgresql":  # SQLite: writers are serialized (BEGIN IMMEDIATE) already
                 query = query.with_for_update(skip_locked=True, of=j)
-            found[(busy, in_buckets)] = query
-    attempts = {"attempts": j.c.attempts + 1}
-    found["take_pending"] = update(j).where(j.c.id == bindparam("_id"), j.c.status == "pending").values(attempts)
-    found["take_expired"] = update(j).where(j.c.id == bindparam("_id"), j.c.status == "running",
-                                            j.c.lease_until == bindparam("_lease")).values(attempts)
-    found["read"] = select(j).where(j.c.id == bindparam("_id"))
+            found[(busy, in_buckets)] = (
+                update(j).where(j.c.id == query.scalar_subquery())
+                .values(status="running", attempts=j.c.attempts + 1, locked_by=bindparam("_by"),
+                        lease_until=bindparam("_lease"), updated_at=bindparam("_now"),
+                        last_error=case((j.c.status == "running", bindparam("_retaken")), else_=j.c.last_error))
+                .returning(j.c.id, j.c.kind, j.c.key, j.c.enterprise_number, j.c.payload, j.c.attempts,
+                           j.c.max_attempts, j.c.created_at, j.c.last_error))
     _CLAIM[dialect] = found
     return found
+
+
+_JOBS = Job.__table__
+_FINISH = update(_JOBS).where(_JOBS.c.id == bindparam("_id"), _JOBS.c.locked_by == bindparam("_by"),
+                              _JOBS.c.status == "running")
 
 
 class JobQueue:
@@ -148,17 +159,17 @@ class JobQueue:
 
     def enqueue(self, kind: str, key: str, payload: Optional[dict] = None, *,
                 enterprise_number: Optional[str] = None, delay: float = 0.0,
-                max_attempts: Optional[int] = None) -> int:
-        """Insert a job in the current transaction; it is durable when the caller commits. Returns its id."""
+                max_attempts: Optional[int] = None, tx: Optional[rawsql.Tx] = None) -> int:
+        """Insert a job in the current transaction (the session's, or `tx`); it is durable when the caller
+        commits. Returns its id."""
         if max_attempts is None:
             max_attempts = self.handlers.get(kind, (None, 10))[1]
         now = utcnow()
-        result = db.session.execute(_INSERT_JOB, dict(
+        return (tx or rawsql.session_tx()).first(_INSERT_JOB, dict(
             kind=kind, key=key, payload=payload or {}, enterprise_number=enterprise_number,
             bucket=bucket_of(enterprise_number), status="pending",
             attempts=0, max_attempts=max_attempts, run_at=now + timedelta(seconds=delay), created_at=now,
-            updated_at=now, lease_until=None, locked_by=None, last_error=None))
-        return result.inserted_primary_key[0]
+            updated_at=now, lease_until=None, locked_by=None, last_error=None), keys=_JOB_KEYS)["id"]
 
     def notify(self, everyone: bool = False) -> None:
         """Wake one idle worker of this process (call after committing a new job); all when stopping.
@@ -201,39 +212,31 @@ class JobQueue:
     def _claim(self, ex, busy: frozenset, buckets: Optional[frozenset]) -> Optional[JobContext]:
         st = _claim_statements(db.engine.dialect.name)
         now = utcnow()
-        params = {"_now": now}
+        retaken = f"lease expired (its process stopped); taken again by {self.worker_id} at {now:%H:%M:%S.%f}"
+        params = {"_now": now, "_by": self.worker_id, "_lease": now + timedelta(seconds=self.lease_seconds),
+                  "_retaken": retaken}
         if busy:
             params["_busy"] = sorted(busy)
         if buckets is not None:
             params["_buckets"] = sorted(buckets)
-        rows = ex.execute(st[(bool(busy), buckets is not None)], params).all()
-        lease = now + timedelta(seconds=self.lease_seconds)
-        for row in rows:
-            take = {"_id": row.id, "status": "running", "locked_by": self.worker_id, "lease_until": lease,
-                    "updated_at": now}
-            if row.status == "running":
-                result = ex.execute(st["take_expired"], {**take, "_lease": row.lease_until})
-            else:
-                result = ex.execute(st["take_pending"], take)
-            if result.rowcount == 1:
-                job = ex.execute(st["read"], {"_id": row.id}).one()
-                ex.commit()
-                if row.status == "running":
-                    log.warning("job %s (%s) taken again after its lease expired", job.id, job.kind)
-                return JobContext(job.id, job.kind, job.key, job.enterprise_number, dict(job.payload or {}),
-                                  job.attempts, job.max_attempts, job.created_at)
+        job = ex.execute(st[(bool(busy), buckets is not None)], params).first()
         ex.commit()
-        return None
+        if job is None:
+            return None
+        if job.last_error == retaken:
+            log.warning("job %s (%s) taken again after its lease expired", job.id, job.kind)
+        return JobContext(job.id, job.kind, job.key, job.enterprise_number, dict(job.payload or {}),
+                          job.attempts, job.max_attempts, job.created_at)
 
-    def _finish(self, job_id: int, **values: Any) -> None:
-        j = Job.__table__
+    def _finish(self, job_id: int, commit: bool = True, **values: Any) -> None:
         values.setdefault("updated_at", utcnow())
-        db.session.execute(update(j).where(j.c.id == job_id, j.c.locked_by == self.worker_id,
-                                           j.c.status == "running").values(**values))
-        db.session.commit()
+        rawsql.run(_FINISH, {**values, "_id": job_id, "_by": self.worker_id}, keys=rawsql.columns_of(values))
+        if commit:
+            db.session.commit()
 
-    def complete(self, job: JobContext) -> None:
-        self._finish(job.id, status="done", lease_until=None, locked_by=None)
+    def complete(self, job: JobContext, commit: bool = True) -> None:
+        """Mark the job done; with commit=False in the caller's transaction (the handler's last writes)."""
+        self._finish(job.id, commit, status="done", lease_until=None, locked_by=None)
 
     def fail(self, job: JobContext, exc: BaseException) -> str:
         """Record a failed run: reschedule, defer or mark dead. Returns the new status."""
@@ -289,6 +292,7 @@ class JobQueue:
             entry[0](job)
             for hook in self.flush_hooks:
                 hook()
+            self.complete(job, commit=False)  # the handler's last writes and the finish: one transaction
             db.session.commit()
         except Exception as exc:  # any failure of a handler is the job's failure, never the worker's
             db.session.rollback()
@@ -297,7 +301,6 @@ class JobQueue:
             for hook in self.flush_hooks:  # e.g. the journal of the failed exchanges, committed with the failure
                 hook()
             return self.fail(job, exc)
-        self.complete(job)
         return "done"
 
     # -- inspection ---------------------------------------------------------------------------

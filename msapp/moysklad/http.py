@@ -1,6 +1,7 @@
 """The transport both clients share: headers MoySklad requires, timeouts, limits, metrics, exchange log."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
@@ -31,10 +32,17 @@ _local = threading.local()
 
 
 def thread_session() -> requests.Session:
-    """One requests.Session per thread (sessions are not thread-safe; connections are reused)."""
+    """One requests.Session per thread (sessions are not thread-safe; connections are reused).
+
+    The environment is read once, not per request: with `trust_env` requests stats ~/.netrc and scans the
+    proxy variables on every call (3 % of the service's CPU per event). Proxies still follow
+    HTTP(S)_PROXY / NO_PROXY per MoySklad URL (`env_proxies`), and a CA bundle REQUESTS_CA_BUNDLE /
+    CURL_CA_BUNDLE, as requests would have taken them."""
     session = getattr(_local, "session", None)
     if session is None:
         session = requests.Session()
+        session.trust_env = False
+        session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
         adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=8, max_retries=0)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
@@ -87,7 +95,8 @@ class ApiClient:
     def _send(self, session, method, url, headers, data, params, record, started):
         try:
             resp = session.request(method, url, headers=headers, data=data, params=params,
-                                   timeout=self.timeout, allow_redirects=False)
+                                   timeout=self.timeout, allow_redirects=False,
+                                   proxies=env_proxies(self.base_url) if self._session is None else None)
         except (requests.ConnectionError, requests.Timeout) as exc:
             err = MoySkladError(0, type(exc).__name__, api=self.api, network=True)
             self._done(record, started, "network", error=err)
@@ -119,6 +128,12 @@ class ApiClient:
             record.update(status=status, response=response, outcome=outcome,
                           latency_ms=round(latency * 1000, 1), error=str(error) if error else None)
             self.on_exchange(record)
+
+
+@functools.lru_cache(maxsize=64)
+def env_proxies(base_url: str) -> dict:
+    """The proxies the environment names for this base URL (NO_PROXY honoured), read once."""
+    return requests.utils.get_environ_proxies(base_url)
 
 
 def _safe_json(resp: requests.Response) -> Any:

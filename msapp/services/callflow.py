@@ -22,12 +22,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Optional
 
-from sqlalchemy import bindparam, update
+from sqlalchemy import bindparam, select, update
 
-from .. import metrics
+from .. import metrics, rawsql
+from ..errors import ApiError
 from ..extensions import db
 from ..jobs import Defer, JobContext
-from ..models import Call, Enterprise
+from ..models import Call
 from ..moysklad import BreakerOpen, MoySkladError, RateLimited, RetryPolicy
 from ..moysklad.formats import to_moysklad_time
 from ..moysklad.http import id_from_href, meta
@@ -87,6 +88,10 @@ class Snapshot:
         return self.extensions[0] if self.extensions else None
 
 
+_SELECT_CALL = select(*(Call.__table__.c[name] for name in Snapshot.__dataclass_fields__)).where(
+    Call.__table__.c.id == bindparam("_id"))
+
+
 def card_mode(snap: Snapshot, cfg: dict) -> str:
     """`during`, `answer` or `none` for this call under the enterprise's notification settings."""
     notes = cfg.get("notifications") or {}
@@ -134,13 +139,15 @@ class CallSync:
         self.policy = RetryPolicy()
 
     def __call__(self, job: JobContext) -> None:
-        call = db.session.get(Call, job.payload.get("call_id"))
-        if call is None:
+        with rawsql.transaction(write=False) as tx:  # never hold a transaction across a MoySklad request
+            row = tx.first(_SELECT_CALL, {"_id": job.payload.get("call_id")})
+        if row is None:
             return
-        ent = db.session.get(Enterprise, call.enterprise_number)
-        cfg = self.configs.of(ent) if ent is not None else {}
-        snap = Snapshot.of(call)
-        db.session.commit()  # never hold a transaction across a MoySklad request
+        snap = Snapshot(**row)
+        try:  # the per-process cache the event path uses (a write elsewhere is seen within 2 s)
+            cfg = self.configs.read_fast(snap.enterprise_number)
+        except ApiError:  # the enterprise was deleted
+            cfg = {}
         if not cfg.get("enabled") or not cfg.get("integration_code"):
             log.info("call %s of %s not sent: integration disabled or without key", snap.unique_id,
                      snap.enterprise_number)
@@ -291,6 +298,6 @@ class CallSync:
         for name, value in values.items():
             if hasattr(snap, name):
                 setattr(snap, name, value)
-        db.session.execute(_UPDATE_CALL, {**values, "_id": snap.id})
+        rawsql.run(_UPDATE_CALL, {**values, "_id": snap.id}, keys=rawsql.columns_of(values))
         exchange_log.flush()
         db.session.commit()

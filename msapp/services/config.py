@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 import phonenumbers
 from sqlalchemy import bindparam, select
 
+from .. import rawsql
 from ..clock import utcnow
 from ..errors import ApiError, ValidationFailed
 from ..extensions import db
@@ -324,10 +325,11 @@ class ConfigStore:
         hit = self._fast.get(number)
         if hit is not None and hit[0] > now:
             return hit[1]
-        raw = db.session.execute(_SELECT_CONFIG, {"_number": number}).first()
+        with rawsql.transaction(write=False) as tx:  # a read of its own: leaves the session alone
+            raw = tx.first(_SELECT_CONFIG, {"_number": number})
         if raw is None:
             raise ApiError(404, "unknown enterprise", "enterprise_number")
-        cfg = normalize((raw[0] or {}).get("ms"), self.phone_api_url, self.public_url)
+        cfg = normalize((raw["integrations_config"] or {}).get("ms"), self.phone_api_url, self.public_url)
         self._fast[number] = (now + CACHE_SECONDS, cfg)
         return cfg
 

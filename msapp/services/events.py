@@ -15,7 +15,7 @@ from sqlalchemy import bindparam, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from .. import metrics
+from .. import metrics, rawsql
 from ..clock import utcnow
 from ..errors import ApiError, ValidationFailed
 from ..extensions import db
@@ -163,7 +163,8 @@ _STATEMENTS: dict = {}
 
 
 def _statements(dialect: str) -> dict:
-    """Statements of the hot path, built once per dialect; values are bound at execution (much cheaper)."""
+    """Statements of the hot path, built once per dialect and run through `rawsql` (values bound at
+    execution; SQLAlchemy's per-statement machinery skipped)."""
     found = _STATEMENTS.get(dialect)
     if found is None:
         calls, jobs = Call.__table__, Job.__table__
@@ -178,15 +179,20 @@ def _statements(dialect: str) -> dict:
     return found
 
 
-def _upsert_call(ev: CallEvent, statements: dict) -> dict:
+_NEW_CALL = dict(extensions=[], shown=[], hidden=[], status="ringing", create_attempted=False, answer_sent=False,
+                 end_sent=False, sequence=0, customer_checked=False, customer_attempted=False,
+                 customer_created=False, order_attempted=False, task_queued=False)
+_UPSERT_KEYS = tuple(sorted({"enterprise_number", "unique_id", "direction", "phone", "notify", "external_id",
+                             "created_at", "updated_at", *_NEW_CALL}))
+
+
+def _upsert_call(ev: CallEvent, statements: dict, tx) -> dict:
     """The call's row as a dict, inserted if missing; one statement that also locks the row."""
     now = utcnow()
-    values = dict(enterprise_number=ev.enterprise_number, unique_id=ev.unique_id, direction=ev.direction,
-                  phone=ev.phone, extensions=[], shown=[], hidden=[], status="ringing", notify=ev.notify,
-                  external_id=ev.unique_id, create_attempted=False, answer_sent=False, end_sent=False,
-                  sequence=0, customer_checked=False, customer_attempted=False, customer_created=False,
-                  order_attempted=False, task_queued=False, created_at=now, updated_at=now)
-    return dict(db.session.execute(statements["upsert"], values).mappings().one())
+    values = dict(_NEW_CALL, enterprise_number=ev.enterprise_number, unique_id=ev.unique_id,
+                  direction=ev.direction, phone=ev.phone, notify=ev.notify, external_id=ev.unique_id,
+                  created_at=now, updated_at=now)
+    return tx.first(statements["upsert"], values, keys=_UPSERT_KEYS)
 
 
 def merge(call, ev: CallEvent) -> None:
@@ -225,23 +231,25 @@ def merge(call, ev: CallEvent) -> None:
 def accept(ev: CallEvent, queue, log_event: str, body: dict) -> int:
     """Store the event and queue (or re-arm) the call's sync job; commit. Returns the call's id.
 
-    Core statements, not the ORM: this is the hot path of every PBX event.
+    One short transaction of prebuilt statements on a pooled connection (`rawsql`), not the ORM: this
+    is the hot path of every PBX event.
     """
     statements = _statements(db.engine.dialect.name)
-    row = _upsert_call(ev, statements)
-    state = SimpleNamespace(**row)
-    merge(state, ev)
-    changes = {k: v for k, v in vars(state).items() if row[k] != v}
-    if changes:
-        db.session.execute(statements["update_call"], {**changes, "updated_at": utcnow(), "_id": row["id"]})
-    key = f"call:{ev.enterprise_number}:{ev.unique_id}"
-    # Re-use a sync job still waiting for this call: it will read the state just merged. The UPDATE holds
-    # that job's row until commit, so a worker cannot claim it and read the call before this change.
-    touched = db.session.execute(statements["rearm_job"], {"_key": key, "updated_at": utcnow()}).rowcount
-    if not touched:
-        queue.enqueue(SYNC_KIND, key, {"call_id": row["id"]}, enterprise_number=ev.enterprise_number)
-    exchange_log.add(ev.enterprise_number, log_event, body)
-    db.session.commit()
+    with rawsql.transaction() as tx:
+        row = _upsert_call(ev, statements, tx)
+        state = SimpleNamespace(**row)
+        merge(state, ev)
+        changes = {k: v for k, v in vars(state).items() if row[k] != v}
+        if changes:
+            changes["updated_at"] = utcnow()
+            tx.run(statements["update_call"], {**changes, "_id": row["id"]}, keys=rawsql.columns_of(changes))
+        key = f"call:{ev.enterprise_number}:{ev.unique_id}"
+        # Re-use a sync job still waiting for this call: it will read the state just merged. The UPDATE holds
+        # that job's row until commit, so a worker cannot claim it and read the call before this change.
+        touched = tx.run(statements["rearm_job"], {"_key": key, "updated_at": utcnow()}, keys=("updated_at",))
+        if not touched:
+            queue.enqueue(SYNC_KIND, key, {"call_id": row["id"]}, enterprise_number=ev.enterprise_number, tx=tx)
+        exchange_log.add(ev.enterprise_number, log_event, body, conn=tx)
     queue.notify()
     metrics.EVENTS.labels(ev.event_type).inc()
     return row["id"]

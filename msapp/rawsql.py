@@ -1,0 +1,200 @@
+"""Hot-path statements run straight on the driver connection of the session's transaction.
+
+SQLAlchemy's execution of one statement (execution context, parameter processing, result wrapping)
+costs about 100-150 µs of CPU; the driver's own `cursor.execute` about 10-20 µs. On the paths every PBX
+event takes (the event's transaction, a job's progress and finish) that difference was most of the
+service's CPU per event (docs/benchmarks.md). Here only that per-statement machinery is skipped:
+
+- the SQL is still SQLAlchemy's, compiled once per statement (and per set of columns written) from the
+  models, for the engine's dialect;
+- values are converted by SQLAlchemy's own type processors for that dialect (so SQLite keeps its
+  datetime text format and JSON is serialized by the engine's serializer), rows are converted back by
+  them, and Python-side column defaults (`default=`, `onupdate=`) are filled in as SQLAlchemy would;
+- transactions are the session's: statements run on the connection of its current transaction
+  (`db.session.connection()`), which the session begins (BEGIN IMMEDIATE on SQLite) and commits;
+- driver errors are re-raised as SQLAlchemy's `DBAPIError`, and a lost connection is invalidated, so
+  error handling (the 503 when the database is down, the pool's reconnect) works as before.
+"""
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from typing import Optional
+
+from sqlalchemy import exc as sa_exc
+
+from .extensions import db
+
+
+class Prepared:
+    """One statement compiled for one dialect: its SQL, how to bind values, how to read rows."""
+
+    def __init__(self, stmt, dialect, column_keys: Optional[list] = None):
+        compiled = stmt.compile(dialect=dialect, column_keys=column_keys)
+        self.sql = compiled.string
+        self.positional = compiled.positional
+        self.names = list(compiled.positiontup) if compiled.positional else None
+        self.defaults = compiled.construct_params(_check=False)
+        self.binds = {}
+        for name, bind in compiled.binds.items():  # by compiled name: `status_1` for a constant
+            proc = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if proc is not None:
+                self.binds[name] = proc
+        # columns whose Python-side default SQLAlchemy would compute before executing (utcnow, False, ...)
+        self.prefetch = []
+        for col in list(compiled.insert_prefetch) + list(compiled.update_prefetch):
+            default = col.onupdate if col in compiled.update_prefetch else col.default
+            self.prefetch.append((col.key, default))
+        self.columns = [entry[0] for entry in compiled._result_columns]
+        self.readers = [entry[3].dialect_impl(dialect).result_processor(dialect, None)
+                        for entry in compiled._result_columns]
+
+    def parameters(self, values: dict):
+        params = {**self.defaults, **values}
+        for key, default in self.prefetch:
+            if key not in values:
+                params[key] = default.arg if default.is_scalar else default.arg(None)
+        for key, proc in self.binds.items():
+            if key in params:
+                params[key] = proc(params[key])
+        if self.positional:
+            return tuple(params[name] for name in self.names)
+        return params
+
+    def row(self, raw: tuple) -> dict:
+        return {name: (value if read is None or value is None else read(value))
+                for name, read, value in zip(self.columns, self.readers, raw)}
+
+
+class Statements:
+    """The prepared statements of one dialect, by name and by the set of columns written."""
+
+    def __init__(self):
+        self._prepared: dict = {}
+        self._lock = threading.Lock()
+
+    def get(self, stmt, keys: Optional[tuple] = None) -> Prepared:
+        dialect = db.engine.dialect
+        cache_key = (id(stmt), dialect.name, keys)
+        found = self._prepared.get(cache_key)
+        if found is None:
+            found = Prepared(stmt, dialect, list(keys) if keys is not None else None)
+            with self._lock:
+                self._prepared[cache_key] = (found, stmt)  # holding stmt keeps its id() unique
+        else:
+            found = found[0]
+        return found
+
+
+_STATEMENTS = Statements()
+
+
+class Tx:
+    """Statements on one driver connection: the session's (its transaction) or a pooled one (`transaction`)."""
+
+    def __init__(self, dbapi, dialect, on_lost=None):
+        self.dbapi = dbapi
+        self.dialect = dialect
+        self._on_lost = on_lost
+
+    def _cursor(self, stmt, values: Optional[dict], keys: Optional[tuple]):
+        prepared = _STATEMENTS.get(stmt, keys)
+        params = prepared.parameters(values or {})
+        cursor = self.dbapi.cursor()
+        try:
+            cursor.execute(prepared.sql, params)
+        except self.dialect.loaded_dbapi.Error as exc:
+            lost = self.dialect.is_disconnect(exc, self.dbapi, cursor)
+            cursor.close()
+            if lost and self._on_lost is not None:
+                self._on_lost(exc)
+            raise _wrap(exc, self.dialect, prepared.sql, params, lost) from exc
+        return cursor, prepared
+
+    def first(self, stmt, values: Optional[dict] = None, keys: Optional[tuple] = None) -> Optional[dict]:
+        """The first row of `stmt` (a SELECT, or DML with RETURNING) as a dict, or None."""
+        cursor, prepared = self._cursor(stmt, values, keys)
+        try:
+            raw = cursor.fetchone()
+        finally:
+            cursor.close()
+        return None if raw is None else prepared.row(raw)
+
+    def run(self, stmt, values: Optional[dict] = None, keys: Optional[tuple] = None) -> int:
+        """Run DML without RETURNING; the number of rows it touched."""
+        cursor, _ = self._cursor(stmt, values, keys)
+        try:
+            return cursor.rowcount
+        finally:
+            cursor.close()
+
+    def execute(self, stmt, values: dict) -> None:
+        """`Connection.execute(stmt, values)` for an INSERT/UPDATE whose columns are the keys of `values`."""
+        self.run(stmt, values, columns_of(values))
+
+
+def session_tx() -> Tx:
+    """The session's current transaction (begun if needed; the session commits it)."""
+    connection = db.session.connection()
+    return Tx(connection.connection.dbapi_connection, connection.dialect, connection.invalidate)
+
+
+def _wrap(exc: Exception, dialect, sql: Optional[str] = None, params=None, lost: bool = False):
+    return sa_exc.DBAPIError.instance(sql, params, exc, dialect.loaded_dbapi.Error, connection_invalidated=lost,
+                                      dialect=dialect)
+
+
+@contextmanager
+def transaction(write: bool = True):
+    """A transaction of its own on a pooled driver connection, without the session: committed at the end
+    of the block, rolled back if it raises. SQLite: BEGIN IMMEDIATE (queued on the process's writer lock,
+    as every writer); `write=False`: no BEGIN (each statement is its own read)."""
+    engine = db.engine
+    dialect = engine.dialect
+    if dialect.name == "sqlite" and db.session().in_transaction():
+        # the session's own BEGIN IMMEDIATE would make this one wait for the busy timeout (30 s)
+        raise RuntimeError("rawsql.transaction() while this thread's session holds a SQLite transaction")
+    try:
+        fairy = engine.raw_connection()
+    except dialect.loaded_dbapi.Error as exc:  # the database is down: as SQLAlchemy's own connect says it
+        raise _wrap(exc, dialect, lost=True) from exc
+    tx = Tx(fairy.dbapi_connection, dialect, fairy.invalidate)
+    try:
+        if write and dialect.name == "sqlite":
+            fairy.dbapi_connection.begin_immediate()
+        yield tx
+        fairy.commit()
+    except dialect.loaded_dbapi.Error as exc:  # BEGIN or COMMIT failed
+        lost = dialect.is_disconnect(exc, fairy.dbapi_connection, None)
+        _rollback(fairy, exc if lost else None)
+        raise _wrap(exc, dialect, "COMMIT", lost=lost) from exc
+    except BaseException:
+        _rollback(fairy, None)
+        raise
+    finally:
+        fairy.close()  # back to the pool (or, invalidated, replaced by it)
+
+
+def _rollback(fairy, lost: Optional[Exception]) -> None:
+    if lost is not None:
+        fairy.invalidate(lost)
+        return
+    try:
+        fairy.rollback()
+    except Exception as exc:  # noqa: BLE001 - the connection is gone: drop it, the pool opens another
+        fairy.invalidate(exc)
+
+
+def first(stmt, values: Optional[dict] = None, *, keys: Optional[tuple] = None) -> Optional[dict]:
+    """`Tx.first` in the session's transaction."""
+    return session_tx().first(stmt, values, keys)
+
+
+def run(stmt, values: Optional[dict] = None, *, keys: Optional[tuple] = None) -> int:
+    """`Tx.run` in the session's transaction."""
+    return session_tx().run(stmt, values, keys)
+
+
+def columns_of(values: dict) -> tuple:
+    """The `keys` argument for values written by name: a stable order."""
+    return tuple(sorted(values))
