@@ -62,6 +62,8 @@ def create_app(config: Optional[Mapping[str, str]] = None) -> Flask:
     with app.app_context():
         if settings.is_sqlite:
             _sqlite_pragmas(db.engine)
+        else:
+            _ping_when_idle(db.engine)
 
     queue = JobQueue(lease_seconds=settings.job_lease_seconds, worker_id=env.get("MS_WORKER_ID"),
                      retry_horizon=settings.retry_horizon_seconds)
@@ -136,13 +138,45 @@ def _engine_options(settings) -> dict:
                 "connect_args": {"timeout": 30, "check_same_thread": False, "factory": LockingConnection}}
     return {
         "json_serializer": _json,
-        "pool_pre_ping": True,
+        "pool_pre_ping": False,  # a round trip per checkout: see _ping_when_idle
         "pool_size": settings.workers + 8,
         "max_overflow": 16,
         # keepalives: a connection to a vanished database host fails in seconds, not minutes
         "connect_args": {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
                          "keepalives_count": 3},
     }
+
+
+IDLE_PING_SECONDS = 1.0
+
+
+def _ping_when_idle(engine) -> None:
+    """Check a pooled PostgreSQL connection before use only when it sat idle for over a second.
+
+    `pool_pre_ping` checks on every checkout: a round trip per transaction, about five per PBX event.
+    A database restart leaves every pooled connection idle and dead, so the idle ones are checked (a
+    dead one is replaced at once: the pool retries the checkout on DisconnectionError); a connection
+    that dies while in busy use fails its statement, which invalidates the whole pool.
+    """
+    import time
+
+    from sqlalchemy.exc import DisconnectionError
+
+    @event.listens_for(engine, "checkin")
+    def _checkin(_dbapi_conn, record):
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_conn, record, _proxy):
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since < IDLE_PING_SECONDS:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_conn)
+        except Exception as exc:  # noqa: BLE001 - any failure: a new connection
+            raise DisconnectionError(str(exc)) from exc
+        if not alive:
+            raise DisconnectionError("ping failed")
 
 
 def _sqlite_pragmas(engine) -> None:

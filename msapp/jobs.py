@@ -148,7 +148,7 @@ class JobQueue:
         self.handlers: dict[str, tuple[Handler, int]] = {}
         # Called before each run, and to add buffered rows to the transaction that records its outcome.
         self.start_hooks: list[Callable[[], None]] = []
-        self.flush_hooks: list[Callable[[], None]] = []
+        self.flush_hooks: list[Callable[[rawsql.Tx], None]] = []
         self._wakeup = threading.Condition()
         self._claim_lock = threading.Lock()
         self.ownership = None  # ownership.PgOwnership when several processes share PostgreSQL
@@ -228,15 +228,21 @@ class JobQueue:
         return JobContext(job.id, job.kind, job.key, job.enterprise_number, dict(job.payload or {}),
                           job.attempts, job.max_attempts, job.created_at)
 
-    def _finish(self, job_id: int, commit: bool = True, **values: Any) -> None:
+    def _finish(self, job_id: int, tx: Optional[rawsql.Tx] = None, **values: Any) -> None:
+        """Record the job's outcome (only if this worker still holds it), with the journal rows its run
+        kept back (`flush_hooks`), in one transaction; in `tx` when given (the caller commits)."""
+        if tx is None:
+            with rawsql.write() as tx:
+                self._finish(job_id, tx, **values)
+            return
+        for hook in self.flush_hooks:
+            hook(tx)
         values.setdefault("updated_at", utcnow())
-        rawsql.run(_FINISH, {**values, "_id": job_id, "_by": self.worker_id}, keys=rawsql.columns_of(values))
-        if commit:
-            db.session.commit()
+        tx.run(_FINISH, {**values, "_id": job_id, "_by": self.worker_id}, keys=rawsql.columns_of(values))
 
-    def complete(self, job: JobContext, commit: bool = True) -> None:
-        """Mark the job done; with commit=False in the caller's transaction (the handler's last writes)."""
-        self._finish(job.id, commit, status="done", lease_until=None, locked_by=None)
+    def complete(self, job: JobContext, tx: Optional[rawsql.Tx] = None) -> None:
+        """Mark the job done (in `tx` when given)."""
+        self._finish(job.id, tx, status="done", lease_until=None, locked_by=None)
 
     def fail(self, job: JobContext, exc: BaseException) -> str:
         """Record a failed run: reschedule, defer or mark dead. Returns the new status."""
@@ -290,17 +296,12 @@ class JobQueue:
             if entry is None:
                 raise Permanent(f"no handler for job kind {job.kind!r}")
             entry[0](job)
-            for hook in self.flush_hooks:
-                hook()
-            self.complete(job, commit=False)  # the handler's last writes and the finish: one transaction
-            db.session.commit()
+            self.complete(job)  # with the handler's writes still open in the session, if any: one commit
         except Exception as exc:  # any failure of a handler is the job's failure, never the worker's
             db.session.rollback()
             if not isinstance(exc, (Retry, Defer, Permanent)):
                 log.debug("job %s failed: %s", job.id, redact_text(traceback.format_exc()))
-            for hook in self.flush_hooks:  # e.g. the journal of the failed exchanges, committed with the failure
-                hook()
-            return self.fail(job, exc)
+            return self.fail(job, exc)  # the journal of the failed exchanges is committed with the failure
         return "done"
 
     # -- inspection ---------------------------------------------------------------------------

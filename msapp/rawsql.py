@@ -176,6 +176,8 @@ def transaction(write: bool = True):
 
 
 def _rollback(fairy, lost: Optional[Exception]) -> None:
+    if fairy.dbapi_connection is None:  # invalidated already: a statement found the connection lost
+        return
     if lost is not None:
         fairy.invalidate(lost)
         return
@@ -183,6 +185,23 @@ def _rollback(fairy, lost: Optional[Exception]) -> None:
         fairy.rollback()
     except Exception as exc:  # noqa: BLE001 - the connection is gone: drop it, the pool opens another
         fairy.invalidate(exc)
+
+
+@contextmanager
+def write():
+    """Where a worker writes: the session's transaction if this thread's session has one open (its work
+    then commits together with these writes), else a transaction of its own (`transaction`)."""
+    session = db.session()
+    if not session.in_transaction():
+        with transaction() as tx:
+            yield tx
+        return
+    try:
+        yield session_tx()
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
 
 
 def first(stmt, values: Optional[dict] = None, *, keys: Optional[tuple] = None) -> Optional[dict]:

@@ -26,7 +26,6 @@ from sqlalchemy import bindparam, select, update
 
 from .. import metrics, rawsql
 from ..errors import ApiError
-from ..extensions import db
 from ..jobs import Defer, JobContext
 from ..models import Call
 from ..moysklad import BreakerOpen, MoySkladError, RateLimited, RetryPolicy
@@ -298,6 +297,6 @@ class CallSync:
         for name, value in values.items():
             if hasattr(snap, name):
                 setattr(snap, name, value)
-        rawsql.run(_UPDATE_CALL, {**values, "_id": snap.id}, keys=rawsql.columns_of(values))
-        exchange_log.flush()
-        db.session.commit()
+        with rawsql.write() as tx:
+            tx.run(_UPDATE_CALL, {**values, "_id": snap.id}, keys=rawsql.columns_of(values))
+            exchange_log.flush(tx)

@@ -52,13 +52,14 @@ def exchange_writer(enterprise: str, context: Optional[dict] = None):
     return write
 
 
-def flush() -> None:
-    """Add the exchanges kept by this thread to the current transaction (the caller commits)."""
+def flush(tx=None) -> None:
+    """Add the exchanges kept by this thread to the session's transaction, or to `tx` (a rawsql.Tx); the
+    caller commits."""
     rows = getattr(_pending, "rows", None)
     if rows:
         _pending.rows = []
         for row in rows:
-            add(*row)
+            add(*row, conn=tx)
 
 
 def discard() -> None:
