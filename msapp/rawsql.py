@@ -97,6 +97,14 @@ class Tx:
         self.dialect = dialect
         self._on_lost = on_lost
 
+    @classmethod
+    def of(cls, connection) -> Tx:
+        """The driver connection under a SQLAlchemy Connection, in its transaction (begun here if it has
+        none, so that the caller's `connection.commit()` commits what ran here)."""
+        if not connection.in_transaction():
+            connection.begin()
+        return cls(connection.connection.dbapi_connection, connection.dialect, connection.invalidate)
+
     def _cursor(self, stmt, values: Optional[dict], keys: Optional[tuple]):
         prepared = _STATEMENTS.get(stmt, keys)
         params = prepared.parameters(values or {})
@@ -135,8 +143,7 @@ class Tx:
 
 def session_tx() -> Tx:
     """The session's current transaction (begun if needed; the session commits it)."""
-    connection = db.session.connection()
-    return Tx(connection.connection.dbapi_connection, connection.dialect, connection.invalidate)
+    return Tx.of(db.session.connection())
 
 
 def _wrap(exc: Exception, dialect, sql: Optional[str] = None, params=None, lost: bool = False):
