@@ -113,12 +113,12 @@ def _claim_statements(dialect: str) -> dict:
                              or_(p.c.status == "running", and_(p.c.id < j.c.id, p.c.status == "pending")))
     due = or_(and_(j.c.status == "pending", j.c.run_at <= bindparam("_now")),
               and_(j.c.status == "running", j.c.lease_until < bindparam("_now")))
-    if dialect == "postgresql":
-        from sqlalchemy import Text, all_, any_
+    if dialect == "postgresql":  # array literals ('{1,2}'): one string to send, not 256 values to adapt
+        from sqlalchemy import Text, all_, any_, cast
         from sqlalchemy.dialects.postgresql import ARRAY
 
-        not_busy = j.c.enterprise_number != all_(bindparam("_busy", type_=ARRAY(Text)))
-        owned = j.c.bucket == any_(bindparam("_buckets", type_=ARRAY(Integer)))
+        not_busy = j.c.enterprise_number != all_(cast(bindparam("_busy"), ARRAY(Text)))
+        owned = j.c.bucket == any_(cast(bindparam("_buckets"), ARRAY(Integer)))
     else:
         def listed(name):
             return select(literal_column("value")).select_from(func.json_each(bindparam(name))).scalar_subquery()
@@ -148,6 +148,11 @@ def _claim_statements(dialect: str) -> dict:
 _JOBS = Job.__table__
 _FINISH = update(_JOBS).where(_JOBS.c.id == bindparam("_id"), _JOBS.c.locked_by == bindparam("_by"),
                               _JOBS.c.status == "running")
+
+
+def _pg_array(values: list) -> str:
+    """A PostgreSQL array literal of ints or of enterprise numbers (letters, digits, '-', '_')."""
+    return "{" + ",".join(f'"{v}"' if isinstance(v, str) else str(v) for v in values) + "}"
 
 
 class JobQueue:
@@ -230,7 +235,7 @@ class JobQueue:
         st = _claim_statements(dialect)
         now = utcnow()
         retaken = f"lease expired (its process stopped); taken again by {self.worker_id} at {now:%H:%M:%S.%f}"
-        as_list = list if dialect == "postgresql" else (lambda v: json.dumps(sorted(v)))
+        as_list = _pg_array if dialect == "postgresql" else json.dumps
         params = {"_now": now, "_by": self.worker_id, "_lease": now + timedelta(seconds=self.lease_seconds),
                   "_retaken": retaken, "_busy": as_list(sorted(busy))}
         if buckets is not None:

@@ -1,8 +1,10 @@
 import logging
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from msapp import logging_setup
+from msapp import logging_setup, redact
 from msapp.redact import mask_tail, redact_obj, redact_text
 
 UUID = "6f1b9a9e-6a55-4c8e-9d1e-2f0d7b1c9a10"
@@ -55,3 +57,27 @@ def test_log_file_is_redacted(tmp_path):
     assert "sending" in text and "failed" in text
     for secret in ("supersecretkey", UUID, "leakedtoken"):
         assert secret not in text
+
+
+_FRAGMENTS = ["token", "ToKeN=abc", "Authorization: Bearer abc.def", "/MS/Webhook/5f0c", "clientId=77", "PASSWORD='x'",
+              "Cookie: s=1", "integration_code: 123", "secret=9", "webhook_uuid=u", "X-Internal-Token: t", "+375296254070",
+              "доб. 150", " ", "\"", "{", "}", ":", "=", "SHOW", "Lognex-Phone-Auth-Token: k"]
+
+
+def _same_as_every_pattern(text):
+    slow = redact._WEBHOOK_PATH.sub(lambda m: m.group(1) + redact.MASK, text)
+    slow = redact._HEADER_LIKE.sub(lambda m: m.group(1) + m.group(2) + redact.MASK, slow)
+    slow = redact._KEY_VALUE.sub(lambda m: m.group(1) + redact.MASK, slow)
+    assert redact.redact_text(text) == (slow if text else text)
+
+
+@pytest.mark.parametrize("text", _FRAGMENTS)
+def test_the_fast_path_skips_no_secret_pattern(text):
+    """redact_text skips the regexes for text without a trigger word: the result must be the same as
+    running them on every string."""
+    _same_as_every_pattern(text)
+
+
+@given(st.lists(st.one_of(st.sampled_from(_FRAGMENTS), st.text(max_size=8)), max_size=8))
+def test_the_fast_path_on_mixed_text(parts):
+    _same_as_every_pattern("".join(parts))
