@@ -336,7 +336,7 @@ def _ack_latency(env: Env, rate: float, seconds: float, tag: str = "ack") -> dic
             "ack_p99_ms": round(_pct(latencies, 99) * 1000, 2), "ack_drain_s": round(drain, 1)}
 
 
-def _cpu_ratio(env: Env, calls: int = 300, probes: int = 3000, senders: int = 4) -> dict:
+def _cpu_ratio(env: Env, calls: int = 500, probes: int = 5000, senders: int = 4) -> dict:
     """CPU of the service process per PBX event ÷ its CPU per `GET /healthz`, measured in one run.
 
     Events: `calls` answered calls ringing 3 phones (dial, answer, hangup: 3 events each), sent closed-loop

@@ -44,6 +44,7 @@ BACKOFF_BASE = 1.0
 BACKOFF_CAP = 300.0
 ACTIVE = ("pending", "running")
 _INSERT_JOB = insert(Job.__table__).returning(Job.__table__.c.id)  # run by rawsql (hot path)
+_INSERT_JOB_ONLY = insert(Job.__table__)
 _JOB_KEYS = ("attempts", "bucket", "created_at", "enterprise_number", "key", "kind", "last_error", "lease_until",
              "locked_by", "max_attempts", "payload", "run_at", "status", "updated_at")
 
@@ -177,17 +178,20 @@ class JobQueue:
 
     def enqueue(self, kind: str, key: str, payload: Optional[dict] = None, *,
                 enterprise_number: Optional[str] = None, delay: float = 0.0,
-                max_attempts: Optional[int] = None, tx: Optional[rawsql.Tx] = None) -> int:
+                max_attempts: Optional[int] = None, tx: Optional[rawsql.Tx] = None) -> Optional[int]:
         """Insert a job in the current transaction (the session's, or `tx`); it is durable when the caller
-        commits. Returns its id."""
+        commits. Returns its id; None in `tx`, where the insert may go to the server `later` (batched)."""
         if max_attempts is None:
             max_attempts = self.handlers.get(kind, (None, 10))[1]
         now = utcnow()
-        return (tx or rawsql.session_tx()).first(_INSERT_JOB, dict(
-            kind=kind, key=key, payload=payload or {}, enterprise_number=enterprise_number,
-            bucket=bucket_of(enterprise_number), status="pending",
-            attempts=0, max_attempts=max_attempts, run_at=now + timedelta(seconds=delay), created_at=now,
-            updated_at=now, lease_until=None, locked_by=None, last_error=None), keys=_JOB_KEYS)["id"]
+        row = dict(kind=kind, key=key, payload=payload or {}, enterprise_number=enterprise_number,
+                   bucket=bucket_of(enterprise_number), status="pending", attempts=0, max_attempts=max_attempts,
+                   run_at=now + timedelta(seconds=delay), created_at=now, updated_at=now, lease_until=None,
+                   locked_by=None, last_error=None)
+        if tx is not None:
+            tx.later(_INSERT_JOB_ONLY, row, keys=_JOB_KEYS)
+            return None
+        return rawsql.session_tx().first(_INSERT_JOB, row, keys=_JOB_KEYS)["id"]
 
     def notify(self, everyone: bool = False) -> None:
         """Wake one idle worker of this process (call after committing a new job); all when stopping.
@@ -258,7 +262,7 @@ class JobQueue:
         for hook in self.flush_hooks:
             hook(tx)
         values.setdefault("updated_at", utcnow())
-        tx.run(_FINISH, {**values, "_id": job_id, "_by": self.worker_id}, keys=rawsql.columns_of(values))
+        tx.later(_FINISH, {**values, "_id": job_id, "_by": self.worker_id}, keys=rawsql.columns_of(values))
 
     def complete(self, job: JobContext, tx: Optional[rawsql.Tx] = None) -> None:
         """Mark the job done (in `tx` when given)."""

@@ -17,6 +17,7 @@ service's CPU per event (docs/benchmarks.md). Here only that per-statement machi
 """
 from __future__ import annotations
 
+import re
 import threading
 from contextlib import contextmanager
 from typing import Optional
@@ -24,6 +25,8 @@ from typing import Optional
 from sqlalchemy import exc as sa_exc
 
 from .extensions import db
+
+_PYFORMAT = re.compile(r"%\((\w+)\)s")
 
 
 class Prepared:
@@ -48,6 +51,7 @@ class Prepared:
         self.columns = [entry[0] for entry in compiled._result_columns]
         self.readers = [entry[3].dialect_impl(dialect).result_processor(dialect, None)
                         for entry in compiled._result_columns]
+        self._renamed: dict = {}
 
     def parameters(self, values: dict):
         params = {**self.defaults, **values}
@@ -60,6 +64,13 @@ class Prepared:
         if self.positional:
             return tuple(params[name] for name in self.names)
         return params
+
+    def renamed(self, index: int) -> str:
+        """The SQL with its pyformat parameters prefixed `b<index>_` (to share one execute with others)."""
+        found = self._renamed.get(index)
+        if found is None:
+            found = self._renamed[index] = _PYFORMAT.sub(lambda m: f"%(b{index}_{m.group(1)})s", self.sql)
+        return found
 
     def row(self, raw: tuple) -> dict:
         return {name: (value if read is None or value is None else read(value))
@@ -96,6 +107,8 @@ class Tx:
         self.dbapi = dbapi
         self.dialect = dialect
         self._on_lost = on_lost
+        self._batch = dialect.name == "postgresql"  # SQLite runs in-process: nothing to save by waiting
+        self._pending: list = []
 
     @classmethod
     def of(cls, connection) -> Tx:
@@ -108,16 +121,47 @@ class Tx:
     def _cursor(self, stmt, values: Optional[dict], keys: Optional[tuple]):
         prepared = _STATEMENTS.get(stmt, keys)
         params = prepared.parameters(values or {})
+        if self._pending:  # the kept statements first, in the same round trip; the cursor shows this one
+            self._pending.append((prepared, params))
+            return self._send(*self._joined()), prepared
+        return self._send(prepared.sql, params), prepared
+
+    def _send(self, sql: str, params):
         cursor = self.dbapi.cursor()
         try:
-            cursor.execute(prepared.sql, params)
+            cursor.execute(sql, params)
         except self.dialect.loaded_dbapi.Error as exc:
             lost = self.dialect.is_disconnect(exc, self.dbapi, cursor)
             cursor.close()
             if lost and self._on_lost is not None:
                 self._on_lost(exc)
-            raise _wrap(exc, self.dialect, prepared.sql, params, lost) from exc
-        return cursor, prepared
+            raise _wrap(exc, self.dialect, sql, params, lost) from exc
+        return cursor
+
+    def later(self, stmt, values: Optional[dict] = None, keys: Optional[tuple] = None) -> None:
+        """Run DML whose result nobody reads. PostgreSQL: it waits and goes to the server together with
+        the next statement or the commit (one round trip for several); SQLite: at once."""
+        if not self._batch:
+            self.run(stmt, values, keys)
+            return
+        prepared = _STATEMENTS.get(stmt, keys)
+        self._pending.append((prepared, prepared.parameters(values or {})))
+
+    def send_pending(self) -> None:
+        """Send the statements `later` kept, as one multi-statement execute (psycopg2 binds client-side,
+        so parameters are renamed per statement: b0_x, b1_x, ...)."""
+        if self._pending:
+            self._send(*self._joined()).close()
+
+    def _joined(self) -> tuple:
+        items, self._pending = self._pending, []
+        if len(items) == 1:
+            return items[0][0].sql, items[0][1]
+        sqls, params = [], {}
+        for i, (prepared, values) in enumerate(items):
+            sqls.append(prepared.renamed(i))
+            params.update({f"b{i}_{k}": v for k, v in values.items()})
+        return ";\n".join(sqls), params
 
     def first(self, stmt, values: Optional[dict] = None, keys: Optional[tuple] = None) -> Optional[dict]:
         """The first row of `stmt` (a SELECT, or DML with RETURNING) as a dict, or None."""
@@ -137,8 +181,9 @@ class Tx:
             cursor.close()
 
     def execute(self, stmt, values: dict) -> None:
-        """`Connection.execute(stmt, values)` for an INSERT/UPDATE whose columns are the keys of `values`."""
-        self.run(stmt, values, columns_of(values))
+        """`Connection.execute(stmt, values)` for an INSERT/UPDATE whose columns are the keys of `values`
+        (a journal row: nobody reads its result, so it goes `later`)."""
+        self.later(stmt, values, columns_of(values))
 
 
 def session_tx() -> Tx:
@@ -170,6 +215,7 @@ def transaction(write: bool = True):
         if write and dialect.name == "sqlite":
             fairy.dbapi_connection.begin_immediate()
         yield tx
+        tx.send_pending()
         fairy.commit()
     except dialect.loaded_dbapi.Error as exc:  # BEGIN or COMMIT failed
         lost = dialect.is_disconnect(exc, fairy.dbapi_connection, None)
@@ -204,7 +250,9 @@ def write():
             yield tx
         return
     try:
-        yield session_tx()
+        tx = session_tx()
+        yield tx
+        tx.send_pending()
         session.commit()
     except BaseException:
         session.rollback()

@@ -298,5 +298,5 @@ class CallSync:
             if hasattr(snap, name):
                 setattr(snap, name, value)
         with rawsql.write() as tx:
-            tx.run(_UPDATE_CALL, {**values, "_id": snap.id}, keys=rawsql.columns_of(values))
+            tx.later(_UPDATE_CALL, {**values, "_id": snap.id}, keys=rawsql.columns_of(values))
             exchange_log.flush(tx)

@@ -186,9 +186,9 @@ _UPSERT_KEYS = tuple(sorted({"enterprise_number", "unique_id", "direction", "pho
                              "created_at", "updated_at", *_NEW_CALL}))
 
 
-def _upsert_call(ev: CallEvent, statements: dict, tx) -> dict:
-    """The call's row as a dict, inserted if missing; one statement that also locks the row."""
-    now = utcnow()
+def _upsert_call(ev: CallEvent, statements: dict, tx, now) -> dict:
+    """The call's row as a dict, inserted if missing (then its created_at is `now`); one statement that
+    also locks the row."""
     values = dict(_NEW_CALL, enterprise_number=ev.enterprise_number, unique_id=ev.unique_id,
                   direction=ev.direction, phone=ev.phone, notify=ev.notify, external_id=ev.unique_id,
                   created_at=now, updated_at=now)
@@ -235,19 +235,21 @@ def accept(ev: CallEvent, queue, log_event: str, body: dict) -> int:
     is the hot path of every PBX event.
     """
     statements = _statements(db.engine.dialect.name)
+    now = utcnow()
     with rawsql.transaction() as tx:
-        row = _upsert_call(ev, statements, tx)
+        row = _upsert_call(ev, statements, tx, now)
         state = SimpleNamespace(**row)
         merge(state, ev)
         changes = {k: v for k, v in vars(state).items() if row[k] != v}
         if changes:
-            changes["updated_at"] = utcnow()
-            tx.run(statements["update_call"], {**changes, "_id": row["id"]}, keys=rawsql.columns_of(changes))
+            changes["updated_at"] = now
+            tx.later(statements["update_call"], {**changes, "_id": row["id"]}, keys=rawsql.columns_of(changes))
         key = f"call:{ev.enterprise_number}:{ev.unique_id}"
         # Re-use a sync job still waiting for this call: it will read the state just merged. The UPDATE holds
         # that job's row until commit, so a worker cannot claim it and read the call before this change.
-        touched = tx.run(statements["rearm_job"], {"_key": key, "updated_at": utcnow()}, keys=("updated_at",))
-        if not touched:
+        # A call inserted just now has no job to re-use.
+        new = row["created_at"] == now
+        if new or not tx.run(statements["rearm_job"], {"_key": key, "updated_at": now}, keys=("updated_at",)):
             queue.enqueue(SYNC_KIND, key, {"call_id": row["id"]}, enterprise_number=ev.enterprise_number, tx=tx)
         exchange_log.add(ev.enterprise_number, log_event, body, conn=tx)
     queue.notify()
