@@ -169,6 +169,8 @@ class JobQueue:
         self.start_hooks: list[Callable[[], None]] = []
         self.flush_hooks: list[Callable[[rawsql.Tx], None]] = []
         self._wakeup = threading.Condition()
+        self._signals = 0  # notified jobs no claim has matched yet (see worth_claiming)
+        self._generation = 0
         self._claim_lock = threading.Lock()
         self.ownership = None  # ownership.PgOwnership when several processes share PostgreSQL
 
@@ -199,6 +201,8 @@ class JobQueue:
         Waking every worker for one job would make each run a claim transaction for nothing.
         """
         with self._wakeup:
+            self._signals += 1
+            self._generation += 1
             if everyone:
                 self._wakeup.notify_all()
             else:
@@ -207,6 +211,23 @@ class JobQueue:
     def wait(self, timeout: float) -> None:
         with self._wakeup:
             self._wakeup.wait(timeout)
+
+    @property
+    def generation(self) -> int:
+        """How many times `notify` has run: a worker notes it when it claims."""
+        return self._generation
+
+    def worth_claiming(self, since: int) -> bool:
+        """Whether a worker back from a job should claim again at once rather than wait for a notify or its
+        idle poll: always with several processes (another one's jobs are announced by no notify here);
+        alone, only if jobs were announced that no claim has taken yet, or anything was announced since
+        the worker's last claim (it may have been waiting for the job just finished, same key). A claim
+        that finds nothing was a third of all claims, each a write transaction."""
+        return self.ownership is not None or self._signals > 0 or self._generation != since
+
+    def _claimed(self, found: bool) -> None:
+        with self._wakeup:
+            self._signals = max(0, self._signals - 1) if found else 0
 
     # -- claim and finish --------------------------------------------------------------------
     def claim(self, busy_enterprises: frozenset = frozenset()) -> Optional[JobContext]:
@@ -218,7 +239,9 @@ class JobQueue:
             owner = self.ownership
             if owner is None:
                 with rawsql.write() as tx:
-                    return self._claim(tx, busy_enterprises, None)
+                    job = self._claim(tx, busy_enterprises, None)
+                self._claimed(job is not None)
+                return job
             buckets = owner.claimable()
             if not buckets:
                 return None
@@ -475,10 +498,14 @@ class WorkerPool:
         log.warning("handed back %s job(s) whose outcome was lost while the database was down", len(ids))
 
     def _loop(self) -> None:
+        since, ran = 0, False
         with self.app.app_context():
             while not self._stop.is_set():
                 if self._unrecorded:
                     self._release_unrecorded()
+                if ran and not self.queue.worth_claiming(since):
+                    self.queue.wait(self.idle_poll)  # a notify, or the idle poll (retries and leases come due)
+                ran, since = False, self.queue.generation
                 try:
                     with self._claim_lock:  # claim and count it as one step, or two workers race past the cap
                         job = self.queue.claim(self._busy())
@@ -492,7 +519,7 @@ class WorkerPool:
                 if job is None:
                     self.queue.wait(self.idle_poll)
                     continue
-                started = time.monotonic()
+                started, ran = time.monotonic(), True
                 try:
                     self.queue.run_one(job)
                 except Exception as exc:
