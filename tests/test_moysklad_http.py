@@ -81,3 +81,12 @@ def test_requests_carries_query_parameters_and_proxies(sandbox, monkeypatch):
     monkeypatch.setattr(transport, "env_proxies", lambda _url: {"http": "http://proxy.invalid:3128"})
     assert not client._direct_ok(session, f"{sandbox.phone_url}/call", None)
     assert not phone(sandbox, session=requests.Session())._direct_ok(session, f"{sandbox.phone_url}/call", None)
+
+
+def test_the_direct_path_verifies_tls_as_requests_does(monkeypatch):
+    import certifi
+
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    pool, prefix = transport._host_pool("https://api.moysklad.example/api/phone/1.0")
+    assert pool.cert_reqs == "CERT_REQUIRED" and pool.ca_certs == certifi.where() and prefix == "/api/phone/1.0"

@@ -56,13 +56,20 @@ def thread_session() -> requests.Session:
 _REQUESTS_SEND = requests.Session.send  # as imported: a test's requests-mock replaces it while it mocks
 
 
-def thread_pool() -> urllib3.PoolManager:
-    """One urllib3 pool manager per thread for the direct path (`ApiClient._direct`)."""
-    pools = getattr(_local, "pools", None)
-    if pools is None:
-        ca = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or certifi.where()
-        pools = _local.pools = urllib3.PoolManager(num_pools=8, maxsize=8, retries=False, ca_certs=ca)
-    return pools
+def _host_pool(base_url: str) -> tuple:
+    """This thread's connection pool for the host of `base_url` (the direct path), and the URL's path."""
+    found = getattr(_local, "host_pools", None)
+    if found is None:
+        found = _local.host_pools = {}
+    entry = found.get(base_url)
+    if entry is None:
+        tls = {}
+        if base_url.startswith("https:"):  # verified, against the CA bundle requests would use
+            ca = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or certifi.where()
+            tls = {"cert_reqs": "CERT_REQUIRED", "ca_certs": ca}
+        pool = urllib3.connectionpool.connection_from_url(base_url, maxsize=8, retries=False, **tls)
+        entry = found[base_url] = (pool, urllib3.util.parse_url(base_url).path or "")
+    return entry
 
 
 class DirectAnswer:
@@ -158,9 +165,10 @@ class ApiClient:
 
     def _direct(self, method: str, url: str, headers: dict, data) -> DirectAnswer:
         connect, read = self.timeout
+        pool, prefix = _host_pool(self.base_url)
         try:
-            answer = thread_pool().request(method, url, headers=headers, body=data, redirect=False,
-                                           timeout=urllib3.Timeout(connect=connect, read=read))
+            answer = pool.urlopen(method, prefix + url[len(self.base_url):], headers=headers, body=data,
+                                  redirect=False, timeout=urllib3.Timeout(connect=connect, read=read))
         except urllib3.exceptions.NewConnectionError as exc:  # refused, unreachable (a ConnectTimeoutError too)
             raise requests.ConnectionError(str(exc)) from None
         except urllib3.exceptions.ConnectTimeoutError as exc:  # as requests names them
