@@ -1,19 +1,25 @@
-"""Hot-path statements run straight on the driver connection of the session's transaction.
+"""Hot-path statements run straight on the driver connection.
 
 SQLAlchemy's execution of one statement (execution context, parameter processing, result wrapping)
 costs about 100-150 µs of CPU; the driver's own `cursor.execute` about 10-20 µs. On the paths every PBX
-event takes (the event's transaction, a job's progress and finish) that difference was most of the
-service's CPU per event (docs/benchmarks.md). Here only that per-statement machinery is skipped:
+event takes (the event's transaction, a job's claim, progress and finish) that difference was most of
+the service's CPU per event (docs/benchmarks.md). Here only that per-statement machinery is skipped:
 
 - the SQL is still SQLAlchemy's, compiled once per statement (and per set of columns written) from the
   models, for the engine's dialect;
 - values are converted by SQLAlchemy's own type processors for that dialect (so SQLite keeps its
   datetime text format and JSON is serialized by the engine's serializer), rows are converted back by
   them, and Python-side column defaults (`default=`, `onupdate=`) are filled in as SQLAlchemy would;
-- transactions are the session's: statements run on the connection of its current transaction
-  (`db.session.connection()`), which the session begins (BEGIN IMMEDIATE on SQLite) and commits;
+- transactions: `transaction()` is one of its own on a pooled connection (BEGIN IMMEDIATE on SQLite,
+  queued on the process's writer lock like every writer); `write()` joins the session's transaction
+  when the thread's session has one open; `session_tx()` / `Tx.of()` run inside a session's or a
+  Connection's transaction, which its owner commits;
+- on PostgreSQL, statements whose result nobody reads (`Tx.later`) go to the server together with the
+  next statement or the commit: one round trip for several;
 - driver errors are re-raised as SQLAlchemy's `DBAPIError`, and a lost connection is invalidated, so
   error handling (the 503 when the database is down, the pool's reconnect) works as before.
+
+Never mix it with the ORM on one row in one transaction: the session does not see what ran here.
 """
 from __future__ import annotations
 
@@ -203,8 +209,9 @@ def transaction(write: bool = True):
     as every writer); `write=False`: no BEGIN (each statement is its own read)."""
     engine = db.engine
     dialect = engine.dialect
-    if dialect.name == "sqlite" and db.session().in_transaction():
-        # the session's own BEGIN IMMEDIATE would make this one wait for the busy timeout (30 s)
+    if write and dialect.name == "sqlite" and db.session().in_transaction():
+        # the session's own BEGIN IMMEDIATE would make this one wait for the busy timeout (30 s); a read
+        # (no BEGIN) does not wait for a writer under WAL
         raise RuntimeError("rawsql.transaction() while this thread's session holds a SQLite transaction")
     try:
         fairy = engine.raw_connection()
@@ -242,14 +249,16 @@ def _rollback(fairy, lost: Optional[Exception]) -> None:
 
 @contextmanager
 def write():
-    """Where a worker writes: the session's transaction if this thread's session has one open (its work
-    then commits together with these writes), else a transaction of its own (`transaction`)."""
+    """Where a worker writes: the session's transaction if this thread's session has one open or changes
+    waiting to be flushed (its work then commits together with these writes, after it), else a
+    transaction of its own (`transaction`)."""
     session = db.session()
-    if not session.in_transaction():
+    if not (session.in_transaction() or session.new or session.dirty or session.deleted):
         with transaction() as tx:
             yield tx
         return
     try:
+        session.flush()  # the session's changes first: ours may depend on them (and it on ours, never)
         tx = session_tx()
         yield tx
         tx.send_pending()

@@ -1,0 +1,119 @@
+"""rawsql: the hot statements on the driver connection store and read exactly what SQLAlchemy would,
+commit and roll back as promised, batch on PostgreSQL, and report a lost database as SQLAlchemy does."""
+from datetime import datetime
+
+import pytest
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.exc import DBAPIError
+
+from msapp import rawsql
+from msapp.extensions import db
+from msapp.models import Call, IntegrationLog, Job
+
+CALLS, LOGS, JOBS = Call.__table__, IntegrationLog.__table__, Job.__table__
+WHEN = datetime(2026, 11, 27, 10, 0, 0)  # microsecond 0: SQLite's text format must still carry .000000
+
+
+def new_call(**over):
+    values = dict(enterprise_number="0367", unique_id="r-1", direction="in", phone="+375296254070",
+                  extensions=["150", "151"], shown=[], hidden=[], status="ringing", notify=True,
+                  external_id="r-1", create_attempted=False, answer_sent=False, end_sent=False, sequence=0,
+                  customer_checked=False, customer_attempted=False, customer_created=False, order_attempted=False,
+                  task_queued=False, start_time=WHEN, created_at=WHEN, updated_at=WHEN)
+    values.update(over)
+    return values
+
+
+def test_what_rawsql_writes_the_orm_reads_alike(ctx):
+    values = new_call(answered_extension="151")
+    with rawsql.transaction() as tx:
+        row = tx.first(insert(CALLS).returning(*CALLS.c), values, keys=rawsql.columns_of(values))
+    assert row["start_time"] == WHEN and row["extensions"] == ["150", "151"] and row["notify"] is True
+    call = db.session.get(Call, row["id"])
+    assert (call.start_time, call.extensions, call.notify, call.create_attempted) == (WHEN, ["150", "151"], True, False)
+    db.session.commit()
+    # and the other way round: an ORM write read back through rawsql
+    db.session.add(Call(**new_call(unique_id="r-2", external_id="r-2", extensions=["доб. 7"])))
+    db.session.commit()
+    with rawsql.transaction(write=False) as tx:
+        back = tx.first(select(CALLS).where(CALLS.c.unique_id == bindparam("_u")), {"_u": "r-2"})
+    assert back["extensions"] == ["доб. 7"] and back["start_time"] == WHEN and back["answer_sent"] is False
+
+
+def test_cyrillic_json_is_stored_as_text_and_defaults_are_filled(ctx):
+    row = {"created_at": WHEN, "enterprise_number": "0367", "event_type": "x", "integration_type": "ms",
+           "request_data": {"comment": "Входящий звонок"}, "response_data": None, "status": "success",
+           "error_message": None}
+    with rawsql.transaction() as tx:
+        tx.execute(insert(LOGS), row)
+    stored = db.session.execute(select(LOGS.c.request_data.cast(db.Text))).scalar_one()
+    assert "Входящий звонок" in stored
+    db.session.commit()
+    # onupdate: an UPDATE that does not name updated_at gets it, as SQLAlchemy would have set it
+    with rawsql.transaction() as tx:
+        tx.run(insert(CALLS), new_call(), keys=rawsql.columns_of(new_call()))
+    with rawsql.transaction() as tx:
+        tx.run(update(CALLS).where(CALLS.c.unique_id == bindparam("_u")), {"status": "ended", "_u": "r-1"},
+               keys=("status",))
+    assert db.session.execute(select(CALLS.c.updated_at)).scalar_one() > WHEN
+
+
+def test_a_failing_block_commits_nothing(ctx):
+    with pytest.raises(RuntimeError):
+        with rawsql.transaction() as tx:
+            tx.run(insert(CALLS), new_call(), keys=rawsql.columns_of(new_call()))
+            tx.later(insert(CALLS), new_call(unique_id="r-9"), keys=rawsql.columns_of(new_call()))
+            raise RuntimeError("the caller failed")
+    assert db.session.execute(select(CALLS.c.id)).all() == []
+
+
+def test_later_statements_keep_their_order_and_their_errors(ctx):
+    """On PostgreSQL `later` statements share one execute; their order holds, and an error in any of them
+    fails the transaction (nothing of it is kept)."""
+    with rawsql.transaction() as tx:
+        tx.later(insert(CALLS), new_call(), keys=rawsql.columns_of(new_call()))
+        tx.later(update(CALLS).where(CALLS.c.unique_id == bindparam("_u")), {"status": "answered", "_u": "r-1"},
+                 keys=("status",))
+        seen = tx.first(select(CALLS.c.status).where(CALLS.c.unique_id == bindparam("_u")), {"_u": "r-1"})
+    assert seen == {"status": "answered"}
+    with pytest.raises(DBAPIError):
+        with rawsql.transaction() as tx:
+            tx.later(insert(CALLS), new_call(unique_id="r-3", external_id="r-3"), keys=rawsql.columns_of(new_call()))
+            tx.later(insert(CALLS), new_call(), keys=rawsql.columns_of(new_call()))  # r-1 again: unique key
+    db.session.commit()
+    assert sorted(u for (u,) in db.session.execute(select(CALLS.c.unique_id))) == ["r-1"]
+
+
+def test_write_joins_an_open_session_transaction(ctx):
+    """A worker step that left ORM work open: rawsql.write() commits it together with its own writes."""
+    db.session.add(Call(**new_call()))
+    with rawsql.write() as tx:
+        tx.later(update(CALLS).where(CALLS.c.unique_id == bindparam("_u")), {"status": "ended", "_u": "r-1"},
+                 keys=("status",))
+    db.session.rollback()  # nothing left to roll back: both are committed
+    assert db.session.execute(select(CALLS.c.status)).scalar_one() == "ended"
+
+
+def test_sqlite_refuses_a_second_writer_in_one_thread(ctx):
+    if db.engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's write lock only")
+    db.session.add(Call(**new_call()))
+    db.session.flush()  # the session now holds BEGIN IMMEDIATE
+    with pytest.raises(RuntimeError, match="would|holds a SQLite transaction"):
+        with rawsql.transaction():
+            pass
+    db.session.rollback()
+
+
+def test_a_lost_connection_is_a_dbapi_error_and_the_next_transaction_works(ctx):
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL: a server-side kill of the connection")
+    with pytest.raises(DBAPIError) as caught:
+        with rawsql.transaction() as tx:
+            pid = tx.first(select(db.func.pg_backend_pid().label("pid")))["pid"]
+            with db.engine.connect() as other:
+                other.execute(select(db.func.pg_terminate_backend(pid)))
+            tx.first(select(CALLS.c.id))
+    assert caught.value.connection_invalidated
+    with rawsql.transaction() as tx:  # the pool replaced the dead connection
+        assert tx.first(select(db.func.count().label("n")).select_from(JOBS)) == {"n": 0}
