@@ -257,25 +257,19 @@ def _call_events(uid: str, phones: int = 3) -> list:
             {**base, "event_type": "hangup", "call_status": "answered"}]
 
 
-def _open_loop(env: Env, events: list, rate: float, senders: int = 16, sample=None) -> list:
-    """Send (enterprise, body) events at a fixed rate, whatever the answers take; return latencies (s)."""
-    latencies, lock = [], threading.Lock()
-    index = iter(range(len(events)))
-    start = time.perf_counter() + 0.2
+def _senders(count: int, senders: int, work, sample=None) -> None:
+    """`senders` threads, each with its own LightClient, share the work items 0..count-1 (`work(client, i)`);
+    `sample()` runs every 0.5 s until they are done."""
+    index, lock = iter(range(count)), threading.Lock()
 
     def sender():
-        session = LightClient()
+        client = LightClient()
         while True:
             with lock:
                 i = next(index, None)
             if i is None:
                 return
-            delay = start + i / rate - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            elapsed = env.event(session, *events[i])
-            with lock:
-                latencies.append(elapsed)
+            work(client, i)
 
     threads = [threading.Thread(target=sender, daemon=True) for _ in range(senders)]
     for t in threads:
@@ -283,7 +277,23 @@ def _open_loop(env: Env, events: list, rate: float, senders: int = 16, sample=No
     while any(t.is_alive() for t in threads):
         if sample:
             sample()
-        time.sleep(0.5)
+        time.sleep(0.5 if sample else 0.02)
+
+
+def _open_loop(env: Env, events: list, rate: float, senders: int = 16, sample=None) -> list:
+    """Send (enterprise, body) events at a fixed rate, whatever the answers take; return latencies (s)."""
+    latencies, lock = [], threading.Lock()
+    start = time.perf_counter() + 0.2
+
+    def send(client, i):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        elapsed = env.event(client, *events[i])
+        with lock:
+            latencies.append(elapsed)
+
+    _senders(len(events), senders, send, sample)
     return latencies
 
 
@@ -350,26 +360,6 @@ def _cpu_ratio(env: Env, calls: int = 500, probes: int = 5000, senders: int = 4,
     pid, url = env.procs[0].pid, env.service_url
     tag = f"cpu{uuid.uuid4().hex[:6]}-"
 
-    def closed_loop(count: int, work) -> float:
-        index, lock = iter(range(count)), threading.Lock()
-
-        def sender():
-            client = LightClient()
-            while True:
-                with lock:
-                    i = next(index, None)
-                if i is None:
-                    return
-                work(client, i)
-
-        threads = [threading.Thread(target=sender, daemon=True) for _ in range(senders)]
-        started = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        return time.perf_counter() - started
-
     def healthz(client, _i):
         if client.get(f"{url}/healthz").status_code != 200:
             raise RuntimeError("/healthz did not answer 200")
@@ -383,10 +373,10 @@ def _cpu_ratio(env: Env, calls: int = 500, probes: int = 5000, senders: int = 4,
 
         env.wait_idle()
         before = _cpu_seconds(pid)
-        closed_loop(probes, healthz)
+        _senders(probes, senders, healthz)
         per_healthz = (_cpu_seconds(pid) - before) / probes
         before, started = _cpu_seconds(pid), time.perf_counter()
-        closed_loop(calls, call)
+        _senders(calls, senders, call)
         while env.ended(tag) < calls:
             if time.perf_counter() - started > 600:
                 raise RuntimeError("the calls of the CPU run did not all end in the sandbox")

@@ -109,12 +109,17 @@ _STATEMENTS = Statements()
 class Tx:
     """Statements on one driver connection: the session's (its transaction) or a pooled one (`transaction`)."""
 
-    def __init__(self, dbapi, dialect, on_lost=None):
+    def __init__(self, dbapi, dialect, on_lost=None, explicit: bool = False):
         self.dbapi = dbapi
         self.dialect = dialect
         self._on_lost = on_lost
         self._batch = dialect.name == "postgresql"  # SQLite runs in-process: nothing to save by waiting
         self._pending: list = []
+        # PostgreSQL on a connection in autocommit (`transaction`): psycopg2 would send BEGIN in a round
+        # trip of its own before the first statement and COMMIT in another; here BEGIN rides with the
+        # first statement and COMMIT with the last batch.
+        self.explicit = explicit
+        self.begun = False
 
     @classmethod
     def of(cls, connection) -> Tx:
@@ -133,6 +138,8 @@ class Tx:
         return self._send(prepared.sql, params), prepared
 
     def _send(self, sql: str, params):
+        if self.explicit and not self.begun:
+            sql, self.begun = "BEGIN;\n" + sql, True
         cursor = self.dbapi.cursor()
         try:
             cursor.execute(sql, params)
@@ -158,6 +165,15 @@ class Tx:
         so parameters are renamed per statement: b0_x, b1_x, ...)."""
         if self._pending:
             self._send(*self._joined()).close()
+
+    def commit(self) -> None:
+        """Explicit mode: the statements still kept and COMMIT, in one round trip."""
+        if self._pending:
+            sql, params = self._joined()
+            self._send(sql + ";\nCOMMIT", params).close()
+        elif self.begun:
+            self._send("COMMIT", None).close()
+        self.begun = False
 
     def _joined(self) -> tuple:
         items, self._pending = self._pending, []
@@ -206,7 +222,9 @@ def _wrap(exc: Exception, dialect, sql: Optional[str] = None, params=None, lost:
 def transaction(write: bool = True):
     """A transaction of its own on a pooled driver connection, without the session: committed at the end
     of the block, rolled back if it raises. SQLite: BEGIN IMMEDIATE (queued on the process's writer lock,
-    as every writer); `write=False`: no BEGIN (each statement is its own read)."""
+    as every writer). PostgreSQL: the connection in autocommit, BEGIN sent with the first statement and
+    COMMIT with the last batch (psycopg2 would spend a round trip on each). `write=False`: no BEGIN
+    (each statement is its own read)."""
     engine = db.engine
     dialect = engine.dialect
     if write and dialect.name == "sqlite" and db.session().in_transaction():
@@ -217,32 +235,46 @@ def transaction(write: bool = True):
         fairy = engine.raw_connection()
     except dialect.loaded_dbapi.Error as exc:  # the database is down: as SQLAlchemy's own connect says it
         raise _wrap(exc, dialect, lost=True) from exc
-    tx = Tx(fairy.dbapi_connection, dialect, fairy.invalidate)
+    explicit = dialect.name == "postgresql"
+    if explicit:
+        fairy.dbapi_connection.autocommit = True  # client-side only: the connection is idle
+    tx = Tx(fairy.dbapi_connection, dialect, fairy.invalidate, explicit=explicit and write)
     try:
         if write and dialect.name == "sqlite":
             fairy.dbapi_connection.begin_immediate()
         yield tx
-        tx.send_pending()
-        fairy.commit()
+        if tx.explicit:
+            tx.commit()
+        else:  # SQLite; or a PostgreSQL read, each statement its own (autocommit)
+            tx.send_pending()
+            fairy.commit()
     except dialect.loaded_dbapi.Error as exc:  # BEGIN or COMMIT failed
         lost = dialect.is_disconnect(exc, fairy.dbapi_connection, None)
-        _rollback(fairy, exc if lost else None)
+        _rollback(fairy, tx, exc if lost else None)
         raise _wrap(exc, dialect, "COMMIT", lost=lost) from exc
     except BaseException:
-        _rollback(fairy, None)
+        _rollback(fairy, tx, None)
         raise
     finally:
+        if explicit and fairy.dbapi_connection is not None:
+            fairy.dbapi_connection.autocommit = False
         fairy.close()  # back to the pool (or, invalidated, replaced by it)
 
 
-def _rollback(fairy, lost: Optional[Exception]) -> None:
+def _rollback(fairy, tx: Tx, lost: Optional[Exception]) -> None:
     if fairy.dbapi_connection is None:  # invalidated already: a statement found the connection lost
         return
     if lost is not None:
         fairy.invalidate(lost)
         return
     try:
-        fairy.rollback()
+        if tx.begun:  # explicit mode: psycopg2 in autocommit knows of no transaction to roll back
+            cursor = fairy.dbapi_connection.cursor()
+            cursor.execute("ROLLBACK")
+            cursor.close()
+            tx.begun = False
+        else:
+            fairy.rollback()
     except Exception as exc:  # noqa: BLE001 - the connection is gone: drop it, the pool opens another
         fairy.invalidate(exc)
 

@@ -117,3 +117,30 @@ def test_a_lost_connection_is_a_dbapi_error_and_the_next_transaction_works(ctx):
     assert caught.value.connection_invalidated
     with rawsql.transaction() as tx:  # the pool replaced the dead connection
         assert tx.first(select(db.func.count().label("n")).select_from(JOBS)) == {"n": 0}
+
+
+def test_an_event_is_two_or_three_round_trips_on_postgresql(ctx, monkeypatch):
+    """BEGIN rides with the upsert, COMMIT with the last batch: a new call's dial is 2 round trips, a
+    later event of it 3 (the re-arm's answer decides whether a job is inserted)."""
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL's round trips")
+    from msapp.models import Enterprise
+    from msapp.services import events
+    from msapp.state import ms
+
+    db.session.add(Enterprise(number="0367", name="Co", integrations_config={}))
+    db.session.commit()
+    sent = []
+    real = rawsql.Tx._send
+    monkeypatch.setattr(rawsql.Tx, "_send", lambda self, sql, params: sent.append(
+        ("" if self.begun else "BEGIN;\n") + sql) or real(self, sql, params))
+    base = {"enterprise_number": "0367", "unique_id": "rt-1", "direction": "in", "phone": "+375296254070"}
+    for body, trips in (({**base, "event_type": "dial", "extensions": ["150"]}, 2),
+                        ({**base, "event_type": "hangup", "call_status": "missed"}, 3)):
+        sent.clear()
+        events.accept(events.parse(body, None, {}), ms().queue, "event.call-event", body)
+        assert len(sent) == trips, sent
+        assert sent[0].startswith("BEGIN;") and sent[-1].endswith("COMMIT")
+    jobs = db.session.execute(select(JOBS.c.key, JOBS.c.status)).all()
+    assert jobs == [("call:0367:rt-1", "pending")]  # the hangup re-armed the dial's job
+    assert db.session.execute(select(CALLS.c.status)).scalar_one() == "ended"
