@@ -248,14 +248,17 @@ class JobQueue:
             return owner.run(lambda conn: self._claim_on(conn, busy_enterprises, buckets))
 
     def _claim_on(self, conn, busy: frozenset, buckets: frozenset) -> Optional[JobContext]:
-        """The claim on a SQLAlchemy connection (the ownership's): committed, or rolled back on failure."""
-        try:
-            job = self._claim(rawsql.Tx.of(conn), busy, buckets)
+        """The claim on the ownership's connection, in autocommit: the one UPDATE is its own transaction
+        (one round trip; psycopg2 would add one for BEGIN and one for COMMIT)."""
+        if conn.in_transaction():
             conn.commit()
-            return job
-        except Exception:
-            conn.rollback()
-            raise
+        dbapi = conn.connection.dbapi_connection
+        dbapi.autocommit = True
+        try:
+            return self._claim(rawsql.Tx(dbapi, conn.dialect, conn.invalidate), busy, buckets)
+        finally:
+            if not conn.invalidated:
+                dbapi.autocommit = False
 
     def _claim(self, tx: rawsql.Tx, busy: frozenset, buckets: Optional[frozenset]) -> Optional[JobContext]:
         dialect = tx.dialect.name

@@ -56,19 +56,26 @@ def thread_session() -> requests.Session:
 _REQUESTS_SEND = requests.Session.send  # as imported: a test's requests-mock replaces it while it mocks
 
 
+_HOST_POOLS: dict = {}
+_HOST_POOLS_LOCK = threading.Lock()
+
+
 def _host_pool(base_url: str) -> tuple:
-    """This thread's connection pool for the host of `base_url` (the direct path), and the URL's path."""
-    found = getattr(_local, "host_pools", None)
-    if found is None:
-        found = _local.host_pools = {}
-    entry = found.get(base_url)
+    """The process's connection pool for the host of `base_url` (the direct path), and the URL's path.
+
+    One pool per host for all threads (urllib3's pools are thread-safe): at most 16 idle connections per
+    host are kept, however many worker and lookup threads come and go."""
+    entry = _HOST_POOLS.get(base_url)
     if entry is None:
         tls = {}
         if base_url.startswith("https:"):  # verified, against the CA bundle requests would use
             ca = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or certifi.where()
             tls = {"cert_reqs": "CERT_REQUIRED", "ca_certs": ca}
-        pool = urllib3.connectionpool.connection_from_url(base_url, maxsize=8, retries=False, **tls)
-        entry = found[base_url] = (pool, urllib3.util.parse_url(base_url).path or "")
+        with _HOST_POOLS_LOCK:
+            entry = _HOST_POOLS.get(base_url)
+            if entry is None:
+                pool = urllib3.connectionpool.connection_from_url(base_url, maxsize=16, retries=False, **tls)
+                entry = _HOST_POOLS[base_url] = (pool, urllib3.util.parse_url(base_url).path or "")
     return entry
 
 
