@@ -1,12 +1,14 @@
 """Durable job queue (table `ms_jobs`) and the worker pool that runs it.
 
 Rules (DESIGN.md section 7):
-- `enqueue` adds a row to the caller's session: the job exists exactly when the caller's commit does.
+- `enqueue` adds a row to the caller's transaction (the session's, or a `rawsql.Tx`): the job exists
+  exactly when the caller's commit does.
 - A job is claimed only when no earlier job with the same `key` is pending and no other one is running,
   so the jobs of one call run strictly in order, one at a time (also when an older dead job is retried
   from the admin). Dead jobs do not block their successors.
-- A claim is a conditional UPDATE (status and lease checked), so two claimers never both win; on
-  PostgreSQL the candidates are also selected `FOR UPDATE SKIP LOCKED` so consumers do not queue up.
+- A claim is one UPDATE of the first due job (picked in the same statement; on PostgreSQL `FOR UPDATE
+  SKIP LOCKED`, on SQLite under the writer lock), returning it: two claimers never both win and
+  consumers do not queue up behind each other.
 - A running job whose lease expired (its process died) is claimed again; the crash counts as an attempt.
 - Failures back off exponentially with jitter; a handler may ask for a wait (`Retry(after)`), or for a
   wait that is not an attempt (`Defer(after)`: our own rate limiter, an open breaker); `Permanent` is

@@ -171,7 +171,7 @@ class ApiClient:
                 and type(session.get_adapter(url)) is HTTPAdapter and not env_proxies(self.base_url))
 
     def _direct(self, method: str, url: str, headers: dict, data) -> DirectAnswer:
-        connect, read = self.timeout
+        connect, read = self.timeout if isinstance(self.timeout, tuple) else (self.timeout, self.timeout)
         pool, prefix = _host_pool(self.base_url)
         try:
             answer = pool.urlopen(method, prefix + url[len(self.base_url):], headers=headers, body=data,
