@@ -50,10 +50,8 @@ class Prepared:
             if proc is not None:
                 self.binds[name] = proc
         # columns whose Python-side default SQLAlchemy would compute before executing (utcnow, False, ...)
-        self.prefetch = []
-        for col in list(compiled.insert_prefetch) + list(compiled.update_prefetch):
-            default = col.onupdate if col in compiled.update_prefetch else col.default
-            self.prefetch.append((col.key, default))
+        self.prefetch = [(col.key, col.default) for col in compiled.insert_prefetch]
+        self.prefetch += [(col.key, col.onupdate) for col in compiled.update_prefetch]
         self.columns = [entry[0] for entry in compiled._result_columns]
         self.readers = [entry[3].dialect_impl(dialect).result_processor(dialect, None)
                         for entry in compiled._result_columns]
@@ -84,14 +82,14 @@ class Prepared:
 
 
 class Statements:
-    """The prepared statements of one dialect, by name and by the set of columns written."""
+    """Prepared statements by statement, dialect and set of columns written (every engine of one
+    dialect here comes from create_app, with the same JSON serializer)."""
 
     def __init__(self):
         self._prepared: dict = {}
         self._lock = threading.Lock()
 
-    def get(self, stmt, keys: Optional[tuple] = None) -> Prepared:
-        dialect = db.engine.dialect
+    def get(self, stmt, keys: Optional[tuple], dialect) -> Prepared:
         cache_key = (id(stmt), dialect.name, keys)
         found = self._prepared.get(cache_key)
         if found is None:
@@ -130,7 +128,7 @@ class Tx:
         return cls(connection.connection.dbapi_connection, connection.dialect, connection.invalidate)
 
     def _cursor(self, stmt, values: Optional[dict], keys: Optional[tuple]):
-        prepared = _STATEMENTS.get(stmt, keys)
+        prepared = _STATEMENTS.get(stmt, keys, self.dialect)
         params = prepared.parameters(values or {})
         if self._pending:  # the kept statements first, in the same round trip; the cursor shows this one
             self._pending.append((prepared, params))
@@ -157,7 +155,7 @@ class Tx:
         if not self._batch:
             self.run(stmt, values, keys)
             return
-        prepared = _STATEMENTS.get(stmt, keys)
+        prepared = _STATEMENTS.get(stmt, keys, self.dialect)
         self._pending.append((prepared, prepared.parameters(values or {})))
 
     def send_pending(self) -> None:
