@@ -9,9 +9,26 @@ from sqlalchemy.exc import DBAPIError
 from msapp import rawsql
 from msapp.extensions import db
 from msapp.models import Call, IntegrationLog, Job
+from tests.conftest import dispose, make_app
 
 CALLS, LOGS, JOBS = Call.__table__, IntegrationLog.__table__, Job.__table__
 WHEN = datetime(2026, 11, 27, 10, 0, 0)  # microsecond 0: SQLite's text format must still carry .000000
+
+
+@pytest.fixture
+def sqlite_ctx(tmp_path):
+    app = make_app(f"sqlite:///{tmp_path / 'ms.db'}", tmp_path)
+    with app.app_context():
+        yield app
+    dispose(app)
+
+
+@pytest.fixture
+def pg_ctx(pg_schema, tmp_path):
+    app = make_app(pg_schema.url, tmp_path)
+    with app.app_context():
+        yield app
+    dispose(app)
 
 
 def new_call(**over):
@@ -94,9 +111,7 @@ def test_write_joins_an_open_session_transaction(ctx):
     assert db.session.execute(select(CALLS.c.status)).scalar_one() == "ended"
 
 
-def test_sqlite_refuses_a_second_writer_in_one_thread(ctx):
-    if db.engine.dialect.name != "sqlite":
-        pytest.skip("SQLite's write lock only")
+def test_sqlite_refuses_a_second_writer_in_one_thread(sqlite_ctx):
     db.session.add(Call(**new_call()))
     db.session.flush()  # the session now holds BEGIN IMMEDIATE
     with pytest.raises(RuntimeError, match="would|holds a SQLite transaction"):
@@ -105,9 +120,8 @@ def test_sqlite_refuses_a_second_writer_in_one_thread(ctx):
     db.session.rollback()
 
 
-def test_a_lost_connection_is_a_dbapi_error_and_the_next_transaction_works(ctx):
-    if db.engine.dialect.name != "postgresql":
-        pytest.skip("PostgreSQL: a server-side kill of the connection")
+@pytest.mark.postgres
+def test_a_lost_connection_is_a_dbapi_error_and_the_next_transaction_works(pg_ctx):
     with pytest.raises(DBAPIError) as caught:
         with rawsql.transaction() as tx:
             pid = tx.first(select(db.func.pg_backend_pid().label("pid")))["pid"]
@@ -119,11 +133,10 @@ def test_a_lost_connection_is_a_dbapi_error_and_the_next_transaction_works(ctx):
         assert tx.first(select(db.func.count().label("n")).select_from(JOBS)) == {"n": 0}
 
 
-def test_an_event_is_two_or_three_round_trips_on_postgresql(ctx, monkeypatch):
+@pytest.mark.postgres
+def test_an_event_is_two_or_three_round_trips_on_postgresql(pg_ctx, monkeypatch):
     """BEGIN rides with the upsert, COMMIT with the last batch: a new call's dial is 2 round trips, a
     later event of it 3 (the re-arm's answer decides whether a job is inserted)."""
-    if db.engine.dialect.name != "postgresql":
-        pytest.skip("PostgreSQL's round trips")
     from msapp.models import Enterprise
     from msapp.services import events
     from msapp.state import ms
