@@ -298,16 +298,6 @@ def write():
         raise
 
 
-def first(stmt, values: Optional[dict] = None, *, keys: Optional[tuple] = None) -> Optional[dict]:
-    """`Tx.first` in the session's transaction."""
-    return session_tx().first(stmt, values, keys)
-
-
-def run(stmt, values: Optional[dict] = None, *, keys: Optional[tuple] = None) -> int:
-    """`Tx.run` in the session's transaction."""
-    return session_tx().run(stmt, values, keys)
-
-
 def columns_of(values: dict) -> tuple:
     """The `keys` argument for values written by name: a stable order."""
     return tuple(sorted(values))

@@ -74,10 +74,6 @@ class Snapshot:
     order_id: Optional[str] = None
     task_queued: bool = False
 
-    @classmethod
-    def of(cls, call: Call) -> Snapshot:
-        return cls(**{name: getattr(call, name) for name in cls.__dataclass_fields__})
-
     @property
     def incoming(self) -> bool:
         return self.direction == "in"

@@ -25,7 +25,7 @@ def add(enterprise: Optional[str], event_type: str, request: Any = None, respons
     if conn is not None:
         conn.execute(_INSERT, row)
     else:
-        rawsql.run(_INSERT, row, keys=_KEYS)
+        rawsql.session_tx().run(_INSERT, row, keys=_KEYS)
 
 
 _pending = threading.local()
