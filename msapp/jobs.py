@@ -280,21 +280,17 @@ class JobQueue:
         return JobContext(job["id"], job["kind"], job["key"], job["enterprise_number"], dict(job["payload"] or {}),
                           job["attempts"], job["max_attempts"], job["created_at"])
 
-    def _finish(self, job_id: int, tx: Optional[rawsql.Tx] = None, **values: Any) -> None:
+    def _finish(self, job_id: int, **values: Any) -> None:
         """Record the job's outcome (only if this worker still holds it), with the journal rows its run
-        kept back (`flush_hooks`), in one transaction; in `tx` when given (the caller commits)."""
-        if tx is None:
-            with rawsql.write() as tx:
-                self._finish(job_id, tx, **values)
-            return
-        for hook in self.flush_hooks:
-            hook(tx)
+        kept back (`flush_hooks`), in one transaction (the session's, when the handler left work open)."""
         values.setdefault("updated_at", utcnow())
-        tx.later(_FINISH, {**values, "_id": job_id, "_by": self.worker_id}, keys=rawsql.columns_of(values))
+        with rawsql.write() as tx:
+            for hook in self.flush_hooks:
+                hook(tx)
+            tx.later(_FINISH, {**values, "_id": job_id, "_by": self.worker_id}, keys=rawsql.columns_of(values))
 
-    def complete(self, job: JobContext, tx: Optional[rawsql.Tx] = None) -> None:
-        """Mark the job done (in `tx` when given)."""
-        self._finish(job.id, tx, status="done", lease_until=None, locked_by=None)
+    def complete(self, job: JobContext) -> None:
+        self._finish(job.id, status="done", lease_until=None, locked_by=None)
 
     def fail(self, job: JobContext, exc: BaseException) -> str:
         """Record a failed run: reschedule, defer or mark dead. Returns the new status."""
