@@ -27,7 +27,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Optional
 
-from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy import and_, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from .. import metrics
 from ..clock import utcnow
@@ -122,16 +124,19 @@ class Breakers:
         table = Breaker.__table__
         pk = and_(table.c.enterprise_number == enterprise, table.c.api == api)
         with db.engine.begin() as conn:
-            row = conn.execute(select(table).where(pk).with_for_update()).first()
             values = dict(state="open", kind=kind, reason=reason[:500], next_probe_at=now + timedelta(seconds=interval),
                           probe_interval=interval, updated_at=now)
+            # Insert first: SELECT … FOR UPDATE locks no row that is not there yet, so two processes (or
+            # workers) tripping a new breaker at once both inserted and one failed on the primary key.
+            ins = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(table)
+            created = conn.execute(ins.values(enterprise_number=enterprise, api=api, opened_at=now, **values)
+                                   .on_conflict_do_nothing(index_elements=["enterprise_number", "api"])).rowcount
+            row = None if created else conn.execute(select(table).where(pk).with_for_update()).first()
             if row is not None and row.state == "open":
                 conn.execute(update(table).where(pk).values(**values))
                 opened_at = row.opened_at
             else:
-                if row is None:
-                    conn.execute(insert(table).values(enterprise_number=enterprise, api=api, opened_at=now, **values))
-                else:
+                if row is not None:
                     conn.execute(update(table).where(pk).values(opened_at=now, **values))
                 opened_at = now
                 message = f"{API_NAMES[api]} недоступен: {reason}" if api in API_NAMES else reason
