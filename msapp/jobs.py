@@ -221,11 +221,15 @@ class JobQueue:
 
     def worth_claiming(self, since: int) -> bool:
         """Whether a worker back from a job should claim again at once rather than wait for a notify or its
-        idle poll: always with several processes (another one's jobs are announced by no notify here);
-        alone, only if jobs were announced that no claim has taken yet, or anything was announced since
-        the worker's last claim (it may have been waiting for the job just finished, same key). A claim
-        that finds nothing was a third of all claims, each a write transaction."""
-        return self.ownership is not None or self._signals > 0 or self._generation != since
+        idle poll: always while other processes are alive (their jobs are announced by no notify here);
+        alone (SQLite, or the only live process on PostgreSQL), only if jobs were announced that no claim
+        has taken yet, or anything was announced since the worker's last claim (it may have been waiting
+        for the job just finished, same key). A claim that finds nothing was a third of all claims.
+
+        A process that has just started is seen by the next ownership tick (0.5 s); until then its jobs
+        in this process's buckets wait at most for the idle poll, as they would for an idle worker."""
+        owner = self.ownership
+        return (owner is not None and not owner.alone) or self._signals > 0 or self._generation != since
 
     def _claimed(self, found: bool) -> None:
         with self._wakeup:
@@ -247,7 +251,9 @@ class JobQueue:
             buckets = owner.claimable()
             if not buckets:
                 return None
-            return owner.run(lambda conn: self._claim_on(conn, busy_enterprises, buckets))
+            job = owner.run(lambda conn: self._claim_on(conn, busy_enterprises, buckets))
+            self._claimed(job is not None)
+            return job
 
     def _claim_on(self, conn, busy: frozenset, buckets: frozenset) -> Optional[JobContext]:
         """The claim on the ownership's connection, in autocommit: the one UPDATE is its own transaction

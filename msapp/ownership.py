@@ -227,6 +227,11 @@ class PgOwnership:
                 log.warning("handed back %s job(s) left running by a process that is gone", handed)
         conn.commit()
 
+    @property
+    def alone(self) -> bool:
+        """No other process was alive at the last tick: every job is enqueued (and announced) here."""
+        return all(w == self.worker_id for w in self.live)
+
     # -- claims -----------------------------------------------------------------------------------
     def claimable(self) -> frozenset:
         """Buckets this process may claim in now (empty while its connection is in doubt)."""

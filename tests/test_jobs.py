@@ -6,6 +6,7 @@ from datetime import timedelta
 import pytest
 
 from msapp.clock import utcnow
+from msapp import rawsql
 from msapp.extensions import db
 from msapp.jobs import Defer, JobQueue, Permanent, Retry, WorkerPool, backoff, release_orphans
 from msapp.models import Job
@@ -331,6 +332,38 @@ def test_processes_share_buckets_and_take_over_at_once(pg_schema, tmp_path):
             owner.stop()
         for app in apps:
             dispose(app)
+
+
+def test_a_worker_back_from_a_job_claims_again_only_if_work_may_wait(ctx):
+    """A claim that finds nothing costs a write transaction: alone (SQLite, or the only live process on
+    PostgreSQL) a worker claims again at once only when a job was announced that no claim has taken;
+    while another process is alive, always (its jobs are announced by no notify here)."""
+    q = ms().queue
+
+    class Owner:  # what the queue asks of ownership.PgOwnership
+        alone = True
+
+        def claimable(self):
+            return frozenset(range(256))
+
+        def run(self, _fn):  # the claim itself, without the ownership's connection
+            with rawsql.transaction() as tx:
+                return q._claim(tx, frozenset(), None)
+
+    for owner in (None, Owner()):
+        q.ownership = owner
+        since = q.generation
+        assert not q.worth_claiming(since)  # nothing announced since the last claim
+        add(key=f"k{owner}")
+        q.notify()
+        assert q.worth_claiming(since) and q.worth_claiming(q.generation)  # announced, not taken yet
+        assert q.claim() is not None
+        assert not q.worth_claiming(q.generation)  # taken: the next job will be announced
+        assert q.claim() is None and not q.worth_claiming(q.generation)
+        if owner is not None:
+            owner.alone = False
+            assert q.worth_claiming(q.generation)  # another process's jobs come without a notify here
+    q.ownership = None
 
 
 def test_a_second_process_on_one_sqlite_file_is_refused(tmp_path):
