@@ -16,7 +16,7 @@ from . import settings as settings_mod
 from .errors import ApiError
 from .extensions import db, migrate
 from .jobs import JobQueue, WorkerPool
-from .services import click_to_call, exchange_log
+from .services import callflow, click_to_call, exchange_log
 from .services.admin import TEST_POPUP_KIND, AdminService
 from .services.breakers import Breakers
 from .services.callflow import CallSync
@@ -81,8 +81,8 @@ def create_app(config: Optional[Mapping[str, str]] = None) -> Flask:
     directory = Directory(app, clients, configs, queue, settings.lookup_timeout)
     admin_service = AdminService(clients, customers, queue, directory)
     queue.register(REFRESH_KIND, directory.refresh_job, max_attempts=3)
-    queue.start_hooks.append(exchange_log.discard)
-    queue.flush_hooks.append(exchange_log.flush)
+    queue.start_hooks += [exchange_log.discard, callflow.discard_progress]
+    queue.flush_hooks += [callflow.flush_progress, exchange_log.flush]
     pool = WorkerPool(app, queue, settings.workers)
     if not settings.is_sqlite:  # several processes may share PostgreSQL: buckets of enterprises each
         from .ownership import PgOwnership

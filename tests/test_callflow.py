@@ -36,3 +36,61 @@ def test_comments():
     assert comment(out) == "Исходящий звонок · занято · звонил доб. 152 · ожидание 0:00:30"
     late = snap(answered_extension="151", call_status="answered", answer_time=datetime(2025, 1, 1, 11, 0, 0))
     assert comment(late).endswith("разговор 0:00:30")  # an answer time after the end is not trusted
+
+
+def test_a_sync_commits_its_guard_before_the_request_and_its_progress_with_the_outcome(db_url, tmp_path, sandbox,
+                                                                                       monkeypatch):
+    """What a request did is committed with the job's outcome, not in a transaction of its own; a guard
+    (before a create whose answer may be lost: the call's, the new customer's) is committed before the
+    request is sent. Dial: guard + outcome; answer: outcome; hangup: the customer's guard + outcome (was
+    3, 2 and 4)."""
+    from sqlalchemy import select
+
+    from msapp import rawsql
+    from msapp.extensions import db
+    from msapp.models import Call, Enterprise
+    from msapp.moysklad.phone_api import PhoneApi
+    from msapp.services import events
+    from msapp.state import ms
+    from tests.conftest import dispose, make_app
+
+    app = make_app(db_url, tmp_path, MS_PHONE_API_URL=sandbox.phone_url, MS_JSON_API_URL=sandbox.json_url)
+    keys = sandbox.state.keys()["demo"]
+    writes, seen_at_create = [], []
+    real_transaction, real_create = rawsql.transaction, PhoneApi.create_call
+
+    def counted(write=True):
+        writes.append(write)
+        return real_transaction(write)
+
+    def create_call(self, body):
+        with db.engine.connect() as other:  # what another connection (a crash) would find committed
+            seen_at_create.append(other.execute(select(Call.create_attempted, Call.ms_call_id)).one())
+        return real_create(self, body)
+
+    try:
+        with app.app_context():
+            db.session.add(Enterprise(number="0367", name="Co", integrations_config={}))
+            db.session.commit()
+            ms().configs.save("0367", {"enabled": True, "integration_code": keys["phone_api_key"],
+                                       "api_token": keys["json_api_token"]})
+            db.session.commit()
+            monkeypatch.setattr(rawsql, "transaction", counted)
+            monkeypatch.setattr(PhoneApi, "create_call", create_call)
+            base = {"enterprise_number": "0367", "unique_id": "kept-1", "direction": "in", "phone": "+375296254070"}
+            for body, commits in (({**base, "event_type": "dial", "extensions": ["150", "151"]}, 2),
+                                  ({**base, "event_type": "answer", "extension": "151"}, 1),
+                                  ({**base, "event_type": "hangup", "call_status": "answered"}, 2)):
+                events.accept(events.parse(body, None, {}), ms().queue, "event.call-event", body)
+                job = ms().queue.claim()
+                writes.clear()
+                assert ms().queue.run_one(job) == "done"
+                assert writes.count(True) == commits, writes  # the read of the call is write=False
+            assert seen_at_create == [(True, None)]
+            db.session.expire_all()
+            call = db.session.execute(select(Call)).scalar_one()
+            assert call.ms_call_id and call.answer_sent and call.end_sent and call.hidden == ["150", "151"]
+            assert call.customer_created and call.counterparty_id
+            assert [c["externalId"] for c in sandbox.state.accounts["demo"].calls.values()] == ["kept-1"]
+    finally:
+        dispose(app)

@@ -18,6 +18,7 @@ whose answer was lost is probed by externalId before it is sent again.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Optional
@@ -289,10 +290,46 @@ class CallSync:
         self._save(snap, answer_sent=True)
 
     def _save(self, snap: Snapshot, **values) -> None:
-        """Commit progress at once (and mirror it in the snapshot)."""
+        """Record progress (and mirror it in the snapshot).
+
+        What a request did is kept and committed with the job's outcome (`flush_progress`), or with an
+        earlier commit: one write transaction per job, not one per step. Lost with the process, it only
+        makes the job run again, which each step survives because its guard (`AT_ONCE`: written before
+        a request whose answer may be lost, or a job queued here) is committed at once, with everything
+        kept before it."""
         for name, value in values.items():
             if hasattr(snap, name):
                 setattr(snap, name, value)
+        kept = _progress()
+        kept[snap.id] = {**kept.get(snap.id, {}), **values}
+        if AT_ONCE.isdisjoint(values):
+            return
         with rawsql.write() as tx:
-            tx.later(_UPDATE_CALL, {**values, "_id": snap.id}, keys=rawsql.columns_of(values))
+            flush_progress(tx)
             exchange_log.flush(tx)
+
+
+# Progress committed before going on: a step's guard against repeating a request whose answer was lost,
+# and tasks' mark of the job it queued in the session (the commit that makes the job visible).
+AT_ONCE = frozenset({"create_attempted", "customer_attempted", "order_attempted", "task_queued"})
+_kept = threading.local()
+
+
+def _progress() -> dict:
+    rows = getattr(_kept, "rows", None)
+    if rows is None:
+        rows = _kept.rows = {}
+    return rows
+
+
+def flush_progress(tx) -> None:
+    """Write this thread's kept progress in `tx` (a rawsql.Tx; a job's outcome, or an AT_ONCE save)."""
+    rows = _progress()
+    for call_id, values in rows.items():
+        tx.later(_UPDATE_CALL, {**values, "_id": call_id}, keys=rawsql.columns_of(values))
+    rows.clear()
+
+
+def discard_progress() -> None:
+    """A job starts: nothing kept from before (its outcome was not recorded; that job runs again)."""
+    _progress().clear()
