@@ -5,8 +5,8 @@ from datetime import timedelta
 
 import pytest
 
-from msapp.clock import utcnow
 from msapp import rawsql
+from msapp.clock import utcnow
 from msapp.extensions import db
 from msapp.jobs import Defer, JobQueue, Permanent, Retry, WorkerPool, backoff, release_orphans
 from msapp.models import Job
