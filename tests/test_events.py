@@ -69,3 +69,30 @@ def test_log_call_duration_gives_end_time():
     merge(call, CallEvent("0367", "u", "log", "in", "+375296254070", extension="150",
                           start_time=datetime(2025, 1, 1, 10, 0, 0), call_status="answered", duration=65))
     assert call.end_time == datetime(2025, 1, 1, 10, 1, 5) and call.answered_extension == "150"
+
+
+def test_a_worker_is_woken_for_a_job_queued_not_for_one_re_armed(ctx):
+    """An event whose call has a job waiting re-arms it (announced when it was queued); waking a worker
+    again would only buy a claim that finds nothing. A call whose job is running gets a new one, announced."""
+    from sqlalchemy import select
+
+    from msapp.extensions import db
+    from msapp.models import Enterprise, Job
+    from msapp.services import events
+    from msapp.state import ms
+
+    db.session.add(Enterprise(number="0367", name="Co", integrations_config={}))
+    db.session.commit()
+    queue = ms().queue
+    base = {"enterprise_number": "0367", "unique_id": "w-1", "direction": "in", "phone": "+375296254070"}
+    for body, woken in (({**base, "event_type": "dial", "extensions": ["150"]}, 1),
+                        ({**base, "event_type": "answer", "extension": "150"}, 0),
+                        ("claim", None),
+                        ({**base, "event_type": "hangup", "call_status": "answered"}, 1)):
+        if body == "claim":
+            assert queue.claim() is not None
+            continue
+        before = queue.generation
+        events.accept(events.parse(body, None, {}), queue, "event.call-event", body)
+        assert queue.generation - before == woken
+    assert db.session.execute(select(Job.status).order_by(Job.id)).scalars().all() == ["running", "pending"]

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from types import SimpleNamespace
 from typing import Any, Optional
 
-from sqlalchemy import bindparam, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -168,13 +168,26 @@ def _statements(dialect: str) -> dict:
     found = _STATEMENTS.get(dialect)
     if found is None:
         calls, jobs = Call.__table__, Job.__table__
-        ins = (pg_insert if dialect == "postgresql" else sqlite_insert)(calls)
+        rearm = update(jobs).where(jobs.c.key == bindparam("_key"), jobs.c.kind == SYNC_KIND,
+                                   jobs.c.status == "pending")
+        if dialect == "postgresql":
+            # one round trip: the re-arm rides in the upsert as a data-modifying CTE, and its count comes back
+            # with the call's row (values bound by name: `column_keys` would reach into the CTE too)
+            rearm = rearm.values(updated_at=bindparam("_rearm_at", type_=jobs.c.updated_at.type)) \
+                .returning(jobs.c.id).cte("rearmed_job")
+            ins = pg_insert(calls).values({k: bindparam(k, type_=calls.c[k].type) for k in _UPSERT_KEYS})
+            rearmed = select(func.count()).select_from(rearm).scalar_subquery().label("rearmed")
+            upsert = ins.on_conflict_do_update(index_elements=["enterprise_number", "unique_id"],
+                                               set_={"updated_at": ins.excluded.updated_at}) \
+                .returning(*calls.c, rearmed).add_cte(rearm)
+        else:  # SQLite has no data-modifying CTEs (and no round trips to save)
+            ins = sqlite_insert(calls)
+            upsert = ins.on_conflict_do_update(index_elements=["enterprise_number", "unique_id"],
+                                               set_={"updated_at": ins.excluded.updated_at}).returning(*calls.c)
         found = _STATEMENTS[dialect] = {
-            "upsert": ins.on_conflict_do_update(index_elements=["enterprise_number", "unique_id"],
-                                                set_={"updated_at": ins.excluded.updated_at}).returning(*calls.c),
+            "upsert": upsert,
             "update_call": update(calls).where(calls.c.id == bindparam("_id")),
-            "rearm_job": update(jobs).where(jobs.c.key == bindparam("_key"), jobs.c.kind == SYNC_KIND,
-                                            jobs.c.status == "pending"),
+            "rearm_job": None if dialect == "postgresql" else rearm,
         }
     return found
 
@@ -186,13 +199,15 @@ _UPSERT_KEYS = tuple(sorted({"enterprise_number", "unique_id", "direction", "pho
                              "created_at", "updated_at", *_NEW_CALL}))
 
 
-def _upsert_call(ev: CallEvent, statements: dict, tx, now) -> dict:
+def _upsert_call(ev: CallEvent, statements: dict, tx, now, key: str) -> dict:
     """The call's row as a dict, inserted if missing (then its created_at is `now`); one statement that
-    also locks the row."""
+    also locks the row. PostgreSQL: the same statement re-arms the call's waiting sync job (`rearmed`)."""
     values = dict(_NEW_CALL, enterprise_number=ev.enterprise_number, unique_id=ev.unique_id,
                   direction=ev.direction, phone=ev.phone, notify=ev.notify, external_id=ev.unique_id,
                   created_at=now, updated_at=now)
-    return tx.first(statements["upsert"], values, keys=_UPSERT_KEYS)
+    if statements["rearm_job"] is not None:
+        return tx.first(statements["upsert"], values, keys=_UPSERT_KEYS)
+    return tx.first(statements["upsert"], {**values, "_key": key, "_rearm_at": now})
 
 
 def merge(call, ev: CallEvent) -> None:
@@ -236,22 +251,27 @@ def accept(ev: CallEvent, queue, log_event: str, body: dict) -> int:
     """
     statements = _statements(db.engine.dialect.name)
     now = utcnow()
+    key = f"call:{ev.enterprise_number}:{ev.unique_id}"
     with rawsql.transaction() as tx:
-        row = _upsert_call(ev, statements, tx, now)
+        row = _upsert_call(ev, statements, tx, now, key)
+        rearmed = row.pop("rearmed", None)
         state = SimpleNamespace(**row)
         merge(state, ev)
         changes = {k: v for k, v in vars(state).items() if row[k] != v}
         if changes:
             changes["updated_at"] = now
             tx.later(statements["update_call"], {**changes, "_id": row["id"]}, keys=rawsql.columns_of(changes))
-        key = f"call:{ev.enterprise_number}:{ev.unique_id}"
         # Re-use a sync job still waiting for this call: it will read the state just merged. The UPDATE holds
         # that job's row until commit, so a worker cannot claim it and read the call before this change.
         # A call inserted just now has no job to re-use.
         new = row["created_at"] == now
-        if new or not tx.run(statements["rearm_job"], {"_key": key, "updated_at": now}, keys=("updated_at",)):
+        if rearmed is None and not new:
+            rearmed = tx.run(statements["rearm_job"], {"_key": key, "updated_at": now}, keys=("updated_at",))
+        queued = new or not rearmed
+        if queued:
             queue.enqueue(SYNC_KIND, key, {"call_id": row["id"]}, enterprise_number=ev.enterprise_number, tx=tx)
         exchange_log.add(ev.enterprise_number, log_event, body, conn=tx)
-    queue.notify()
+    if queued:  # a re-armed job was announced when it was queued: waking a worker again finds nothing new
+        queue.notify()
     metrics.EVENTS.labels(ev.event_type).inc()
     return row["id"]
