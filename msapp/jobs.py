@@ -343,6 +343,10 @@ class JobQueue:
 
     def run_one(self, job: JobContext) -> str:
         """Run the handler of a claimed job and record the outcome. Returns the job's new status."""
+        with rawsql.pinned():  # the job's transactions share one pooled connection
+            return self._run(job)
+
+    def _run(self, job: JobContext) -> str:
         entry = self.handlers.get(job.kind)
         for hook in self.start_hooks:
             hook()

@@ -133,6 +133,45 @@ def test_a_lost_connection_is_a_dbapi_error_and_the_next_transaction_works(pg_ct
         assert tx.first(select(db.func.count().label("n")).select_from(JOBS)) == {"n": 0}
 
 
+def test_pinned_transactions_share_one_connection_and_give_it_back(ctx):
+    """A job's transactions (`pinned`) run on one pooled connection, each committed on its own; one begun
+    inside another gets its own connection; at the end of the block the connection is back in the pool."""
+    pool = db.engine.pool
+    with rawsql.pinned():
+        with rawsql.transaction() as first:
+            first.run(insert(CALLS), new_call(), keys=rawsql.columns_of(new_call()))
+            with rawsql.transaction(write=False) as inner:
+                assert inner.dbapi is not first.dbapi
+                assert inner.first(select(db.func.count().label("n")).select_from(CALLS)) == {"n": 0}
+        with rawsql.transaction(write=False) as second:
+            assert second.dbapi is first.dbapi
+            assert second.first(select(db.func.count().label("n")).select_from(CALLS)) == {"n": 1}
+        assert pool.checkedout() == 1
+    assert pool.checkedout() == 0
+    with pytest.raises(RuntimeError):  # a failure rolls back its transaction and keeps the connection usable
+        with rawsql.pinned():
+            with rawsql.transaction() as tx:
+                tx.run(insert(CALLS), new_call(unique_id="r-2", external_id="r-2"),
+                       keys=rawsql.columns_of(new_call()))
+                raise RuntimeError("the step failed")
+    assert pool.checkedout() == 0
+    assert db.session.execute(select(CALLS.c.unique_id)).scalars().all() == ["r-1"]
+
+
+@pytest.mark.postgres
+def test_a_pinned_connection_lost_is_replaced_at_the_next_transaction(pg_ctx):
+    with rawsql.pinned():
+        with pytest.raises(DBAPIError):
+            with rawsql.transaction() as tx:
+                pid = tx.first(select(db.func.pg_backend_pid().label("pid")))["pid"]
+                with db.engine.connect() as other:
+                    other.execute(select(db.func.pg_terminate_backend(pid)))
+                tx.first(select(CALLS.c.id))
+        with rawsql.transaction(write=False) as tx:
+            assert tx.first(select(db.func.pg_backend_pid().label("pid")))["pid"] != pid
+    assert db.engine.pool.checkedout() == 0
+
+
 @pytest.mark.postgres
 def test_an_event_is_two_round_trips_on_postgresql(pg_ctx, monkeypatch):
     """BEGIN rides with the upsert, the re-arm of the call's waiting job inside it, COMMIT with the last
