@@ -79,7 +79,10 @@ def test_body_over_64_kib(client, app):
     ({}, {"X-Forwarded-For": "203.0.113.5"}),
     ({}, {"X-Real-IP": "203.0.113.5"}),
     ({}, {"Forwarded": "for=203.0.113.5"}),
+    ({}, {"x-forwarded-host": "bot.example.by"}),
+    ({}, {"X-FORWARDED-PROTO": "https"}),
     ({"REMOTE_ADDR": "203.0.113.5"}, {}),
+    ({"REMOTE_ADDR": "::ffff:203.0.113.5"}, {}),
     ({"REMOTE_ADDR": "10.0.0.2"}, {}),
 ])
 def test_only_local_unproxied_requests(client, app, environ, headers):
@@ -89,6 +92,7 @@ def test_only_local_unproxied_requests(client, app, environ, headers):
 
 def test_ipv6_loopback_is_local(client):
     assert post(client, GOOD, environ_base={"REMOTE_ADDR": "::1"}).status_code == 202
+    assert post(client, {**GOOD, "unique_id": "u-2"}, environ_base={"REMOTE_ADDR": "::ffff:127.0.0.1"}).status_code == 202
 
 
 def test_internal_token_when_configured(db_url, tmp_path):
