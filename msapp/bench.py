@@ -346,7 +346,7 @@ def _ack_latency(env: Env, rate: float, seconds: float, tag: str = "ack") -> dic
             "ack_p99_ms": round(_pct(latencies, 99) * 1000, 2), "ack_drain_s": round(drain, 1)}
 
 
-def _cpu_ratio(env: Env, calls: int = 500, probes: int = 5000, senders: int = 4, rounds: int = 3) -> dict:
+def _cpu_ratio(env: Env, calls: int = 500, probes: int = 5000, senders: int = 4, rounds: int = 5) -> dict:
     """CPU of the service process per PBX event ÷ its CPU per `GET /healthz`, measured in one run.
 
     `rounds` rounds, each /healthz then events back to back (so both see the same machine); the median
