@@ -394,6 +394,7 @@ class WorkerPool:
         self._threads: list[threading.Thread] = []
         self._periodic: list[list] = []  # [interval, due (monotonic), task]
         self.ownership = None  # ownership.PgOwnership (PostgreSQL), taken at start
+        self.listener = None  # wakeups.Listener: other processes' jobs in this one's buckets
 
     def every(self, interval: float, task: Callable[[], Any]) -> None:
         """Run `task` (in an app context) every `interval` seconds, first one interval after start."""
@@ -410,6 +411,13 @@ class WorkerPool:
                 owner.start()
             self.queue.ownership = owner  # from now on this process claims only in its buckets
             t = threading.Thread(target=self._own, name="ms-owner", daemon=True)
+            t.start()
+            self._threads.append(t)
+            from .wakeups import Listener
+
+            with self.app.app_context():
+                self.listener = Listener(self.queue, owner, db.engine.url)
+            t = threading.Thread(target=self.listener.run, args=(self._stop,), name="ms-listen", daemon=True)
             t.start()
             self._threads.append(t)
         for i in range(self.size):

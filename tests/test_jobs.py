@@ -366,6 +366,65 @@ def test_a_worker_back_from_a_job_claims_again_only_if_work_may_wait(ctx):
     q.ownership = None
 
 
+def test_an_event_reaching_another_process_wakes_the_owner_at_once(pg_schema, tmp_path):
+    """The job an event queued in one process is announced (NOTIFY) to the process owning its bucket,
+    which wakes a worker at once instead of at its idle poll; a bucket it does not own wakes nobody there,
+    and a process alone sends nothing."""
+    from msapp.models import Enterprise
+    from msapp.ownership import PgOwnership, bucket_of
+    from msapp.services import events
+    from msapp.wakeups import Listener
+
+    apps = [make_app(pg_schema.url, tmp_path / f"p{i}") for i in range(2)]
+    owners, stop = [], threading.Event()
+    try:
+        for i, app in enumerate(apps):
+            with app.app_context():
+                ms().queue.worker_id = f"host:{8023 + i}"
+                owners.append(PgOwnership(ms().queue, set))
+                owners[-1].start()
+                ms().queue.ownership = owners[-1]
+        for _ in range(2):
+            for app, owner in zip(apps, owners):
+                with app.app_context():
+                    owner.tick()
+        numbers = [next(f"E{n}" for n in range(10_000) if bucket_of(f"E{n}") in set(o.claimable())) for o in owners]
+        with apps[0].app_context():
+            for number in numbers:
+                db.session.add(Enterprise(number=number, name=number, integrations_config={}))
+            db.session.commit()
+            listener = Listener(ms().queue, owners[0], db.engine.url)
+        threading.Thread(target=listener.run, args=(stop,), daemon=True).start()
+        assert listener.listening.wait(10)
+        woken = apps[0].extensions["ms"].queue
+
+        def event_in_process_1(number, uid):
+            with apps[1].app_context():
+                body = {"enterprise_number": number, "unique_id": uid, "direction": "in", "phone": "+375296254070",
+                        "event_type": "dial", "extensions": ["150"]}
+                events.accept(events.parse(body, None, {}), ms().queue, "event.call-event", body)
+
+        before = woken.generation
+        event_in_process_1(numbers[1], "theirs")  # process 1's own bucket: nothing for process 0
+        event_in_process_1(numbers[0], "mine")
+        deadline = time.time() + 5
+        while woken.generation == before and time.time() < deadline:
+            time.sleep(0.01)
+        assert woken.generation == before + 1
+        with apps[0].app_context():
+            assert woken.claim().key == f"call:{numbers[0]}:mine"
+        owners[1].live = [owners[1].worker_id]  # alone: no NOTIFY at all
+        event_in_process_1(numbers[0], "alone")
+        time.sleep(0.3)
+        assert woken.generation == before + 1
+    finally:
+        stop.set()
+        for owner in owners:
+            owner.stop()
+        for app in apps:
+            dispose(app)
+
+
 def test_a_second_process_on_one_sqlite_file_is_refused(tmp_path):
     from msapp.ownership import SecondProcess, SqliteOwnership
 

@@ -1,0 +1,92 @@
+"""Wake-ups between processes sharing PostgreSQL (LISTEN/NOTIFY).
+
+The PBX sends each call's events to one host, and ownership (msapp/ownership.py) may give that call's
+enterprise to another process: the job such an event queued waited for the owner's idle poll (0.5 s),
+the first card's tail with several processes. So an event's transaction that queues a job also sends a
+NOTIFY naming the job's bucket on this deployment's channel (PostgreSQL delivers it at the commit, never
+for a rolled-back transaction); every process LISTENs on a connection of its own and wakes one of its
+workers when the bucket is one it owns. It is sent only while other processes are alive (alone, the
+local notify is enough). Nothing depends on it: a lost notification costs at most the idle poll.
+"""
+from __future__ import annotations
+
+import logging
+import select
+import threading
+from typing import Optional
+
+from sqlalchemy import bindparam, func
+from sqlalchemy import select as sql_select
+
+log = logging.getLogger("msapp.wakeups")
+NOTIFY = sql_select(func.pg_notify(bindparam("_channel"), bindparam("_payload")))
+RECONNECT = 1.0
+
+
+def channel(bucket_class: int) -> str:
+    """This deployment's channel (from its schema's lock class: two deployments in one database never meet)."""
+    return f"ms_jobs_{bucket_class}"
+
+
+def announce(queue, tx, bucket: Optional[int]) -> None:
+    """In an event's transaction (`tx`, rawsql) that queued a job: tell the other live processes."""
+    owner = queue.ownership
+    if owner is None or owner.alone or bucket is None or not owner.bucket_class:
+        return
+    tx.later(NOTIFY, {"_channel": channel(owner.bucket_class), "_payload": str(bucket)})
+
+
+class Listener:
+    """LISTENs for other processes' jobs; wakes a worker of this one for those in its buckets."""
+
+    def __init__(self, queue, owner, url):
+        self.queue = queue
+        self.owner = owner
+        self.url = url
+        self.listening = threading.Event()  # set while LISTEN is in place (tests wait for it)
+
+    def run(self, stop: threading.Event) -> None:
+        from sqlalchemy import create_engine
+        from sqlalchemy.pool import NullPool
+
+        engine = create_engine(self.url, poolclass=NullPool, connect_args={
+            "connect_timeout": 3, "application_name": f"ms-listen {self.queue.worker_id}"[:63]})
+        while not stop.is_set():
+            if not self.owner.bucket_class:  # the ownership has not connected yet
+                stop.wait(RECONNECT)
+                continue
+            conn = None
+            try:
+                conn = engine.raw_connection()
+                dbapi = conn.dbapi_connection
+                dbapi.autocommit = True
+                cursor = dbapi.cursor()
+                cursor.execute(f'LISTEN "{channel(self.owner.bucket_class)}"')
+                cursor.close()
+                self.listening.set()
+                while not stop.is_set():
+                    if select.select([dbapi], [], [], RECONNECT)[0]:
+                        dbapi.poll()
+                        self._wake([n.payload for n in dbapi.notifies])
+                        dbapi.notifies.clear()
+            except Exception as exc:  # noqa: BLE001 - the database went away: the idle poll covers, retry
+                log.debug("listening for other processes' jobs failed: %s", type(exc).__name__)
+                stop.wait(RECONNECT)
+            finally:
+                self.listening.clear()
+                if conn is not None:
+                    try:
+                        conn.invalidate()
+                    except Exception as exc:  # noqa: BLE001 - gone already
+                        log.debug("closing the listening connection: %s", type(exc).__name__)
+        engine.dispose()
+
+    def _wake(self, payloads: list) -> None:
+        owned = self.owner.owned
+        for payload in payloads:
+            try:
+                bucket = int(payload)
+            except ValueError:
+                continue
+            if bucket in owned:
+                self.queue.notify()
