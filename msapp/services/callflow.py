@@ -11,9 +11,10 @@ been sent; the run sends only the difference, in the fewest requests the Phone A
 | hangup           | PUT /call/{id}: endTime, recordUrl, comment, counterparty, HIDE the rest |
 
 Events that arrive together are folded into fewer requests; a call that ended before it was created
-is created whole in one POST. No transaction is held across a MoySklad request, and every result is
-committed as soon as MoySklad confirms it, so a crash repeats at most the request in flight; a create
-whose answer was lost is probed by externalId before it is sent again.
+is created whole in one POST. No transaction is held across a MoySklad request. What a request did is
+committed with the job's outcome (one write transaction per job); the guard before a create (and a
+customer's or an order's) is committed before it is sent, so a crash repeats at most the requests of
+the job in flight, and a create whose answer was lost is probed by externalId before it is sent again.
 """
 from __future__ import annotations
 
