@@ -170,39 +170,3 @@ def test_a_pinned_connection_lost_is_replaced_at_the_next_transaction(pg_ctx):
         with rawsql.transaction(write=False) as tx:
             assert tx.first(select(db.func.pg_backend_pid().label("pid")))["pid"] != pid
     assert db.engine.pool.checkedout() == 0
-
-
-@pytest.mark.postgres
-def test_an_event_is_two_round_trips_on_postgresql(pg_ctx, monkeypatch):
-    """BEGIN rides with the upsert, the re-arm of the call's waiting job inside it, COMMIT with the last
-    batch: every event is 2 round trips. A worker is woken only for a job inserted, not for one re-armed
-    (it was announced when queued); a call whose job is running gets a new one."""
-    from msapp.models import Enterprise
-    from msapp.services import events
-    from msapp.state import ms
-
-    db.session.add(Enterprise(number="0367", name="Co", integrations_config={}))
-    db.session.commit()
-    sent = []
-    real = rawsql.Tx._send
-    monkeypatch.setattr(rawsql.Tx, "_send", lambda self, sql, params: sent.append(
-        ("" if self.begun else "BEGIN;\n") + sql) or real(self, sql, params))
-    base = {"enterprise_number": "0367", "unique_id": "rt-1", "direction": "in", "phone": "+375296254070"}
-    queue = ms().queue
-    for body, woken in (({**base, "event_type": "dial", "extensions": ["150"]}, 1),
-                        ({**base, "event_type": "answer", "extension": "150"}, 0),
-                        ("claim", None),
-                        ({**base, "event_type": "hangup", "call_status": "answered"}, 1)):
-        if body == "claim":
-            assert queue.claim() is not None
-            continue
-        sent.clear()
-        before = queue.generation
-        events.accept(events.parse(body, None, {}), queue, "event.call-event", body)
-        assert len(sent) == 2, sent
-        assert sent[0].startswith("BEGIN;") and sent[-1].endswith("COMMIT")
-        assert queue.generation - before == woken
-    jobs = db.session.execute(select(JOBS.c.key, JOBS.c.status).order_by(JOBS.c.id)).all()
-    # the answer re-armed the dial's job; the hangup came while it ran: a job of its own
-    assert jobs == [("call:0367:rt-1", "running"), ("call:0367:rt-1", "pending")]
-    assert db.session.execute(select(CALLS.c.status)).scalar_one() == "ended"
