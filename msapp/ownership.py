@@ -50,6 +50,16 @@ def bucket_of(enterprise: Optional[str]) -> Optional[int]:
     return None if enterprise is None else zlib.crc32(enterprise.encode("utf-8")) % BUCKETS
 
 
+def dedicated_engine(url, role: str, worker_id: str, **connect_args):
+    """Unpooled connections for one of this process's own sessions (the ownership's, the listener's),
+    named `<role> <worker id>` in pg_stat_activity."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    return create_engine(url, poolclass=NullPool, connect_args={
+        "connect_timeout": 3, "application_name": f"{role} {worker_id}"[:63], **connect_args})
+
+
 def lock_classes(schema: str) -> tuple:
     """The two advisory-lock classes (workers, buckets) of the deployment living in `schema`: advisory
     locks are database-wide, so two deployments (or test schemas) in one database never meet."""
@@ -126,11 +136,7 @@ class PgOwnership:
     # -- the connection ---------------------------------------------------------------------------
     def _connect(self) -> None:
         if self._engine is None:  # its own connection, with client keepalives: a lost server is noticed fast
-            from sqlalchemy import create_engine
-            from sqlalchemy.pool import NullPool
-
-            self._engine = create_engine(db.engine.url, poolclass=NullPool, connect_args={
-                "connect_timeout": 3, "application_name": f"ms-owner {self.worker_id}"[:63], **KEEPALIVE})
+            self._engine = dedicated_engine(db.engine.url, "ms-owner", self.worker_id, **KEEPALIVE)
         conn = self._engine.connect()
         self.worker_class, self.bucket_class = lock_classes(conn.exec_driver_sql("SELECT current_schema()").scalar())
         for statement in SERVER_KEEPALIVE:  # so the server drops our locks soon after our host vanishes

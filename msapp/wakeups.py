@@ -31,7 +31,7 @@ def channel(bucket_class: int) -> str:
 def announce(queue, tx, bucket: Optional[int]) -> None:
     """In an event's transaction (`tx`, rawsql) that queued a job: tell the other live processes."""
     owner = queue.ownership
-    if owner is None or owner.alone or bucket is None or not owner.bucket_class:
+    if owner is None or owner.alone or bucket is None:  # set only once connected: its bucket class is known
         return
     tx.later(NOTIFY, {"_channel": channel(owner.bucket_class), "_payload": str(bucket)})
 
@@ -46,15 +46,10 @@ class Listener:
         self.listening = threading.Event()  # set while LISTEN is in place (tests wait for it)
 
     def run(self, stop: threading.Event) -> None:
-        from sqlalchemy import create_engine
-        from sqlalchemy.pool import NullPool
+        from .ownership import dedicated_engine
 
-        engine = create_engine(self.url, poolclass=NullPool, connect_args={
-            "connect_timeout": 3, "application_name": f"ms-listen {self.queue.worker_id}"[:63]})
-        while not stop.is_set():
-            if not self.owner.bucket_class:  # the ownership has not connected yet
-                stop.wait(RECONNECT)
-                continue
+        engine = dedicated_engine(self.url, "ms-listen", self.queue.worker_id)
+        while not stop.is_set():  # started after the ownership connected: its bucket class is known
             conn = None
             try:
                 conn = engine.raw_connection()
