@@ -1,10 +1,17 @@
-"""The transport's direct path (urllib3, without requests' session machinery), against the sandbox on a
-real socket: it is taken exactly when requests would only pass the request on, and answers and
-failures look the same to the clients as through requests."""
+"""The transport's direct path (libcurl, without requests' session machinery), against the sandbox and a
+small recording server on real sockets: it is taken exactly when requests would only pass the request
+on, and answers and failures look the same to the clients as through requests."""
+import collections
+import gzip
+import json
+import ssl
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
+import trustme
 
 from msapp.moysklad import MoySkladError
 from msapp.moysklad import http as transport
@@ -83,10 +90,135 @@ def test_requests_carries_query_parameters_and_proxies(sandbox, monkeypatch):
     assert not phone(sandbox, session=requests.Session())._direct_ok(session, f"{sandbox.phone_url}/call", None)
 
 
-def test_the_direct_path_verifies_tls_as_requests_does(monkeypatch):
-    import certifi
+class Recorder:
+    """An HTTP/1.1 server on a free port (TLS with `tls`) that answers every request with `answer` and
+    records what came: method, path, headers, body and the client's port (one per connection)."""
 
-    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
-    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
-    pool, prefix = transport._host_pool("https://api.moysklad.example/api/phone/1.0")
-    assert pool.cert_reqs == "CERT_REQUIRED" and pool.ca_certs == certifi.where() and prefix == "/api/phone/1.0"
+    def __init__(self, tls=None):
+        self.seen, self.answer = [], (200, {"Content-Type": "application/json"}, b'{"ok": true}')
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *_args):
+                pass
+
+            def _any(self):
+                size = int(self.headers.get("Content-Length") or 0)
+                outer.seen.append({"method": self.command, "path": self.path, "headers": dict(self.headers),
+                                   "body": self.rfile.read(size) if size else b"", "port": self.client_address[1]})
+                status, headers, body = outer.answer
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = do_PUT = do_DELETE = _any
+
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 64  # 40 threads connect at once
+
+        self.server = Server(("127.0.0.1", free_port()), Handler)
+        self.server.daemon_threads = True
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.server.server_address[1]}/api/phone/1.0"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def recorder():
+    server = Recorder()
+    yield server
+    server.close()
+
+
+def test_methods_bodies_and_headers_go_as_asked_on_one_kept_connection(recorder, no_requests):
+    client = PhoneApi(recorder.url, "k" * 32)
+    client.create_call(CALL)
+    client.get_call("c-1")
+    client.request("DELETE", "/call/c-1")
+    client.update_call("c-1", {"comment": "Входящий"})
+    post, get, delete, put = recorder.seen
+    assert [r["method"] for r in recorder.seen] == ["POST", "GET", "DELETE", "PUT"]
+    assert json.loads(post["body"]) == CALL and get["body"] == b"" and delete["body"] == b""
+    assert json.loads(put["body"].decode("utf-8")) == {"comment": "Входящий"}
+    assert put["path"] == "/api/phone/1.0/call/c-1"
+    for seen in recorder.seen:  # what MoySklad requires, and no 100-continue round trip
+        assert seen["headers"]["Lognex-Phone-Auth-Token"] == "k" * 32 and "Expect" not in seen["headers"]
+        assert seen["headers"]["Accept"] == transport.ACCEPT and seen["headers"]["Accept-Encoding"] == "gzip"
+    assert post["headers"]["Content-Type"] == "application/json"
+    assert len({r["port"] for r in recorder.seen}) == 1  # keep-alive: one connection for the thread
+
+
+def test_the_process_keeps_a_few_connections_however_many_threads_send(recorder, no_requests, monkeypatch):
+    """Handles (each with its keep-alive connections) are the process's, lent per request: after 40 threads
+    sent at once, at most KEEP are kept, and a later thread's request goes on a connection already open."""
+    monkeypatch.setattr(transport, "_IDLE", collections.deque())
+    client, start = PhoneApi(recorder.url, "k" * 32), threading.Barrier(40)
+
+    def send():
+        start.wait()
+        client.create_call(CALL)
+
+    threads = [threading.Thread(target=send) for _ in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(recorder.seen) == 40 and len(transport._IDLE) == transport.KEEP
+    opened = {r["port"] for r in recorder.seen}
+    later = threading.Thread(target=client.create_call, args=(CALL,))
+    later.start()
+    later.join(10)
+    assert len(recorder.seen) == 41 and recorder.seen[-1]["port"] in opened
+
+
+def test_a_gzipped_answer_is_decoded_and_headers_read_in_any_case(recorder, no_requests):
+    body = json.dumps({"id": "z-1", "comment": "сжато"}, ensure_ascii=False).encode("utf-8")
+    recorder.answer = (200, {"Content-Type": "application/json", "Content-Encoding": "gzip"}, gzip.compress(body))
+    assert PhoneApi(recorder.url, "k" * 32).create_call(CALL) == {"id": "z-1", "comment": "сжато"}
+    recorder.answer = (429, {"x-lognex-retry-after": "1500"}, b'{"errors": [{"error": "too many"}]}')
+    with pytest.raises(MoySkladError) as caught:
+        PhoneApi(recorder.url, "k" * 32).create_call(CALL)
+    assert caught.value.status == 429 and caught.value.retry_after == pytest.approx(1.5)
+
+
+def test_libcurl_reads_no_proxy_of_its_own(recorder, no_requests, monkeypatch):
+    """The direct path is taken only where the environment names no proxy for the URL (requests' reading of
+    NO_PROXY decides); libcurl, which reads the same variables its own way, must not send it to one."""
+    monkeypatch.setattr(transport, "env_proxies", lambda _url: {})
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setattr(transport, "_IDLE", collections.deque())  # a handle made with these variables set
+    assert PhoneApi(recorder.url, "k" * 32).create_call(CALL) == {"ok": True}
+    assert recorder.seen[0]["path"] == "/api/phone/1.0/call"
+
+
+def test_the_direct_path_verifies_tls_as_requests_does(tmp_path, monkeypatch, no_requests):
+    """Against a server whose certificate a test CA signed: refused with the default bundle (certifi's),
+    accepted once REQUESTS_CA_BUNDLE names that CA, as requests would."""
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    server = Recorder(tls=context)
+    try:
+        monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+        monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+        with pytest.raises(MoySkladError) as caught:
+            PhoneApi(server.url, "k" * 32).create_call(CALL)
+        assert caught.value.network and server.seen == []
+        bundle = tmp_path / "ca.pem"
+        ca.cert_pem.write_to_path(str(bundle))
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+        assert PhoneApi(server.url, "k" * 32).create_call(CALL) == {"ok": True}
+        assert server.seen[0]["method"] == "POST"
+    finally:
+        server.close()
