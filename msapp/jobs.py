@@ -37,7 +37,7 @@ from . import metrics, rawsql
 from .clock import utcnow
 from .extensions import db
 from .models import Job
-from .ownership import bucket_of
+from .ownership import BUCKETS, bucket_of
 from .redact import redact_text
 
 log = logging.getLogger("msapp.jobs")
@@ -175,6 +175,7 @@ class JobQueue:
         self._generation = 0
         self._claim_lock = threading.Lock()
         self.ownership = None  # ownership.PgOwnership when several processes share PostgreSQL
+        self._bucket_list: tuple = (None, None)  # the owned buckets, and their bound form
 
     # -- registration and enqueue -------------------------------------------------------------
     def register(self, kind: str, handler: Handler, max_attempts: int = 10) -> None:
@@ -276,8 +277,12 @@ class JobQueue:
         as_list = _pg_array if dialect == "postgresql" else json.dumps
         params = {"_now": now, "_by": self.worker_id, "_lease": now + timedelta(seconds=self.lease_seconds),
                   "_retaken": retaken, "_busy": as_list(sorted(busy))}
+        if buckets is not None and len(buckets) >= BUCKETS:
+            buckets = None  # it owns them all (alone): the filter would let every job through
         if buckets is not None:
-            params["_buckets"] = as_list(sorted(buckets))
+            if self._bucket_list[0] != buckets:  # they change at ownership ticks, not per claim
+                self._bucket_list = (buckets, as_list(sorted(buckets)))
+            params["_buckets"] = self._bucket_list[1]
         job = tx.first(st[buckets is not None], params)
         if job is None:
             return None
