@@ -72,7 +72,8 @@ def create_app(config: Optional[Mapping[str, str]] = None) -> Flask:
     clients = MoySkladClients(settings, breakers)
     customers = Customers(clients)
     tasks = Tasks(clients, configs, customers, queue)
-    queue.register(SYNC_KIND, CallSync(clients, configs, customers, tasks), max_attempts=12)
+    queue.register(SYNC_KIND, CallSync(clients, configs, customers, tasks), max_attempts=12,
+                   subject=callflow.SUBJECT)
     queue.register(TASK_KIND, tasks, max_attempts=8)
     queue.register(click_to_call.KIND, click_to_call.Originate(settings.originate_url, configs), max_attempts=4)
     # a saved config may carry a fixed key: the refused-key pause ends, the next request tells

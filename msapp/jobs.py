@@ -9,6 +9,8 @@ Rules (DESIGN.md section 7):
 - A claim is one UPDATE of the first due job (picked in the same statement; on PostgreSQL `FOR UPDATE
   SKIP LOCKED`, on SQLite under the writer lock), returning it: two claimers never both win and
   consumers do not queue up behind each other.
+- A kind of job may name the row it is about (`Subject`): the claim reads it, after taking the job, in
+  the same round trip (PostgreSQL) or transaction (SQLite), and hands it to the handler.
 - A running job whose lease expired (its process died) is claimed again; the crash counts as an attempt.
 - Failures back off exponentially with jitter; a handler may ask for a wait (`Retry(after)`), or for a
   wait that is not an attempt (`Defer(after)`: our own rate limiter, an open breaker); `Permanent` is
@@ -31,7 +33,21 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable, Optional
 
-from sqlalchemy import Integer, and_, bindparam, case, exists, func, insert, literal_column, or_, select, update
+from sqlalchemy import (
+    Integer,
+    Text,
+    and_,
+    bindparam,
+    case,
+    cast,
+    exists,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+    update,
+)
 
 from . import metrics, rawsql
 from .clock import utcnow
@@ -73,6 +89,16 @@ class Permanent(Exception):
 
 
 @dataclass(frozen=True)
+class Subject:
+    """The row a kind of job is about: `table`'s row whose `id` is the payload's `key`, its `columns` (a
+    handler's first read, done by the claim instead)."""
+
+    table: Any
+    key: str
+    columns: tuple
+
+
+@dataclass(frozen=True)
 class JobContext:
     id: int
     kind: str
@@ -82,6 +108,7 @@ class JobContext:
     attempts: int
     max_attempts: int
     created_at: Optional[datetime] = None
+    subject: Optional[dict] = None  # its kind's Subject row, read with the claim (None: none, or gone)
 
 
 Handler = Callable[[JobContext], Any]
@@ -93,10 +120,11 @@ def backoff(attempts: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP)
     return random.uniform(ceiling / 2, ceiling)
 
 
-_CLAIM: dict = {}
+_JOB_COLUMNS = ("id", "kind", "key", "enterprise_number", "payload", "attempts", "max_attempts", "created_at",
+                "last_error")
 
 
-def _claim_statements(dialect: str) -> dict:
+def _claim_statements(dialect: str, subjects: dict) -> dict:
     """The claim, built once per dialect and run through `rawsql`: one UPDATE that picks the first due
     job, takes it and returns it. A job whose lease expired (its process died) gets `_retaken` as its
     last error: RETURNING shows new values only (and SQLite's cannot name a FROM table), so that is how
@@ -104,10 +132,14 @@ def _claim_statements(dialect: str) -> dict:
 
     The lists (enterprises this process is busy with, buckets it owns) are bound as one value each (a
     PostgreSQL array, a JSON text on SQLite), not expanded: 256 buckets expanded into an IN list cost a
-    third of the service's CPU per event on PostgreSQL."""
-    found = _CLAIM.get(dialect)
-    if found is not None:
-        return found
+    third of the service's CPU per event on PostgreSQL.
+
+    With `subjects` (kind -> Subject), PostgreSQL: the UPDATE (`mark`) only notes the id it took, and
+    `read` returns the job with its subject's row, sent with it in one round trip. `read` is a statement of
+    its own on purpose: in READ COMMITTED it reads with a snapshot taken after the job is locked, so an
+    event that re-armed the job and committed while the claim was on its way is in the row (a join in
+    the UPDATE's own statement would read the calls as they were when it started). SQLite: `subject`
+    (kind -> SELECT by `_id`) runs after the claim, in its transaction (writers are serialized)."""
     j = Job.__table__
     p = j.alias("p")
     # One job of a key at a time, earliest first: blocked by an earlier waiting one, or by any running one
@@ -117,7 +149,7 @@ def _claim_statements(dialect: str) -> dict:
     due = or_(and_(j.c.status == "pending", j.c.run_at <= bindparam("_now")),
               and_(j.c.status == "running", j.c.lease_until < bindparam("_now")))
     if dialect == "postgresql":  # array literals ('{1,2}'): one string to send, not 256 values to adapt
-        from sqlalchemy import Text, all_, any_, cast
+        from sqlalchemy import all_, any_
         from sqlalchemy.dialects.postgresql import ARRAY
 
         not_busy = j.c.enterprise_number != all_(cast(bindparam("_busy"), ARRAY(Text)))
@@ -129,7 +161,7 @@ def _claim_statements(dialect: str) -> dict:
         not_busy = j.c.enterprise_number.not_in(listed("_busy"))
         owned = j.c.bucket.in_(listed("_buckets"))
     base = select(j.c.id).where(due, ~blocked, or_(j.c.enterprise_number.is_(None), not_busy))
-    found = {}
+    found: dict = {"subject": {}}
     for in_buckets in (False, True):
         query = base
         if in_buckets:  # several processes: only the buckets this one owns (msapp/ownership.py)
@@ -137,15 +169,32 @@ def _claim_statements(dialect: str) -> dict:
         query = query.order_by(j.c.run_at, j.c.id).limit(1)
         if dialect == "postgresql":  # SQLite: writers are serialized (BEGIN IMMEDIATE) already
             query = query.with_for_update(skip_locked=True, of=j)
-        found[in_buckets] = (
-            update(j).where(j.c.id == query.scalar_subquery())
-            .values(status="running", attempts=j.c.attempts + 1, locked_by=bindparam("_by"),
-                    lease_until=bindparam("_lease"), updated_at=bindparam("_now"),
-                    last_error=case((j.c.status == "running", bindparam("_retaken")), else_=j.c.last_error))
-            .returning(j.c.id, j.c.kind, j.c.key, j.c.enterprise_number, j.c.payload, j.c.attempts,
-                       j.c.max_attempts, j.c.created_at, j.c.last_error))
-    _CLAIM[dialect] = found
+        take = update(j).where(j.c.id == query.scalar_subquery()).values(
+            status="running", attempts=j.c.attempts + 1, locked_by=bindparam("_by"), lease_until=bindparam("_lease"),
+            updated_at=bindparam("_now"),
+            last_error=case((j.c.status == "running", bindparam("_retaken")), else_=j.c.last_error))
+        found[in_buckets] = take.returning(*(j.c[name] for name in _JOB_COLUMNS))
+        if dialect == "postgresql" and subjects:  # the id taken, for `read`, until the claim commits
+            found["mark", in_buckets] = take.returning(func.set_config(_CLAIMED, cast(j.c.id, Text), True))
+    if dialect == "postgresql" and subjects:
+        joined, columns = j, [j.c[name] for name in _JOB_COLUMNS]
+        for n, (kind, subject) in enumerate(sorted(subjects.items())):
+            row, key = subject.table.alias(f"s{n}"), j.c.payload[subject.key].as_string()
+            # cast only a plain id of this kind's payload: another kind's (or a malformed) value must not
+            # make every claim fail (SQL does not promise to evaluate an AND left to right; CASE does)
+            row_id = case((and_(j.c.kind == kind, key.regexp_match("^[0-9]{1,9}$")), cast(key, Integer)))
+            joined = joined.outerjoin(row, row.c.id == row_id)
+            columns += [row.c[name].label(f"s{n}_{name}") for name in subject.columns]
+        taken = cast(func.nullif(func.current_setting(_CLAIMED, True), ""), Integer)
+        found["read"] = select(*columns).select_from(joined).where(j.c.id == taken)
+    else:
+        for kind, subject in subjects.items():
+            found["subject"][kind] = select(*(subject.table.c[name] for name in subject.columns)).where(
+                subject.table.c.id == bindparam("_id"))
     return found
+
+
+_CLAIMED = "ms.claimed_job"  # a setting local to the claim's transaction: the id it took
 
 
 _JOBS = Job.__table__
@@ -167,6 +216,8 @@ class JobQueue:
         self.retry_horizon = timedelta(seconds=retry_horizon)
         self.worker_id = worker_id or f"{uuid.uuid4().hex[:8]}"
         self.handlers: dict[str, tuple[Handler, int]] = {}
+        self.subjects: dict[str, Subject] = {}
+        self._claims: dict = {}  # claim statements by dialect (they depend on the subjects)
         # Called before each run, and to add buffered rows to the transaction that records its outcome.
         self.start_hooks: list[Callable[[], None]] = []
         self.flush_hooks: list[Callable[[rawsql.Tx], None]] = []
@@ -178,8 +229,12 @@ class JobQueue:
         self._bucket_list: tuple = (None, None)  # the owned buckets, and their bound form
 
     # -- registration and enqueue -------------------------------------------------------------
-    def register(self, kind: str, handler: Handler, max_attempts: int = 10) -> None:
+    def register(self, kind: str, handler: Handler, max_attempts: int = 10, subject: Optional[Subject] = None) -> None:
+        """Run `handler` for jobs of `kind`; with `subject`, each claim reads that row (JobContext.subject)."""
         self.handlers[kind] = (handler, max_attempts)
+        if subject is not None:
+            self.subjects[kind] = subject
+            self._claims = {}
 
     def enqueue(self, kind: str, key: str, payload: Optional[dict] = None, *,
                 enterprise_number: Optional[str] = None, delay: float = 0.0,
@@ -271,7 +326,9 @@ class JobQueue:
 
     def _claim(self, tx: rawsql.Tx, busy: frozenset, buckets: Optional[frozenset]) -> Optional[JobContext]:
         dialect = tx.dialect.name
-        st = _claim_statements(dialect)
+        st = self._claims.get(dialect)
+        if st is None:
+            st = self._claims[dialect] = _claim_statements(dialect, self.subjects)
         now = utcnow()
         retaken = f"lease expired (its process stopped); taken again by {self.worker_id} at {now:%H:%M:%S.%f}"
         as_list = _pg_array if dialect == "postgresql" else json.dumps
@@ -283,13 +340,29 @@ class JobQueue:
             if self._bucket_list[0] != buckets:  # they change at ownership ticks, not per claim
                 self._bucket_list = (buckets, as_list(sorted(buckets)))
             params["_buckets"] = self._bucket_list[1]
-        job = tx.first(st[buckets is not None], params)
+        if "read" in st:  # PostgreSQL with subjects: take, then read with the subject, one round trip
+            tx.later(st["mark", buckets is not None], params)
+            job = tx.first(st["read"])
+        else:
+            job = tx.first(st[buckets is not None], params)
         if job is None:
             return None
         if job["last_error"] == retaken:
             log.warning("job %s (%s) taken again after its lease expired", job["id"], job["kind"])
-        return JobContext(job["id"], job["kind"], job["key"], job["enterprise_number"], dict(job["payload"] or {}),
-                          job["attempts"], job["max_attempts"], job["created_at"])
+        payload = dict(job["payload"] or {})
+        return JobContext(job["id"], job["kind"], job["key"], job["enterprise_number"], payload, job["attempts"],
+                          job["max_attempts"], job["created_at"], self._subject(tx, st, job, payload))
+
+    def _subject(self, tx: rawsql.Tx, st: dict, job: dict, payload: dict) -> Optional[dict]:
+        subject = self.subjects.get(job["kind"])
+        if subject is None:
+            return None
+        if "read" in st:  # read with the claim, as s<n>_<column>
+            prefix = f"s{sorted(self.subjects).index(job['kind'])}_"
+            row = {name: job[prefix + name] for name in subject.columns}
+            return row if row.get("id") is not None else None
+        key = payload.get(subject.key)
+        return tx.first(st["subject"][job["kind"]], {"_id": key}) if isinstance(key, int) else None
 
     def _finish(self, job_id: int, **values: Any) -> None:
         """Record the job's outcome (only if this worker still holds it), with the journal rows its run

@@ -437,3 +437,90 @@ def test_a_second_process_on_one_sqlite_file_is_refused(tmp_path):
         first.stop()
     second.start()  # free again once the first has stopped
     second.stop()
+
+
+def _a_call(unique_id: str) -> int:
+    """A call.sync job for a new call (as an event queues it); returns the call's id."""
+    from msapp.models import Enterprise
+    from msapp.services import events
+
+    if db.session.get(Enterprise, "0367") is None:
+        db.session.add(Enterprise(number="0367", name="Co", integrations_config={}))
+    db.session.commit()
+    body = {"enterprise_number": "0367", "unique_id": unique_id, "direction": "in", "phone": "+375296254070",
+            "event_type": "dial", "extensions": ["150"]}
+    return events.accept(events.parse(body, None, {}), ms().queue, "event.call-event", body)
+
+
+def test_a_claim_reads_its_jobs_subject_with_it(ctx, monkeypatch):
+    """A sync's claim brings its call (every column the sync reads), in the claim's one execute on
+    PostgreSQL; other kinds get none (a value under the same key is never read as an id), and a job whose
+    call is gone, or whose id is not one, gets None (the handler reads, finds none)."""
+    from msapp.models import Call
+    from msapp.services.callflow import SUBJECT
+
+    call_id = _a_call("s-1")
+    gone = _a_call("s-2")
+    db.session.query(Call).filter_by(id=gone).delete()
+    db.session.commit()
+    add(kind="test", key="other", payload={"call_id": "f5e15329-54a0-4e5f"})  # not a call's id: never cast
+    add(kind="call.sync", key="bad", payload={"call_id": "1; DROP"})
+    sent, real = [], rawsql.Tx._send
+    monkeypatch.setattr(rawsql.Tx, "_send", lambda self, sql, params: sent.append(sql) or real(self, sql, params))
+    first = ms().queue.claim()
+    assert first.kind == "call.sync" and first.subject["id"] == call_id and first.subject["unique_id"] == "s-1"
+    assert set(first.subject) == set(SUBJECT.columns) and first.subject["extensions"] == ["150"]
+    assert first.subject["created_at"] is not None and first.subject["create_attempted"] is False
+    if db.engine.dialect.name == "postgresql":
+        claim = [sql for sql in sent if "set_config" in sql]
+        assert len(claim) == 1 and "FROM ms_jobs LEFT OUTER JOIN" in claim[0].replace("\n", " ")
+        assert not [sql for sql in sent if "ms_calls" in sql and sql not in claim]
+    second, third, fourth = ms().queue.claim(), ms().queue.claim(), ms().queue.claim()
+    assert second.subject is None and second.payload == {"call_id": gone}
+    assert third.kind == "test" and third.subject is None
+    assert fourth.key == "bad" and fourth.subject is None
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)  # SQLite: nothing commits while a claim runs
+def test_the_subject_is_read_after_the_job_is_taken(ctx):
+    """PostgreSQL: the subject is read by a statement after the claim's UPDATE, with a snapshot of its own.
+    A change to the call committed while the claim runs (here: a trigger holds the UPDATE until the test
+    has committed it) is in the row the handler gets; read in the UPDATE's own statement, it was not."""
+    import psycopg2
+
+    from msapp.models import Call
+
+    call_id = _a_call("r-1")
+    db.session.execute(db.text(
+        "CREATE FUNCTION hold_claim() RETURNS trigger AS $$ BEGIN PERFORM pg_advisory_lock(7041);"
+        " PERFORM pg_advisory_unlock(7041); RETURN NEW; END $$ LANGUAGE plpgsql;"
+        " CREATE TRIGGER hold_claim BEFORE UPDATE ON ms_jobs FOR EACH ROW EXECUTE FUNCTION hold_claim()"))
+    db.session.commit()
+    other = psycopg2.connect(str(db.engine.url.render_as_string(hide_password=False)).replace("+psycopg2", ""))
+    schema = db.session.execute(db.text("SELECT current_schema()")).scalar()
+    db.session.commit()
+    try:
+        with other.cursor() as cur:
+            cur.execute(f'SET search_path TO "{schema}"')
+            cur.execute("SELECT pg_advisory_lock(7041)")
+        other.commit()
+        claimed = []
+        worker = threading.Thread(target=lambda: claimed.append(_claim_in(ctx)))
+        worker.start()
+        time.sleep(0.5)  # the claim has begun: its UPDATE waits in the trigger
+        with other.cursor() as cur:
+            cur.execute("UPDATE ms_calls SET answered_extension = '150' WHERE id = %s", (call_id,))
+        other.commit()
+        with other.cursor() as cur:
+            cur.execute("SELECT pg_advisory_unlock(7041)")
+        other.commit()
+        worker.join(10)
+        assert claimed and claimed[0].subject["answered_extension"] == "150"
+    finally:
+        other.close()
+    assert db.session.get(Call, call_id) is not None
+
+
+def _claim_in(app):
+    with app.app_context():
+        return ms().queue.claim()

@@ -28,7 +28,7 @@ from sqlalchemy import bindparam, select, update
 
 from .. import metrics, rawsql
 from ..errors import ApiError
-from ..jobs import Defer, JobContext
+from ..jobs import Defer, JobContext, Subject
 from ..models import Call
 from ..moysklad import BreakerOpen, MoySkladError, RateLimited, RetryPolicy
 from ..moysklad.formats import to_moysklad_time
@@ -87,6 +87,8 @@ class Snapshot:
 
 _SELECT_CALL = select(*(Call.__table__.c[name] for name in Snapshot.__dataclass_fields__)).where(
     Call.__table__.c.id == bindparam("_id"))
+# What a sync reads first: its call, read by the claim that takes the job (msapp/jobs.py, Subject).
+SUBJECT = Subject(Call.__table__, "call_id", tuple(Snapshot.__dataclass_fields__))
 
 
 def card_mode(snap: Snapshot, cfg: dict) -> str:
@@ -136,8 +138,10 @@ class CallSync:
         self.policy = RetryPolicy()
 
     def __call__(self, job: JobContext) -> None:
-        with rawsql.transaction(write=False) as tx:  # never hold a transaction across a MoySklad request
-            row = tx.first(_SELECT_CALL, {"_id": job.payload.get("call_id")})
+        row = job.subject
+        if row is None:  # not read with the claim (or the call is gone): read it, in a short transaction
+            with rawsql.transaction(write=False) as tx:  # never hold a transaction across a MoySklad request
+                row = tx.first(_SELECT_CALL, {"_id": job.payload.get("call_id")})
         if row is None:
             return
         snap = Snapshot(**row)
