@@ -223,6 +223,7 @@ class JobQueue:
         self.flush_hooks: list[Callable[[rawsql.Tx], None]] = []
         self._wakeup = threading.Condition()
         self._signals = 0  # notified jobs no claim has matched yet (see worth_claiming)
+        self._running_keys: dict[str, int] = {}  # keys whose job a worker here runs now
         self._generation = 0
         self._claim_lock = threading.Lock()
         self.ownership = None  # ownership.PgOwnership when several processes share PostgreSQL
@@ -253,18 +254,29 @@ class JobQueue:
             return None
         return rawsql.session_tx().first(_INSERT_JOB, row, keys=_JOB_KEYS)["id"]
 
-    def notify(self, everyone: bool = False) -> None:
+    def notify(self, everyone: bool = False, key: Optional[str] = None) -> None:
         """Wake one idle worker of this process (call after committing a new job); all when stopping.
 
-        Waking every worker for one job would make each run a claim transaction for nothing.
+        Waking every worker for one job would make each run a claim transaction for nothing; so would
+        waking one for a job of `key` while a worker here runs that key's job (per-key order holds the
+        new one back): that worker claims again when it is back (`worth_claiming`), and finds it.
         """
         with self._wakeup:
             self._signals += 1
             self._generation += 1
             if everyone:
                 self._wakeup.notify_all()
-            else:
+            elif key is None or key not in self._running_keys:
                 self._wakeup.notify()
+
+    def running(self, key: str, delta: int) -> None:
+        """A worker here starts (+1) or has finished (-1) a job of `key` (see `notify`)."""
+        with self._wakeup:
+            count = self._running_keys.get(key, 0) + delta
+            if count > 0:
+                self._running_keys[key] = count
+            else:
+                self._running_keys.pop(key, None)
 
     def wait(self, timeout: float) -> None:
         with self._wakeup:
@@ -617,6 +629,7 @@ class WorkerPool:
                     self.queue.wait(self.idle_poll)
                     continue
                 started, ran = time.monotonic(), True
+                self.queue.running(job.key, 1)
                 try:
                     self.queue.run_one(job)
                 except Exception as exc:
@@ -625,6 +638,7 @@ class WorkerPool:
                     with self._lock:
                         self._unrecorded.add(job.id)
                 finally:
+                    self.queue.running(job.key, -1)  # before it looks for more (worth_claiming)
                     self._track(job.enterprise_number, -1)
                     metrics.JOB_SECONDS.labels(job.kind).observe(time.monotonic() - started)
             db.session.remove()

@@ -366,6 +366,48 @@ def test_a_worker_back_from_a_job_claims_again_only_if_work_may_wait(ctx):
     q.ownership = None
 
 
+def test_a_job_behind_one_running_here_wakes_no_worker_and_runs_when_it_ends(ctx, monkeypatch):
+    """A job whose key has a job running in this process cannot be claimed before that one ends: waking an
+    idle worker for it bought a claim that found nothing. The worker back from the running job claims it
+    at once (not at the idle poll); a job of another key still wakes an idle worker at once."""
+    q, started, gate, done = ms().queue, threading.Event(), threading.Event(), []
+
+    def handler(j):
+        if j.payload["n"] == 0:
+            started.set()
+            gate.wait(10)
+        done.append(j.payload["n"])
+
+    q.register("test", handler)
+    pool = WorkerPool(ctx, q, 2, idle_poll=2.5)  # an idle poll longer than the test waits
+    pool.start()
+    claims, real = [], q.claim
+    try:
+        time.sleep(0.2)  # both workers have claimed once and found nothing: now idle until a notify
+        add(key="call-1", payload={"n": 0})
+        q.notify(key="call-1")
+        assert started.wait(5)
+        monkeypatch.setattr(q, "claim", lambda *a: claims.append(1) or real(*a))
+        add(key="call-1", payload={"n": 1})
+        q.notify(key="call-1")
+        time.sleep(0.3)
+        assert claims == []  # the idle worker slept on
+        gate.set()
+        deadline = time.time() + 1
+        while done != [0, 1] and time.time() < deadline:
+            time.sleep(0.01)
+        assert done == [0, 1]  # run by the worker back from the first, well before the idle poll
+        add(key="call-2", payload={"n": 2})
+        q.notify(key="call-2")
+        deadline = time.time() + 1
+        while 2 not in done and time.time() < deadline:
+            time.sleep(0.01)
+        assert done == [0, 1, 2]
+    finally:
+        gate.set()
+        pool.stop()
+
+
 def test_an_event_reaching_another_process_wakes_the_owner_at_once(pg_schema, tmp_path):
     """The job an event queued in one process is announced (NOTIFY) to the process owning its bucket,
     which wakes a worker at once instead of at its idle poll; a bucket it does not own wakes nobody there,

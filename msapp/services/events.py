@@ -274,6 +274,6 @@ def accept(ev: CallEvent, queue, log_event: str, body: dict) -> int:
             wakeups.announce(queue, tx, bucket_of(ev.enterprise_number))  # another process may own it
         exchange_log.add(ev.enterprise_number, log_event, body, conn=tx)
     if queued:  # a re-armed job was announced when it was queued: waking a worker again finds nothing new
-        queue.notify()
+        queue.notify(key=key)  # nor does one while this call's previous job runs here
     metrics.EVENTS.labels(ev.event_type).inc()
     return row["id"]
