@@ -349,8 +349,10 @@ def _ack_latency(env: Env, rate: float, seconds: float, tag: str = "ack") -> dic
 def _cpu_ratio(env: Env, calls: int = 500, probes: int = 5000, senders: int = 4, rounds: int = 5) -> dict:
     """CPU of the service process per PBX event ÷ its CPU per `GET /healthz`, measured in one run.
 
-    `rounds` rounds, each /healthz then events back to back (so both see the same machine); the median
-    round is reported, with the lowest and highest ratio (this shared 2-core box moves both by ±10 %).
+    `rounds` rounds, each half the /healthz probes, the events, then the other half, back to back: both
+    sides see the same machine, and a drift of its speed during the round cancels out of the ratio (the
+    probes are centred on the events). The median round is reported, with the lowest and highest ratio
+    (this shared 2-core box moves both by ±10 %).
 
     Events: `calls` answered calls ringing 3 phones (dial, answer, hangup: 3 events each), sent closed-loop
     by `senders` threads, counted until the sandbox holds every call ended (so the workers' MoySklad
@@ -364,24 +366,29 @@ def _cpu_ratio(env: Env, calls: int = 500, probes: int = 5000, senders: int = 4,
         if client.get(f"{url}/healthz").status_code != 200:
             raise RuntimeError("/healthz did not answer 200")
 
+    def probe(count: int) -> float:
+        before = _cpu_seconds(pid)
+        _senders(count, senders, healthz)
+        return _cpu_seconds(pid) - before
+
     def round_of(tag: str) -> tuple:
-        """CPU (s) per /healthz, then per event, measured back to back."""
+        """CPU (s) per /healthz (half before the events, half after), and per event."""
         def call(client, i):
             number = env.accounts[i % len(env.accounts)][0]
             for body in _call_events(f"{tag}{i}"):
                 env.event(client, number, body)
 
         env.wait_idle()
-        before = _cpu_seconds(pid)
-        _senders(probes, senders, healthz)
-        per_healthz = (_cpu_seconds(pid) - before) / probes
+        first = probe(probes // 2)
         before, started = _cpu_seconds(pid), time.perf_counter()
         _senders(calls, senders, call)
         while env.ended(tag) < calls:
             if time.perf_counter() - started > 600:
                 raise RuntimeError("the calls of the CPU run did not all end in the sandbox")
             time.sleep(0.05)
-        return per_healthz, (_cpu_seconds(pid) - before) / (3 * calls)
+        per_event = (_cpu_seconds(pid) - before) / (3 * calls)
+        env.wait_idle()
+        return (first + probe(probes - probes // 2)) / probes, per_event
 
     env.wait_idle()
     idle_from, idle_cpu = time.perf_counter(), _cpu_seconds(pid)
