@@ -139,7 +139,8 @@ def _claim_statements(dialect: str, subjects: dict) -> dict:
     its own on purpose: in READ COMMITTED it reads with a snapshot taken after the job is locked, so an
     event that re-armed the job and committed while the claim was on its way is in the row (a join in
     the UPDATE's own statement would read the calls as they were when it started). SQLite: `subject`
-    (kind -> SELECT by `_id`) runs after the claim, in its transaction (writers are serialized)."""
+    (kind -> SELECT by `_id`) runs after the claim, in its transaction (writers are serialized); on
+    PostgreSQL `subject` holds each kind's column prefix in `read`."""
     j = Job.__table__
     p = j.alias("p")
     # One job of a key at a time, earliest first: blocked by an earlier waiting one, or by any running one
@@ -185,6 +186,7 @@ def _claim_statements(dialect: str, subjects: dict) -> dict:
             row_id = case((and_(j.c.kind == kind, key.regexp_match("^[0-9]{1,9}$")), cast(key, Integer)))
             joined = joined.outerjoin(row, row.c.id == row_id)
             columns += [row.c[name].label(f"s{n}_{name}") for name in subject.columns]
+            found["subject"][kind] = f"s{n}_"  # the prefix of its columns in `read`
         taken = cast(func.nullif(func.current_setting(_CLAIMED, True), ""), Integer)
         found["read"] = select(*columns).select_from(joined).where(j.c.id == taken)
     else:
@@ -370,7 +372,7 @@ class JobQueue:
         if subject is None:
             return None
         if "read" in st:  # read with the claim, as s<n>_<column>
-            prefix = f"s{sorted(self.subjects).index(job['kind'])}_"
+            prefix = st["subject"][job["kind"]]
             row = {name: job[prefix + name] for name in subject.columns}
             return row if row.get("id") is not None else None
         key = payload.get(subject.key)
