@@ -280,9 +280,12 @@ class JobQueue:
             else:
                 self._running_keys.pop(key, None)
 
-    def wait(self, timeout: float) -> None:
+    def wait(self, timeout: float, stop: Optional[threading.Event] = None) -> None:
+        """Sleep until a notify or `timeout`; not at all once `stop` is set (checked under the lock that
+        `notify(everyone=True)` takes, so a worker stopping as it comes back cannot miss it)."""
         with self._wakeup:
-            self._wakeup.wait(timeout)
+            if stop is None or not stop.is_set():
+                self._wakeup.wait(timeout)
 
     @property
     def generation(self) -> int:
@@ -615,7 +618,7 @@ class WorkerPool:
                 if self._unrecorded:
                     self._release_unrecorded()
                 if ran and not self.queue.worth_claiming(since):
-                    self.queue.wait(self.idle_poll)  # a notify, or the idle poll (retries and leases come due)
+                    self.queue.wait(self.idle_poll, self._stop)  # a notify, or the idle poll (retries, leases due)
                 ran, since = False, self.queue.generation
                 try:
                     with self._claim_lock:  # claim and count it as one step, or two workers race past the cap
@@ -628,7 +631,7 @@ class WorkerPool:
                     self._stop.wait(1.0)
                     continue
                 if job is None:
-                    self.queue.wait(self.idle_poll)
+                    self.queue.wait(self.idle_poll, self._stop)
                     continue
                 started, ran = time.monotonic(), True
                 self.queue.running(job.key, 1)

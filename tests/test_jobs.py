@@ -403,6 +403,9 @@ def test_a_job_behind_one_running_here_wakes_no_worker_and_runs_when_it_ends(ctx
         while 2 not in done and time.time() < deadline:
             time.sleep(0.01)
         assert done == [0, 1, 2]
+        stopping = time.monotonic()
+        pool.stop()  # its workers, just back from their jobs, do not sleep out their idle poll
+        assert time.monotonic() - stopping < 1.0
     finally:
         gate.set()
         pool.stop()
