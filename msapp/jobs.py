@@ -134,13 +134,12 @@ def _claim_statements(dialect: str, subjects: dict) -> dict:
     PostgreSQL array, a JSON text on SQLite), not expanded: 256 buckets expanded into an IN list cost a
     third of the service's CPU per event on PostgreSQL.
 
-    With `subjects` (kind -> Subject), PostgreSQL: the UPDATE (`mark`) only notes the id it took, and
-    `read` returns the job with its subject's row, sent with it in one round trip. `read` is a statement of
-    its own on purpose: in READ COMMITTED it reads with a snapshot taken after the job is locked, so an
-    event that re-armed the job and committed while the claim was on its way is in the row (a join in
-    the UPDATE's own statement would read the calls as they were when it started). SQLite: `subject`
-    (kind -> SELECT by `_id`) runs after the claim, in its transaction (writers are serialized); on
-    PostgreSQL `subject` holds each kind's column prefix in `read`."""
+    With `subjects` (kind -> Subject), PostgreSQL: the UPDATE (`mark`) only notes the id it took, and `read`
+    returns the job with its subject's row (columns named by `prefix`, kind -> `s<n>_`), sent with it in one
+    round trip. `read` is a statement of its own on purpose: in READ COMMITTED it reads with a snapshot taken
+    after the job is locked, so an event that re-armed the job and committed while the claim was on its way is
+    in the row (a join in the UPDATE's own statement would read the calls as they were when it started). SQLite:
+    `subject` (kind -> SELECT by `_id`) runs after the claim, in its transaction (writers are serialized)."""
     j = Job.__table__
     p = j.alias("p")
     # One job of a key at a time, earliest first: blocked by an earlier waiting one, or by any running one
@@ -162,7 +161,7 @@ def _claim_statements(dialect: str, subjects: dict) -> dict:
         not_busy = j.c.enterprise_number.not_in(listed("_busy"))
         owned = j.c.bucket.in_(listed("_buckets"))
     base = select(j.c.id).where(due, ~blocked, or_(j.c.enterprise_number.is_(None), not_busy))
-    found: dict = {"subject": {}}
+    found: dict = {"prefix": {}, "subject": {}}
     for in_buckets in (False, True):
         query = base
         if in_buckets:  # several processes: only the buckets this one owns (msapp/ownership.py)
@@ -186,7 +185,7 @@ def _claim_statements(dialect: str, subjects: dict) -> dict:
             row_id = case((and_(j.c.kind == kind, key.regexp_match("^[0-9]{1,9}$")), cast(key, Integer)))
             joined = joined.outerjoin(row, row.c.id == row_id)
             columns += [row.c[name].label(f"s{n}_{name}") for name in subject.columns]
-            found["subject"][kind] = f"s{n}_"  # the prefix of its columns in `read`
+            found["prefix"][kind] = f"s{n}_"  # of its columns in `read`
         taken = cast(func.nullif(func.current_setting(_CLAIMED, True), ""), Integer)
         found["read"] = select(*columns).select_from(joined).where(j.c.id == taken)
     else:
@@ -375,7 +374,7 @@ class JobQueue:
         if subject is None:
             return None
         if "read" in st:  # read with the claim, as s<n>_<column>
-            prefix = st["subject"][job["kind"]]
+            prefix = st["prefix"][job["kind"]]
             row = {name: job[prefix + name] for name in subject.columns}
             return row if row.get("id") is not None else None
         key = payload.get(subject.key)
