@@ -41,8 +41,12 @@ class Prepared:
     def __init__(self, stmt, dialect, column_keys: Optional[list] = None):
         compiled = stmt.compile(dialect=dialect, column_keys=column_keys)
         self.sql = compiled.string
-        self.positional = compiled.positional
-        self.names = list(compiled.positiontup) if compiled.positional else None
+        if compiled.positional:
+            self.names = list(compiled.positiontup)
+        else:  # psycopg2's pyformat: its constants written into the SQL, the rest sent as `%s` from a tuple
+            constants = _constants(compiled, dialect)
+            self.sql = _PYFORMAT.sub(lambda m: constants.get(m.group(1), "%s"), self.sql)
+            self.names = [name for name in _PYFORMAT.findall(compiled.string) if name not in constants]
         self.defaults = compiled.construct_params(_check=False)
         self.binds = {}
         for name, bind in compiled.binds.items():  # by compiled name: `status_1` for a constant
@@ -65,20 +69,26 @@ class Prepared:
         for key, proc in self.binds.items():
             if key in params:
                 params[key] = proc(params[key])
-        if self.positional:
-            return tuple(params[name] for name in self.names)
-        return params
-
-    def renamed(self, index: int) -> str:
-        """The SQL with its pyformat parameters prefixed `b<index>_` (to share one execute with others)."""
-        found = self._renamed.get(index)
-        if found is None:
-            found = self._renamed[index] = _PYFORMAT.sub(lambda m: f"%(b{index}_{m.group(1)})s", self.sql)
-        return found
+        return tuple(params[name] for name in self.names)
 
     def row(self, raw: tuple) -> dict:
         return {name: (value if read is None or value is None else read(value))
                 for name, read, value in zip(self.columns, self.readers, raw)}
+
+
+def _constants(compiled, dialect) -> dict:
+    """The SQL literal of each bind parameter that is a constant of the statement (`status == "pending"`,
+    `attempts + 1`, `.values(status="running")`: SQLAlchemy's anonymous parameters, which no caller can
+    name) and whose type can be written as one. psycopg2 binds client-side, 1-2 µs per parameter: most
+    of a claim's cost of sending was its constants."""
+    found = {}
+    for name, bind in compiled.binds.items():
+        if not bind.unique or bind.callable is not None or bind.value is None or bind.expanding:
+            continue
+        write = bind.type.dialect_impl(dialect).literal_processor(dialect)
+        if write is not None and isinstance(bind.value, (str, int)):  # bool is an int
+            found[name] = write(bind.value)
+    return found
 
 
 class Statements:
@@ -159,8 +169,8 @@ class Tx:
         self._pending.append((prepared, prepared.parameters(values or {})))
 
     def send_pending(self) -> None:
-        """Send the statements `later` kept, as one multi-statement execute (psycopg2 binds client-side,
-        so parameters are renamed per statement: b0_x, b1_x, ...)."""
+        """Send the statements `later` kept, as one multi-statement execute (psycopg2 binds client-side:
+        their positional parameters, one after the other)."""
         if self._pending:
             self._send(*self._joined()).close()
 
@@ -177,11 +187,7 @@ class Tx:
         items, self._pending = self._pending, []
         if len(items) == 1:
             return items[0][0].sql, items[0][1]
-        sqls, params = [], {}
-        for i, (prepared, values) in enumerate(items):
-            sqls.append(prepared.renamed(i))
-            params.update({f"b{i}_{k}": v for k, v in values.items()})
-        return ";\n".join(sqls), params
+        return ";\n".join(prepared.sql for prepared, _ in items), sum((values for _, values in items), ())
 
     def first(self, stmt, values: Optional[dict] = None, keys: Optional[tuple] = None) -> Optional[dict]:
         """The first row of `stmt` (a SELECT, or DML with RETURNING) as a dict, or None."""

@@ -101,6 +101,25 @@ def test_later_statements_keep_their_order_and_their_errors(ctx):
     assert sorted(u for (u,) in db.session.execute(select(CALLS.c.unique_id))) == ["r-1"]
 
 
+def test_a_statements_constants_reach_the_database_as_written(ctx):
+    """On PostgreSQL a statement's own constants are written into its SQL (only the caller's values are
+    bound): a quote, a percent sign or a placeholder's look-alike in a constant, and the caller's values
+    around them, must still arrive as they were, alone and in a batch."""
+    odd = "it's 100%% %s %(x)s"
+    stmt = update(CALLS).where(CALLS.c.unique_id == bindparam("_u"), CALLS.c.status == "ringing") \
+        .values(record_url=odd, sequence=CALLS.c.sequence + 1, last_error=bindparam("_why"))
+    with rawsql.transaction() as tx:
+        tx.run(insert(CALLS), new_call(), keys=rawsql.columns_of(new_call()))
+        tx.later(stmt, {"_u": "r-1", "_why": "100% %(x)s"})
+        row = tx.first(select(CALLS.c.record_url, CALLS.c.last_error, CALLS.c.sequence, CALLS.c.notify)
+                       .where(CALLS.c.unique_id == bindparam("_u"), CALLS.c.notify.is_(True)), {"_u": "r-1"})
+    assert row == {"record_url": odd, "last_error": "100% %(x)s", "sequence": 1, "notify": True}
+    prepared = rawsql._STATEMENTS.get(stmt, None, db.engine.dialect)
+    if db.engine.dialect.name == "postgresql":
+        # the constants ("ringing", 1, the URL) are in the SQL; updated_at is the model's onupdate
+        assert prepared.names == ["_why", "updated_at", "_u"]
+
+
 def test_write_joins_an_open_session_transaction(ctx):
     """A worker step that left ORM work open: rawsql.write() commits it together with its own writes."""
     db.session.add(Call(**new_call()))
