@@ -180,11 +180,11 @@ def _statements(dialect: str) -> dict:
             rearmed = select(func.count()).select_from(rearm).scalar_subquery().label("rearmed")
             upsert = ins.on_conflict_do_update(index_elements=["enterprise_number", "unique_id"],
                                                set_={"updated_at": ins.excluded.updated_at}) \
-                .returning(*calls.c, rearmed).add_cte(rearm)
+                .returning(*_merged(calls), rearmed).add_cte(rearm)
         else:  # SQLite has no data-modifying CTEs (and no round trips to save)
             ins = sqlite_insert(calls)
             upsert = ins.on_conflict_do_update(index_elements=["enterprise_number", "unique_id"],
-                                               set_={"updated_at": ins.excluded.updated_at}).returning(*calls.c)
+                                               set_={"updated_at": ins.excluded.updated_at}).returning(*_merged(calls))
         found = _STATEMENTS[dialect] = {
             "upsert": upsert,
             "update_call": update(calls).where(calls.c.id == bindparam("_id")),
@@ -209,6 +209,15 @@ def _upsert_call(ev: CallEvent, statements: dict, tx, now, key: str) -> dict:
     if statements["rearm_job"] is not None:
         return tx.first(statements["upsert"], values, keys=_UPSERT_KEYS)
     return tx.first(statements["upsert"], {**values, "_key": key, "_rearm_at": now})
+
+
+# what `merge` reads and writes, and `accept` needs of the call's row: the upsert returns only these
+_MERGED = ("id", "created_at", "direction", "extensions", "answered_extension", "start_time", "answer_time",
+           "end_time", "call_status", "record_url", "status")
+
+
+def _merged(calls) -> list:
+    return [calls.c[name] for name in _MERGED]
 
 
 def merge(call, ev: CallEvent) -> None:
