@@ -10,7 +10,6 @@ from zoneinfo import ZoneInfo
 import phonenumbers
 
 MOSCOW = ZoneInfo("Europe/Moscow")
-MS_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 # Parsed by hand, not datetime.fromisoformat: before Python 3.11 that refuses fractions other than 3 or 6
 # digits ("17:12:22.5") and a "Z", which the PBX may send.
 _PBX_TIME = re.compile(r"^(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:[.,](\d{1,9}))?"
@@ -110,8 +109,8 @@ def parse_pbx_time(value: object, tz_name: str) -> Optional[datetime]:
 
 def to_moysklad_time(utc_naive: datetime) -> str:
     """Naive UTC -> MoySklad's `YYYY-MM-DD HH:MM:SS.mmm` in Moscow time."""
-    moscow = utc_naive.replace(tzinfo=timezone.utc).astimezone(MOSCOW)
-    return moscow.strftime(MS_TIME_FORMAT) + f".{moscow.microsecond // 1000:03d}"
+    moscow = utc_naive.replace(tzinfo=timezone.utc).astimezone(MOSCOW).replace(tzinfo=None)
+    return moscow.isoformat(" ", "milliseconds")  # strftime's format is twice the CPU
 
 
 def from_moysklad_time(text: str) -> datetime:
