@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import re
 from typing import Any
@@ -58,18 +59,44 @@ def _is_secret_key(key: str) -> bool:
     return key.lower().replace("_", "-") in SECRET_KEYS or key.lower() in SECRET_KEYS
 
 
-def redact_obj(value: Any, _depth: int = 0) -> Any:
-    """A copy of a JSON-like value with secret keys masked and strings scrubbed."""
-    if _depth > 20:
+_DEEPEST = 20  # the walk masks what lies deeper
+# What any secret key or text pattern above holds, "_" written as "-" (`_is_secret_key` treats them alike).
+_SCAN = tuple({word.replace("_", "-") for word in (*_TRIGGERS, *SECRET_KEYS)})
+
+
+def _nothing_secret(value: Any) -> bool:
+    """True when no key and no string of `value` can hold a secret: its JSON text (lowered as the checks
+    above lower it, so a key like "TO\u212aEN" is seen as "token") holds none of their words. A PBX event
+    or a MoySklad exchange seldom does: one scan of its text is half the cost of walking it."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, default=str)
+    except (TypeError, ValueError, RecursionError):  # keys that are not strings, or nested deep: walk it
+        return False
+    if text.count("{") + text.count("[") > _DEEPEST:  # it may be nested deeper than the walk goes
+        return False
+    text = text.lower().replace("_", "-")
+    return not any(word in text for word in _SCAN)
+
+
+def redact_obj(value: Any) -> Any:
+    """A copy of a JSON-like value with secret keys masked and strings scrubbed (the value itself when it
+    has nothing to mask)."""
+    if isinstance(value, (dict, list)) and _nothing_secret(value):
+        return value
+    return _walk(value, 0)
+
+
+def _walk(value: Any, depth: int) -> Any:
+    if depth > _DEEPEST:
         return MASK
     if isinstance(value, dict):
         return {
             k: (MASK if isinstance(k, str) and _is_secret_key(k) and v not in (None, "")
-                else redact_obj(v, _depth + 1))
+                else _walk(v, depth + 1))
             for k, v in value.items()
         }
     if isinstance(value, (list, tuple)):
-        return [redact_obj(v, _depth + 1) for v in value]
+        return [_walk(v, depth + 1) for v in value]
     if isinstance(value, str):
         return redact_text(value)
     return value

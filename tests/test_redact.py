@@ -81,3 +81,34 @@ def test_the_fast_path_skips_no_secret_pattern(text):
 @given(st.lists(st.one_of(st.sampled_from(_FRAGMENTS), st.text(max_size=8)), max_size=8))
 def test_the_fast_path_on_mixed_text(parts):
     _same_as_every_pattern("".join(parts))
+
+
+_KEYS = st.one_of(st.sampled_from(sorted(redact.SECRET_KEYS) + ["Client-Id", "CLIENT_ID", "Api-Token", "to\u212aen",
+                                                                "name", "phone", "rows"]), st.text(max_size=6))
+_VALUES = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.sampled_from(_FRAGMENTS), st.text(max_size=8)),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(_KEYS, inner, max_size=4)),
+    max_leaves=30)
+
+
+@given(_VALUES)
+def test_a_value_with_nothing_to_mask_is_kept_as_the_walk_would_keep_it(value):
+    """redact_obj skips the walk when the value's JSON text holds no secret word: the result must be the
+    walk's, whatever the keys, strings and nesting."""
+    assert redact_obj(value) == redact._walk(value, 0)
+
+
+def _nested(value, levels):
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("value", [
+    {"to\u212aen": "k"},  # the Kelvin sign lowers to "k": a secret key for the walk
+    {"a": {"b": [{"Client_Id": "77"}]}},
+    {"deep": _nested(["x"], 23)},  # deeper than the walk goes: masked there
+    [{"url": "/MS/Webhook/5f0c"}],
+])
+def test_values_the_scan_must_not_pass(value):
+    assert redact_obj(value) == redact._walk(value, 0) != value
