@@ -48,6 +48,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.exc import SQLAlchemyError
 
 from . import metrics, rawsql
 from .clock import utcnow
@@ -228,6 +229,7 @@ class JobQueue:
         self._generation = 0
         self._claim_lock = threading.Lock()
         self.ownership = None  # ownership.PgOwnership when several processes share PostgreSQL
+        self.announce_to: Optional[str] = None  # wakeups.announce_only: the channel of a process without workers
         self._bucket_list: tuple = (None, None)  # the owned buckets, and their bound form
 
     # -- registration and enqueue -------------------------------------------------------------
@@ -500,6 +502,16 @@ class WorkerPool:
             return
         self._stop.clear()
         owner = self.ownership
+        if owner is not None and not self.size:  # HTTP only: the processes with workers must hear of its jobs
+            from .wakeups import announce_only
+
+            with self.app.app_context():
+                try:
+                    announce_only(self.queue, db.session.connection())
+                except SQLAlchemyError as exc:  # its jobs then wait for the workers' idle poll, as before
+                    log.warning("jobs queued here will not be announced: %s", type(exc).__name__)
+                finally:
+                    db.session.remove()
         if owner is not None and self.size:
             with self.app.app_context():
                 owner.start()

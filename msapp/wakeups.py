@@ -6,7 +6,10 @@ the first card's tail with several processes. So an event's transaction that que
 NOTIFY naming the job's bucket on this deployment's channel (PostgreSQL delivers it at the commit, never
 for a rolled-back transaction); every process LISTENs on a connection of its own and wakes one of its
 workers when the bucket is one it owns. It is sent only while other processes are alive (alone, the
-local notify is enough). Nothing depends on it: a lost notification costs at most the idle poll.
+local notify is enough). A process that runs no workers (`MS_WORKERS=0`: HTTP only) owns no bucket and
+is seen by no other, so it announces every job its events queue (`announce_only`): without it, the
+process working them, believing itself alone, ran each worker's next job at its idle poll (2 jobs a
+second per worker). Nothing depends on it: a lost notification costs at most the idle poll.
 """
 from __future__ import annotations
 
@@ -31,9 +34,20 @@ def channel(bucket_class: int) -> str:
 def announce(queue, tx, bucket: Optional[int]) -> None:
     """In an event's transaction (`tx`, rawsql) that queued a job: tell the other live processes."""
     owner = queue.ownership
-    if owner is None or owner.alone or bucket is None:  # set only once connected: its bucket class is known
+    if bucket is None:
         return
-    tx.later(NOTIFY, {"_channel": channel(owner.bucket_class), "_payload": str(bucket)})
+    if owner is not None:  # set only once connected: its bucket class is known
+        if not owner.alone:
+            tx.later(NOTIFY, {"_channel": channel(owner.bucket_class), "_payload": str(bucket)})
+    elif queue.announce_to is not None:
+        tx.later(NOTIFY, {"_channel": queue.announce_to, "_payload": str(bucket)})
+
+
+def announce_only(queue, conn) -> None:
+    """A process without workers on PostgreSQL (`conn` on its schema): announce every job its events queue."""
+    from .ownership import lock_classes
+
+    queue.announce_to = channel(lock_classes(conn.exec_driver_sql("SELECT current_schema()").scalar())[1])
 
 
 class Listener:

@@ -470,6 +470,47 @@ def test_an_event_reaching_another_process_wakes_the_owner_at_once(pg_schema, tm
             dispose(app)
 
 
+def test_a_process_without_workers_announces_every_job_its_events_queue(pg_schema, tmp_path):
+    """`MS_WORKERS=0` (HTTP only) on PostgreSQL: the process owns no bucket and no other process sees it,
+    so the one working its jobs believes itself alone and, without a NOTIFY, ran each worker's next job
+    at the idle poll (2 jobs a second per worker). Every job its events queue is announced."""
+    import select as select_mod
+
+    import psycopg2
+
+    from msapp.models import Enterprise
+    from msapp.ownership import PgOwnership, bucket_of
+    from msapp.services import events
+
+    app = make_app(pg_schema.url, tmp_path)
+    listen = psycopg2.connect(pg_schema.url)
+    listen.autocommit = True
+    try:
+        with app.app_context():
+            pool = WorkerPool(app, ms().queue, 0)
+            pool.ownership = PgOwnership(ms().queue, set)
+            pool.start()
+            assert ms().queue.ownership is None and ms().queue.announce_to
+            listen.cursor().execute(f'LISTEN "{ms().queue.announce_to}"')
+            db.session.add(Enterprise(number="0367", name="Co", integrations_config={}))
+            db.session.commit()
+            for n in range(2):
+                body = {"enterprise_number": "0367", "unique_id": f"u-{n}", "direction": "in",
+                        "phone": "+375296254070", "event_type": "dial", "extensions": ["150"]}
+                events.accept(events.parse(body, None, {}), ms().queue, "event.call-event", body)
+            heard, deadline = [], time.time() + 5
+            while len(heard) < 2 and time.time() < deadline:
+                select_mod.select([listen], [], [], 0.2)
+                listen.poll()
+                heard += [note.payload for note in listen.notifies]
+                listen.notifies.clear()
+            assert heard == [str(bucket_of("0367"))] * 2
+            pool.stop()
+    finally:
+        listen.close()
+        dispose(app)
+
+
 def test_a_second_process_on_one_sqlite_file_is_refused(tmp_path):
     from msapp.ownership import SecondProcess, SqliteOwnership
 
