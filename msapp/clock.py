@@ -11,7 +11,8 @@ _offset = timedelta(0)
 
 def utcnow() -> datetime:
     """Current UTC time without tzinfo (the form every timestamp column holds)."""
-    return datetime.now(timezone.utc).replace(tzinfo=None) + _offset
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    return now + _offset if _offset else now  # the sum is a third of the cost, and the offset is for tests
 
 
 def advance(seconds: float) -> None:

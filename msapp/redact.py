@@ -64,12 +64,15 @@ _DEEPEST = 20  # the walk masks what lies deeper
 _SCAN = tuple({word.replace("_", "-") for word in (*_TRIGGERS, *SECRET_KEYS)})
 
 
+_SCAN_TEXT = json.JSONEncoder(ensure_ascii=False, default=str).encode
+
+
 def _nothing_secret(value: Any) -> bool:
     """True when no key and no string of `value` can hold a secret: its JSON text (lowered as the checks
     above lower it, so a key like "TO\u212aEN" is seen as "token") holds none of their words. A PBX event
     or a MoySklad exchange seldom does: one scan of its text is half the cost of walking it."""
     try:
-        text = json.dumps(value, ensure_ascii=False, default=str)
+        text = _SCAN_TEXT(value)
     except (TypeError, ValueError, RecursionError):  # keys that are not strings, or nested deep: walk it
         return False
     if text.count("{") + text.count("[") > _DEEPEST:  # it may be nested deeper than the walk goes

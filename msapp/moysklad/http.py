@@ -34,6 +34,7 @@ class Breaker(Protocol):
     def after(self, enterprise: str, api: str, error: Optional[MoySkladError]) -> None: ...
 
 _local = threading.local()
+_ENCODE = json.JSONEncoder(ensure_ascii=False).encode  # one encoder: json.dumps with options builds one per call
 
 
 def thread_session() -> requests.Session:
@@ -143,7 +144,7 @@ class ApiClient:
         data = None
         if body is not None:
             headers["Content-Type"] = "application/json"
-            data = json.dumps(body, ensure_ascii=False).encode("utf-8")
+            data = _ENCODE(body).encode("utf-8")
         if self.breaker is not None and self.gate:
             self.breaker.before(self.enterprise, self.api)  # raises BreakerOpen while MoySklad is down
         url = self.base_url + path
