@@ -50,7 +50,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import metrics, rawsql
+from . import metrics, rawsql, wakeups
 from .clock import utcnow
 from .extensions import db
 from .models import Job
@@ -244,7 +244,8 @@ class JobQueue:
                 enterprise_number: Optional[str] = None, delay: float = 0.0,
                 max_attempts: Optional[int] = None, tx: Optional[rawsql.Tx] = None) -> Optional[int]:
         """Insert a job in the current transaction (the session's, or `tx`); it is durable when the caller
-        commits. Returns its id; None in `tx`, where the insert may go to the server `later` (batched)."""
+        commits, and announced to the other processes then (`wakeups.announce`) unless it waits a `delay`.
+        Returns its id; None in `tx`, where the insert may go to the server `later` (batched)."""
         if max_attempts is None:
             max_attempts = self.handlers.get(kind, (None, 10))[1]
         now = utcnow()
@@ -254,8 +255,13 @@ class JobQueue:
                    locked_by=None, last_error=None)
         if tx is not None:
             tx.later(_INSERT_JOB_ONLY, row, keys=_JOB_KEYS)
+            if not delay:
+                wakeups.announce(self, tx, row["bucket"])
             return None
-        return rawsql.session_tx().first(_INSERT_JOB, row, keys=_JOB_KEYS)["id"]
+        tx = rawsql.session_tx()
+        if not delay:  # on PostgreSQL it goes to the server with the insert: no round trip of its own
+            wakeups.announce(self, tx, row["bucket"])
+        return tx.first(_INSERT_JOB, row, keys=_JOB_KEYS)["id"]
 
     def notify(self, everyone: bool = False, key: Optional[str] = None) -> None:
         """Wake one idle worker of this process (call after committing a new job); all when stopping.

@@ -2,14 +2,16 @@
 
 The PBX sends each call's events to one host, and ownership (msapp/ownership.py) may give that call's
 enterprise to another process: the job such an event queued waited for the owner's idle poll (0.5 s),
-the first card's tail with several processes. So an event's transaction that queues a job also sends a
-NOTIFY naming the job's bucket on this deployment's channel (PostgreSQL delivers it at the commit, never
-for a rolled-back transaction); every process LISTENs on a connection of its own and wakes one of its
-workers when the bucket is one it owns. It is sent only while other processes are alive (alone, the
-local notify is enough). A process that runs no workers (`MS_WORKERS=0`: HTTP only) owns no bucket and
-is seen by no other, so it announces every job its events queue (`announce_only`): without it, the
-process working them, believing itself alone, ran each worker's next job at its idle poll (2 jobs a
-second per worker). Nothing depends on it: a lost notification costs at most the idle poll.
+the first card's tail with several processes; so did a click-to-call from MoySklad, a missed-call task
+or a directory refresh queued by a process that does not own its enterprise. So every transaction that
+queues a job due now also sends a NOTIFY naming the job's bucket on this deployment's channel
+(`JobQueue.enqueue`; PostgreSQL delivers it at the commit, never for a rolled-back transaction); every
+process LISTENs on a connection of its own and wakes one of its workers when the bucket is one it owns.
+It is sent only while other processes are alive (alone, the local notify is enough). A process that
+runs no workers (`MS_WORKERS=0`: HTTP only) owns no bucket and is seen by no other, so it announces
+every job it queues (`announce_only`): without it, the process working them, believing itself alone,
+ran each worker's next job at its idle poll (2 jobs a second per worker). Nothing depends on it: a lost
+notification costs at most the idle poll.
 """
 from __future__ import annotations
 
@@ -32,7 +34,8 @@ def channel(bucket_class: int) -> str:
 
 
 def announce(queue, tx, bucket: Optional[int]) -> None:
-    """In an event's transaction (`tx`, rawsql) that queued a job: tell the other live processes."""
+    """In a transaction (`tx`, rawsql) that queues a job: tell the other live processes (sent `later`: with
+    the job's insert on PostgreSQL)."""
     owner = queue.ownership
     if bucket is None:
         return
@@ -44,7 +47,7 @@ def announce(queue, tx, bucket: Optional[int]) -> None:
 
 
 def announce_only(queue, conn) -> None:
-    """A process without workers on PostgreSQL (`conn` on its schema): announce every job its events queue."""
+    """A process without workers on PostgreSQL (`conn` on its schema): announce every job it queues."""
     from .ownership import lock_classes
 
     queue.announce_to = channel(lock_classes(conn.exec_driver_sql("SELECT current_schema()").scalar())[1])

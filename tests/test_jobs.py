@@ -413,7 +413,8 @@ def test_a_job_behind_one_running_here_wakes_no_worker_and_runs_when_it_ends(ctx
 
 def test_an_event_reaching_another_process_wakes_the_owner_at_once(pg_schema, tmp_path):
     """The job an event queued in one process is announced (NOTIFY) to the process owning its bucket,
-    which wakes a worker at once instead of at its idle poll; a bucket it does not own wakes nobody there,
+    which wakes a worker at once instead of at its idle poll; so is one queued in the session (a
+    click-to-call, a task), but not one that waits a delay; a bucket it does not own wakes nobody there,
     and a process alone sends nothing."""
     from msapp.models import Enterprise
     from msapp.ownership import PgOwnership, bucket_of
@@ -458,10 +459,19 @@ def test_an_event_reaching_another_process_wakes_the_owner_at_once(pg_schema, tm
         assert woken.generation == before + 1
         with apps[0].app_context():
             assert woken.claim().key == f"call:{numbers[0]}:mine"
+        with apps[1].app_context():  # a job queued in the session (click-to-call, a task), not by an event
+            ms().queue.enqueue("test", "click", {}, enterprise_number=numbers[0])
+            ms().queue.enqueue("test", "later", {}, enterprise_number=numbers[0], delay=60)  # not due: silent
+            db.session.commit()
+        deadline = time.time() + 5
+        while woken.generation == before + 1 and time.time() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)
+        assert woken.generation == before + 2
         owners[1].live = [owners[1].worker_id]  # alone: no NOTIFY at all
         event_in_process_1(numbers[0], "alone")
         time.sleep(0.3)
-        assert woken.generation == before + 1
+        assert woken.generation == before + 2
     finally:
         stop.set()
         for owner in owners:

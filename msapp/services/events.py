@@ -15,13 +15,12 @@ from sqlalchemy import bindparam, cast, func, literal, literal_column, select, u
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from .. import metrics, rawsql, wakeups
+from .. import metrics, rawsql
 from ..clock import utcnow
 from ..errors import ApiError, ValidationFailed
 from ..extensions import db
 from ..models import Call, Job
 from ..moysklad.formats import is_extension, parse_pbx_time, to_e164
-from ..ownership import bucket_of
 from . import exchange_log
 
 EVENT_TYPES = ("dial", "answer", "hangup", "log")
@@ -289,7 +288,6 @@ def accept(ev: CallEvent, queue, log_event: str, body: dict) -> int:
         queued = new or not rearmed
         if queued:
             queue.enqueue(SYNC_KIND, key, {"call_id": row["id"]}, enterprise_number=ev.enterprise_number, tx=tx)
-            wakeups.announce(queue, tx, bucket_of(ev.enterprise_number))  # another process may own it
         exchange_log.add(ev.enterprise_number, log_event, body, conn=tx)
     if queued:  # a re-armed job was announced when it was queued: waking a worker again finds nothing new
         queue.notify(key=key)  # nor does one while this call's previous job runs here
