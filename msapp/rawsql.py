@@ -41,12 +41,14 @@ class Prepared:
     def __init__(self, stmt, dialect, column_keys: Optional[list] = None):
         compiled = stmt.compile(dialect=dialect, column_keys=column_keys)
         self.sql = compiled.string
+        constants: dict = {}
         if compiled.positional:
             self.names = list(compiled.positiontup)
         else:  # psycopg2's pyformat: its constants written into the SQL, the rest sent as `%s` from a tuple
             constants = _constants(compiled, dialect)
             self.sql = _PYFORMAT.sub(lambda m: constants.get(m.group(1), "%s"), self.sql)
             self.names = [name for name in _PYFORMAT.findall(compiled.string) if name not in constants]
+        self.constants = frozenset(constants)
         self.defaults = compiled.construct_params(_check=False)
         self.binds = {}
         for name, bind in compiled.binds.items():  # by compiled name: `status_1` for a constant
@@ -62,6 +64,8 @@ class Prepared:
         self._renamed: dict = {}
 
     def parameters(self, values: dict):
+        if self.constants and not self.constants.isdisjoint(values):  # it would be ignored: say so
+            raise ValueError(f"values for constants of the statement: {sorted(self.constants & set(values))}")
         params = {**self.defaults, **values}
         for key, default in self.prefetch:
             if key not in values:

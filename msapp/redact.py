@@ -62,8 +62,6 @@ def _is_secret_key(key: str) -> bool:
 _DEEPEST = 20  # the walk masks what lies deeper
 # What any secret key or text pattern above holds, "_" written as "-" (`_is_secret_key` treats them alike).
 _SCAN = tuple({word.replace("_", "-") for word in (*_TRIGGERS, *SECRET_KEYS)})
-
-
 _SCAN_TEXT = json.JSONEncoder(ensure_ascii=False, default=str).encode
 
 

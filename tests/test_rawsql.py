@@ -118,6 +118,8 @@ def test_a_statements_constants_reach_the_database_as_written(ctx):
     if db.engine.dialect.name == "postgresql":
         # the constants ("ringing", 1, the URL) are in the SQL; updated_at is the model's onupdate
         assert prepared.names == ["_why", "updated_at", "_u"]
+        with pytest.raises(ValueError, match="constants of the statement"):  # a value that would be ignored
+            prepared.parameters({"_u": "r-1", "_why": "x", "status_1": "answered"})
 
 
 def test_write_joins_an_open_session_transaction(ctx):
