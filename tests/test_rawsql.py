@@ -1,8 +1,10 @@
 """rawsql: the hot statements on the driver connection store and read exactly what SQLAlchemy would,
 commit and roll back as promised, batch on PostgreSQL, and report a lost database as SQLAlchemy does."""
-from datetime import datetime
+from datetime import datetime, timezone
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import DBAPIError
 
@@ -191,3 +193,15 @@ def test_a_pinned_connection_lost_is_replaced_at_the_next_transaction(pg_ctx):
         with rawsql.transaction(write=False) as tx:
             assert tx.first(select(db.func.pg_backend_pid().label("pid")))["pid"] != pid
     assert db.engine.pool.checkedout() == 0
+
+
+@given(st.one_of(st.none(), st.datetimes(), st.datetimes(timezones=st.just(timezone.utc)), st.dates()))
+def test_sqlite_timestamps_are_written_as_sqlalchemy_writes_them(value):
+    """rawsql writes a naive datetime with `isoformat` on SQLite; SQLite compares timestamps as text, so it
+    must be SQLAlchemy's text to the character (the ORM's rows and rawsql's meet in one column)."""
+    from sqlalchemy import DateTime
+    from sqlalchemy.dialects import sqlite
+
+    dialect = sqlite.dialect()
+    impl = DateTime().dialect_impl(dialect)
+    assert rawsql.bind_processor(impl, dialect)(value) == impl.bind_processor(dialect)(value)
