@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from types import SimpleNamespace
 from typing import Any, Optional
 
-from sqlalchemy import bindparam, cast, func, literal, literal_column, select, update
+from sqlalchemy import bindparam, cast, false, func, literal_column, select, true, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -168,21 +168,23 @@ def _statements(dialect: str) -> dict:
     found = _STATEMENTS.get(dialect)
     if found is None:
         calls, jobs = Call.__table__, Job.__table__
+        # a new call's constant columns written into the statement; the rest bound by name
+        new_row = {k: _constant(calls.c[k], dialect) if k in _NEW_CALL else bindparam(k, type_=calls.c[k].type)
+                   for k in _UPSERT_KEYS}
         rearm = update(jobs).where(jobs.c.key == bindparam("_key"), jobs.c.kind == SYNC_KIND,
                                    jobs.c.status == "pending")
         if dialect == "postgresql":
             # one round trip: the re-arm rides in the upsert as a data-modifying CTE, and its count comes back
-            # with the call's row (values bound by name: `column_keys` would reach into the CTE too)
+            # with the call's row
             rearm = rearm.values(updated_at=bindparam("_rearm_at", type_=jobs.c.updated_at.type)) \
                 .returning(jobs.c.id).cte("rearmed_job")
-            ins = pg_insert(calls).values({k: _constant(calls.c[k]) if k in _NEW_CALL
-                                           else bindparam(k, type_=calls.c[k].type) for k in _UPSERT_KEYS})
+            ins = pg_insert(calls).values(new_row)
             rearmed = select(func.count()).select_from(rearm).scalar_subquery().label("rearmed")
             upsert = ins.on_conflict_do_update(index_elements=["enterprise_number", "unique_id"],
                                                set_={"updated_at": ins.excluded.updated_at}) \
                 .returning(*_merged(calls), rearmed).add_cte(rearm)
         else:  # SQLite has no data-modifying CTEs (and no round trips to save)
-            ins = sqlite_insert(calls)
+            ins = sqlite_insert(calls).values(new_row)
             upsert = ins.on_conflict_do_update(index_elements=["enterprise_number", "unique_id"],
                                                set_={"updated_at": ins.excluded.updated_at}).returning(*_merged(calls))
         found = _STATEMENTS[dialect] = {
@@ -200,13 +202,17 @@ _UPSERT_KEYS = tuple(sorted({"enterprise_number", "unique_id", "direction", "pho
                              "created_at", "updated_at", *_NEW_CALL}))
 
 
-def _constant(column):
-    """A new call's value of `column` as a constant of the statement, not a parameter (rawsql writes it into
-    the SQL once: psycopg2 spends 1-2 us on each parameter of every event)."""
+def _constant(column, dialect: str):
+    """A new call's value of `column` as SQL of the statement, not a parameter: psycopg2 spends 1-2 us on
+    each parameter of every event, SQLite's binding a type conversion each."""
     value = _NEW_CALL[column.key]
     if value == []:  # JSON has no SQL literal of its own in SQLAlchemy
-        return cast(literal_column("'[]'"), column.type)
-    return literal(value, column.type)
+        return cast(literal_column("'[]'"), column.type) if dialect == "postgresql" else literal_column("'[]'")
+    if isinstance(value, bool):
+        return true() if value else false()  # SQLite: 1 / 0
+    if isinstance(value, int):
+        return literal_column(str(value))
+    return literal_column("'" + value.replace("'", "''") + "'")  # a fixed word of ours: no "%" to escape
 
 
 def _upsert_call(ev: CallEvent, statements: dict, tx, now, key: str) -> dict:
@@ -214,8 +220,8 @@ def _upsert_call(ev: CallEvent, statements: dict, tx, now, key: str) -> dict:
     also locks the row. PostgreSQL: the same statement re-arms the call's waiting sync job (`rearmed`)."""
     values = dict(enterprise_number=ev.enterprise_number, unique_id=ev.unique_id, direction=ev.direction,
                   phone=ev.phone, notify=ev.notify, external_id=ev.unique_id, created_at=now, updated_at=now)
-    if statements["rearm_job"] is not None:  # SQLite: every column bound (in-process, nothing to save)
-        return tx.first(statements["upsert"], {**_NEW_CALL, **values}, keys=_UPSERT_KEYS)
+    if statements["rearm_job"] is not None:  # SQLite: the re-arm is a statement of its own
+        return tx.first(statements["upsert"], values)
     return tx.first(statements["upsert"], {**values, "_key": key, "_rearm_at": now})
 
 
