@@ -44,6 +44,7 @@ from sqlalchemy import (
     func,
     insert,
     literal_column,
+    null,
     or_,
     select,
     update,
@@ -62,10 +63,12 @@ log = logging.getLogger("msapp.jobs")
 BACKOFF_BASE = 1.0
 BACKOFF_CAP = 300.0
 ACTIVE = ("pending", "running")
-_INSERT_JOB = insert(Job.__table__).returning(Job.__table__.c.id)  # run by rawsql (hot path)
-_INSERT_JOB_ONLY = insert(Job.__table__)
-_JOB_KEYS = ("attempts", "bucket", "created_at", "enterprise_number", "key", "kind", "last_error", "lease_until",
-             "locked_by", "max_attempts", "payload", "run_at", "status", "updated_at")
+# run by rawsql (hot path): a new job's constant columns are SQL of the statement, the rest bound (_JOB_KEYS)
+_INSERT_JOB_ONLY = insert(Job.__table__).values(status=literal_column("'pending'"), attempts=literal_column("0"),
+                                                 lease_until=null(), locked_by=null(), last_error=null())
+_INSERT_JOB = _INSERT_JOB_ONLY.returning(Job.__table__.c.id)
+_JOB_KEYS = ("bucket", "created_at", "enterprise_number", "key", "kind", "max_attempts", "payload", "run_at",
+             "updated_at")
 
 
 class Retry(Exception):
@@ -250,9 +253,8 @@ class JobQueue:
             max_attempts = self.handlers.get(kind, (None, 10))[1]
         now = utcnow()
         row = dict(kind=kind, key=key, payload=payload or {}, enterprise_number=enterprise_number,
-                   bucket=bucket_of(enterprise_number), status="pending", attempts=0, max_attempts=max_attempts,
-                   run_at=now + timedelta(seconds=delay), created_at=now, updated_at=now, lease_until=None,
-                   locked_by=None, last_error=None)
+                   bucket=bucket_of(enterprise_number), max_attempts=max_attempts,
+                   run_at=now + timedelta(seconds=delay), created_at=now, updated_at=now)
         if tx is not None:
             tx.later(_INSERT_JOB_ONLY, row, keys=_JOB_KEYS)
             if not delay:
