@@ -54,9 +54,12 @@ class Prepared:
             self.sql = _PYFORMAT.sub(lambda m: constants.get(m.group(1), "%s"), self.sql)
             self.names = [name for name in _PYFORMAT.findall(compiled.string) if name not in constants]
         self.constants = frozenset(constants)
-        self.defaults = compiled.construct_params(_check=False)
+        # what is bound per execution (the constants above are not: nothing to default or convert)
+        self.defaults = {k: v for k, v in compiled.construct_params(_check=False).items() if k not in constants}
         self.binds = {}
         for name, bind in compiled.binds.items():  # by compiled name: `status_1` for a constant
+            if name in constants:
+                continue
             proc = bind_processor(bind.type.dialect_impl(dialect), dialect)
             if proc is not None:
                 self.binds[name] = proc
