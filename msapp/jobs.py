@@ -21,6 +21,7 @@ Rules (DESIGN.md section 7):
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -101,6 +102,11 @@ class Subject:
     key: str
     columns: tuple
 
+    @functools.cached_property
+    def select(self):
+        """Its columns by `_id`: the claim's read on SQLite, and the handler's when the claim read none."""
+        return select(*(self.table.c[name] for name in self.columns)).where(self.table.c.id == bindparam("_id"))
+
 
 @dataclass(frozen=True)
 class JobContext:
@@ -143,7 +149,7 @@ def _claim_statements(dialect: str, subjects: dict) -> dict:
     round trip. `read` is a statement of its own on purpose: in READ COMMITTED it reads with a snapshot taken
     after the job is locked, so an event that re-armed the job and committed while the claim was on its way is
     in the row (a join in the UPDATE's own statement would read the calls as they were when it started). SQLite:
-    `subject` (kind -> SELECT by `_id`) runs after the claim, in its transaction (writers are serialized)."""
+    the subject's own `select` runs after the claim, in its transaction (writers are serialized)."""
     j = Job.__table__
     p = j.alias("p")
     # One job of a key at a time, earliest first: blocked by an earlier waiting one, or by any running one
@@ -165,7 +171,7 @@ def _claim_statements(dialect: str, subjects: dict) -> dict:
         not_busy = j.c.enterprise_number.not_in(listed("_busy"))
         owned = j.c.bucket.in_(listed("_buckets"))
     base = select(j.c.id).where(due, ~blocked, or_(j.c.enterprise_number.is_(None), not_busy))
-    found: dict = {"prefix": {}, "subject": {}}
+    found: dict = {"prefix": {}}
     for in_buckets in (False, True):
         query = base
         if in_buckets:  # several processes: only the buckets this one owns (msapp/ownership.py)
@@ -192,10 +198,6 @@ def _claim_statements(dialect: str, subjects: dict) -> dict:
             found["prefix"][kind] = f"s{n}_"  # of its columns in `read`
         taken = cast(func.nullif(func.current_setting(_CLAIMED, True), ""), Integer)
         found["read"] = select(*columns).select_from(joined).where(j.c.id == taken)
-    else:
-        for kind, subject in subjects.items():
-            found["subject"][kind] = select(*(subject.table.c[name] for name in subject.columns)).where(
-                subject.table.c.id == bindparam("_id"))
     return found
 
 
@@ -388,7 +390,7 @@ class JobQueue:
             row = {name: job[prefix + name] for name in subject.columns}
             return row if row.get("id") is not None else None
         key = payload.get(subject.key)
-        return tx.first(st["subject"][job["kind"]], {"_id": key}) if isinstance(key, int) else None
+        return tx.first(subject.select, {"_id": key}) if isinstance(key, int) else None
 
     def _finish(self, job_id: int, **values: Any) -> None:
         """Record the job's outcome (only if this worker still holds it), with the journal rows its run

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Optional
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, update
 
 from .. import metrics, rawsql
 from ..errors import ApiError
@@ -85,8 +85,6 @@ class Snapshot:
         return self.extensions[0] if self.extensions else None
 
 
-_SELECT_CALL = select(*(Call.__table__.c[name] for name in Snapshot.__dataclass_fields__)).where(
-    Call.__table__.c.id == bindparam("_id"))
 # What a sync reads first: its call, read by the claim that takes the job (msapp/jobs.py, Subject).
 SUBJECT = Subject(Call.__table__, "call_id", tuple(Snapshot.__dataclass_fields__))
 
@@ -141,7 +139,7 @@ class CallSync:
         row = job.subject
         if row is None:  # not read with the claim (or the call is gone): read it, in a short transaction
             with rawsql.transaction(write=False) as tx:  # never hold a transaction across a MoySklad request
-                row = tx.first(_SELECT_CALL, {"_id": job.payload.get("call_id")})
+                row = tx.first(SUBJECT.select, {"_id": job.payload.get("call_id")})
         if row is None:
             return
         snap = Snapshot(**row)
