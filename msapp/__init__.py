@@ -12,7 +12,7 @@ from flask import Flask, jsonify, request
 from sqlalchemy import event
 from werkzeug.exceptions import HTTPException
 
-from . import logging_setup
+from . import logging_setup, rawsql
 from . import settings as settings_mod
 from .errors import ApiError
 from .extensions import db, migrate
@@ -65,6 +65,8 @@ def create_app(config: Optional[Mapping[str, str]] = None) -> Flask:
             _sqlite_pragmas(db.engine)
         else:
             _ping_when_idle(db.engine)
+            if settings.pg_prepare:
+                rawsql.prepare_on(db.engine)
 
     queue = JobQueue(lease_seconds=settings.job_lease_seconds, worker_id=env.get("MS_WORKER_ID"),
                      retry_horizon=settings.retry_horizon_seconds)

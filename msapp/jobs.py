@@ -347,7 +347,9 @@ class JobQueue:
         dbapi = conn.connection.dbapi_connection
         dbapi.autocommit = True
         try:
-            return self._claim(rawsql.Tx(dbapi, conn.dialect, conn.invalidate), busy, buckets)
+            tx = rawsql.Tx(dbapi, conn.dialect, conn.invalidate, prepared=conn.connection.info.get(rawsql.PREPARED))
+            tx.ready()
+            return self._claim(tx, busy, buckets)
         finally:
             if not conn.invalidated:
                 dbapi.autocommit = False

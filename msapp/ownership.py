@@ -32,6 +32,7 @@ from typing import Callable, Optional
 
 from sqlalchemy import text
 
+from . import rawsql
 from .clock import utcnow
 from .extensions import db
 
@@ -153,6 +154,8 @@ class PgOwnership:
                      {"w": self.worker_id, "k": self.lock_key, "h": socket.gethostname()[:200], "p": os.getpid(),
                       "n": now})
         conn.commit()
+        if rawsql.prepares(db.engine):  # the claims run here: PREPAREd once, as on the pool's connections
+            conn.connection.info[rawsql.PREPARED] = set()
         self._conn = conn
         self.owned = {}
         self.draining = set()

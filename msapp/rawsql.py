@@ -13,6 +13,9 @@ the service's CPU per event (docs/benchmarks.md). Here only that per-statement m
   `onupdate=`) are filled in as SQLAlchemy would;
 - on PostgreSQL a statement's own constants are written into its SQL when it is prepared, and the
   caller's values are bound by position (psycopg2 binds on the client, 1-2 µs per parameter);
+- on PostgreSQL each statement is also PREPAREd once per connection (`ready()`, at the idle moments a
+  transaction or a claim begins) and then run by `EXECUTE name(values)`: the server parsed and planned
+  every statement on every execution, about half of its CPU per PBX event (docs/benchmarks.md);
 - transactions: `transaction()` is one of its own on a pooled connection (BEGIN IMMEDIATE on SQLite,
   queued on the process's writer lock like every writer); `write()` joins the session's transaction
   when the thread's session has one open; `session_tx()` / `Tx.of()` run inside a session's or a
@@ -26,18 +29,23 @@ Never mix it with the ORM on one row in one transaction: the session does not se
 """
 from __future__ import annotations
 
+import hashlib
+import logging
 import re
 import threading
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Optional
 
+from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import sqlite
 
 from .extensions import db
 
 _PYFORMAT = re.compile(r"%\((\w+)\)s")
+log = logging.getLogger("msapp.rawsql")
+PREPARED = "ms_prepared"  # a pooled PostgreSQL connection's info: names PREPAREd on it (absent: never prepare)
 
 
 class Prepared:
@@ -54,6 +62,12 @@ class Prepared:
             self.sql = _PYFORMAT.sub(lambda m: constants.get(m.group(1), "%s"), self.sql)
             self.names = [name for name in _PYFORMAT.findall(compiled.string) if name not in constants]
         self.constants = frozenset(constants)
+        # PostgreSQL: the statement as the server keeps it (`name`, `prepare`) and how it is then run
+        self.name = self.prepare = None
+        if not compiled.positional:
+            self.name = "ms_" + hashlib.blake2b(self.sql.encode(), digest_size=10).hexdigest()
+            self.prepare = f"PREPARE {self.name} AS {_numbered(self.sql)}"
+            self.execute = f"EXECUTE {self.name}" + (f"({', '.join(['%s'] * len(self.names))})" if self.names else "")
         # what is bound per execution (the constants above are not: nothing to default or convert)
         self.defaults = {k: v for k, v in compiled.construct_params(_check=False).items() if k not in constants}
         self.binds = {}
@@ -86,6 +100,20 @@ class Prepared:
     def row(self, raw: tuple) -> dict:
         return {name: (value if read is None or value is None else read(value))
                 for name, read, value in zip(self.columns, self.readers, raw)}
+
+
+def _numbered(sql: str) -> str:
+    """psycopg2's SQL (`%s` a value, `%%` a percent sign) as the server's: `$1`, `$2`, ... and `%`."""
+    count = 0
+
+    def number(match) -> str:
+        nonlocal count
+        if match.group() == "%%":
+            return "%"
+        count += 1
+        return f"${count}"
+
+    return re.sub(r"%%|%s", number, sql)
 
 
 def _constants(compiled, dialect) -> dict:
@@ -127,6 +155,9 @@ class Statements:
     def __init__(self):
         self._prepared: dict = {}
         self._lock = threading.Lock()
+        self.server: dict = {}  # PostgreSQL: PREPARE text by name, of every statement the server can keep
+        self.refused: set = set()  # names the server would not PREPARE (run as plain SQL)
+        self.texts: dict = {}  # the SQL of each name, for `expanded`
 
     def get(self, stmt, keys: Optional[tuple], dialect) -> Prepared:
         cache_key = (id(stmt), dialect.name, keys)
@@ -135,21 +166,50 @@ class Statements:
             found = Prepared(stmt, dialect, list(keys) if keys is not None else None)
             with self._lock:
                 self._prepared[cache_key] = (found, stmt)  # holding stmt keeps its id() unique
+                if found.name is not None and found.name not in self.refused:
+                    self.server[found.name] = found.prepare
+                    self.texts[found.name] = found.sql
         else:
             found = found[0]
         return found
 
+    def refuse(self, name: str, exc: Exception) -> None:
+        with self._lock:
+            self.refused.add(name)
+            text = self.server.pop(name, None)
+        log.warning("statement %s not prepared, run as plain SQL: %s (%s)", name, str(exc).strip(), text)
+
 
 _STATEMENTS = Statements()
+_EXECUTE = re.compile(r"EXECUTE (ms_[0-9a-f]{20})(\(.*?\))?(?=;|$)", re.S)
+
+
+def prepare_on(engine) -> None:
+    """PostgreSQL: statements run on `engine`'s connections are PREPAREd on each (`Tx.ready`)."""
+    event.listen(engine, "connect", _new_connection)
+
+
+def prepares(engine) -> bool:
+    return event.contains(engine, "connect", _new_connection)
+
+
+def _new_connection(_dbapi_conn, record) -> None:
+    record.info[PREPARED] = set()  # nothing PREPAREd on it yet
+
+
+def expanded(sql: str) -> str:
+    """`sql` as sent, each `EXECUTE name(...)` written as the statement it runs (errors, tests)."""
+    return _EXECUTE.sub(lambda m: _STATEMENTS.texts.get(m.group(1), m.group()), sql)
 
 
 class Tx:
     """Statements on one driver connection: the session's (its transaction) or a pooled one (`transaction`)."""
 
-    def __init__(self, dbapi, dialect, on_lost=None, explicit: bool = False):
+    def __init__(self, dbapi, dialect, on_lost=None, explicit: bool = False, prepared: Optional[set] = None):
         self.dbapi = dbapi
         self.dialect = dialect
         self._on_lost = on_lost
+        self.prepared = prepared  # PostgreSQL: the names PREPAREd on this connection (None: never here)
         self._batch = dialect.name == "postgresql"  # SQLite runs in-process: nothing to save by waiting
         self._pending: list = []
         # PostgreSQL on a connection in autocommit (`transaction`): psycopg2 would send BEGIN in a round
@@ -164,15 +224,49 @@ class Tx:
         none, so that the caller's `connection.commit()` commits what ran here)."""
         if not connection.in_transaction():
             connection.begin()
-        return cls(connection.connection.dbapi_connection, connection.dialect, connection.invalidate)
+        fairy = connection.connection
+        return cls(fairy.dbapi_connection, connection.dialect, connection.invalidate,
+                   prepared=fairy.info.get(PREPARED))
+
+    def ready(self) -> None:
+        """PREPARE on this connection the statements it does not have yet. Only on an idle connection in
+        autocommit (a transaction's or a claim's start): each is a round trip of its own, once per
+        connection and statement, so a failure aborts no transaction and leaves nothing half known."""
+        known = self.prepared
+        if known is None or len(known) >= len(_STATEMENTS.server):
+            return
+        for name, text in list(_STATEMENTS.server.items()):
+            if name in known:
+                continue
+            cursor = self.dbapi.cursor()
+            try:
+                cursor.execute(text)
+                known.add(name)
+            except self.dialect.loaded_dbapi.Error as exc:
+                code = getattr(exc, "pgcode", None) or ""
+                if code == "42P05":  # duplicate_prepared_statement: it is here already
+                    known.add(name)
+                elif self.dialect.is_disconnect(exc, self.dbapi, cursor):
+                    if self._on_lost is not None:
+                        self._on_lost(exc)
+                    raise _wrap(exc, self.dialect, text, None, True) from exc
+                elif code.startswith("42"):  # the server cannot keep this one (e.g. a value of no known type)
+                    _STATEMENTS.refuse(name, exc)
+                # anything else (a timeout, ...): plain SQL this time, tried again at the next idle moment
+            finally:
+                cursor.close()
+
+    def _text(self, prepared: Prepared) -> str:
+        known = self.prepared
+        return prepared.execute if known is not None and prepared.name in known else prepared.sql
 
     def _cursor(self, stmt, values: Optional[dict], keys: Optional[tuple]):
         prepared = _STATEMENTS.get(stmt, keys, self.dialect)
         params = prepared.parameters(values or {})
         if self._pending:  # the kept statements first, in the same round trip; the cursor shows this one
-            self._pending.append((prepared, params))
+            self._pending.append((self._text(prepared), params))
             return self._send(*self._joined()), prepared
-        return self._send(prepared.sql, params), prepared
+        return self._send(self._text(prepared), params), prepared
 
     def _send(self, sql: str, params):
         if self.explicit and not self.begun:
@@ -183,9 +277,15 @@ class Tx:
         except self.dialect.loaded_dbapi.Error as exc:
             lost = self.dialect.is_disconnect(exc, self.dbapi, cursor)
             cursor.close()
+            if self.prepared is not None and getattr(exc, "pgcode", None) == "26000":
+                # a statement PREPAREd here is gone (DEALLOCATE; a pooler handing us another server
+                # connection): this connection is not what we know of it, so it is dropped, as a lost one
+                log.warning("a prepared statement is gone from its connection (a pooler in transaction mode? "
+                            "set MS_PG_PREPARE=0): the connection is replaced")
+                lost = True
             if lost and self._on_lost is not None:
                 self._on_lost(exc)
-            raise _wrap(exc, self.dialect, sql, params, lost) from exc
+            raise _wrap(exc, self.dialect, expanded(sql), params, lost) from exc
         return cursor
 
     def later(self, stmt, values: Optional[dict] = None, keys: Optional[tuple] = None) -> None:
@@ -195,7 +295,7 @@ class Tx:
             self.run(stmt, values, keys)
             return
         prepared = _STATEMENTS.get(stmt, keys, self.dialect)
-        self._pending.append((prepared, prepared.parameters(values or {})))
+        self._pending.append((self._text(prepared), prepared.parameters(values or {})))
 
     def send_pending(self) -> None:
         """Send the statements `later` kept, as one multi-statement execute (psycopg2 binds client-side:
@@ -215,8 +315,8 @@ class Tx:
     def _joined(self) -> tuple:
         items, self._pending = self._pending, []
         if len(items) == 1:
-            return items[0][0].sql, items[0][1]
-        return ";\n".join(prepared.sql for prepared, _ in items), sum((values for _, values in items), ())
+            return items[0]
+        return ";\n".join(sql for sql, _ in items), sum((values for _, values in items), ())
 
     def first(self, stmt, values: Optional[dict] = None, keys: Optional[tuple] = None) -> Optional[dict]:
         """The first row of `stmt` (a SELECT, or DML with RETURNING) as a dict, or None."""
@@ -279,10 +379,12 @@ def transaction(write: bool = True):
     explicit = dialect.name == "postgresql"
     if explicit:
         fairy.dbapi_connection.autocommit = True  # client-side only: the connection is idle
-    tx = Tx(fairy.dbapi_connection, dialect, fairy.invalidate, explicit=explicit and write)
+    tx = Tx(fairy.dbapi_connection, dialect, fairy.invalidate, explicit=explicit and write,
+            prepared=fairy.info.get(PREPARED))
     if pin:
         _pinned.busy = True
     try:
+        tx.ready()
         if write and dialect.name == "sqlite":
             fairy.dbapi_connection.begin_immediate()
         yield tx

@@ -49,6 +49,9 @@ class Settings:
     # Journal rows, finished jobs and calls older than this are deleted (0: keep everything).
     retention_days: int = 30
     trusted_proxies: tuple = ()
+    # PostgreSQL: statements PREPAREd once per connection (0 behind a pooler that shares server connections
+    # between clients, e.g. PgBouncer in transaction mode).
+    pg_prepare: bool = True
 
     @property
     def is_sqlite(self) -> bool:
@@ -183,4 +186,5 @@ def load(env: Optional[Mapping[str, str]] = None) -> Settings:
         trusted_proxies=_networks(env, "MS_TRUSTED_PROXIES"),
         retry_horizon_seconds=_duration(env, "MS_RETRY_HORIZON", 86400.0, 60.0, 30 * 86400.0),
         retention_days=_int(env, "MS_RETENTION_DAYS", 30, 0, 3650),
+        pg_prepare=bool(_int(env, "MS_PG_PREPARE", 1, 0, 1)),
     )

@@ -562,7 +562,8 @@ def test_a_claim_reads_its_jobs_subject_with_it(ctx, monkeypatch):
     add(kind="test", key="other", payload={"call_id": "f5e15329-54a0-4e5f"})  # not a call's id: never cast
     add(kind="call.sync", key="bad", payload={"call_id": "1; DROP"})
     sent, real = [], rawsql.Tx._send
-    monkeypatch.setattr(rawsql.Tx, "_send", lambda self, sql, params: sent.append(sql) or real(self, sql, params))
+    monkeypatch.setattr(rawsql.Tx, "_send", lambda self, sql, params: sent.append(rawsql.expanded(sql)) or
+                        real(self, sql, params))
     first = ms().queue.claim()
     assert first.kind == "call.sync" and first.subject["id"] == call_id and first.subject["unique_id"] == "s-1"
     assert set(first.subject) == set(SUBJECT.columns) and first.subject["extensions"] == ["150"]

@@ -110,12 +110,15 @@ def test_a_statements_constants_reach_the_database_as_written(ctx):
     odd = "it's 100%% %s %(x)s"
     stmt = update(CALLS).where(CALLS.c.unique_id == bindparam("_u"), CALLS.c.status == "ringing") \
         .values(record_url=odd, sequence=CALLS.c.sequence + 1, last_error=bindparam("_why"))
-    with rawsql.transaction() as tx:
-        tx.run(insert(CALLS), new_call(), keys=rawsql.columns_of(new_call()))
-        tx.later(stmt, {"_u": "r-1", "_why": "100% %(x)s"})
-        row = tx.first(select(CALLS.c.record_url, CALLS.c.last_error, CALLS.c.sequence, CALLS.c.notify)
-                       .where(CALLS.c.unique_id == bindparam("_u"), CALLS.c.notify.is_(True)), {"_u": "r-1"})
-    assert row == {"record_url": odd, "last_error": "100% %(x)s", "sequence": 1, "notify": True}
+    read = select(CALLS.c.record_url, CALLS.c.last_error, CALLS.c.sequence, CALLS.c.notify) \
+        .where(CALLS.c.unique_id == bindparam("_u"), CALLS.c.notify.is_(True))
+    with rawsql.pinned():  # the second time on PostgreSQL: PREPAREd (the server's `$1` and `%`), by EXECUTE
+        for unique_id in ("r-1", "r-2"):
+            with rawsql.transaction() as tx:
+                tx.run(insert(CALLS), new_call(unique_id=unique_id), keys=rawsql.columns_of(new_call()))
+                tx.later(stmt, {"_u": unique_id, "_why": "100% %(x)s"})
+                row = tx.first(read, {"_u": unique_id})
+            assert row == {"record_url": odd, "last_error": "100% %(x)s", "sequence": 1, "notify": True}
     prepared = rawsql._STATEMENTS.get(stmt, None, db.engine.dialect)
     if db.engine.dialect.name == "postgresql":
         # the constants ("ringing", 1, the URL) are in the SQL; updated_at is the model's onupdate
@@ -205,3 +208,93 @@ def test_sqlite_timestamps_are_written_as_sqlalchemy_writes_them(value):
     dialect = sqlite.dialect()
     impl = DateTime().dialect_impl(dialect)
     assert rawsql.bind_processor(impl, dialect)(value) == impl.bind_processor(dialect)(value)
+
+
+def _prepared_here(tx) -> set:
+    cursor = tx.dbapi.cursor()
+    cursor.execute("SELECT name FROM pg_prepared_statements")
+    names = {name for (name,) in cursor.fetchall()}
+    cursor.close()
+    return names
+
+
+@pytest.mark.postgres
+def test_postgresql_prepares_each_statement_once_per_connection(pg_ctx, monkeypatch):
+    """The server parsed and planned every statement at every execution (half its CPU per PBX event): a
+    statement is PREPAREd on a connection at the next idle moment after its first use, then run by
+    EXECUTE, reading and writing as before, in the transaction's same round trips."""
+    sent, real = [], rawsql.Tx._send
+    monkeypatch.setattr(rawsql.Tx, "_send", lambda self, sql, params: sent.append(sql) or real(self, sql, params))
+    stmt = insert(CALLS).returning(CALLS.c.id, CALLS.c.extensions, CALLS.c.start_time)
+    journal = insert(LOGS)
+    rows = []
+    with rawsql.pinned():
+        for unique_id in ("p-1", "p-2", "p-3"):
+            with rawsql.transaction() as tx:
+                rows.append(tx.first(stmt, new_call(unique_id=unique_id, external_id=unique_id),
+                                     keys=rawsql.columns_of(new_call())))
+                tx.execute(journal, {"event_type": "x", "request_data": {"доб": ["150"]}})
+                names = _prepared_here(tx)
+    first = rawsql._STATEMENTS.get(stmt, rawsql.columns_of(new_call()), db.engine.dialect)
+    log_row = rawsql._STATEMENTS.get(journal, ("event_type", "request_data"), db.engine.dialect)
+    assert {first.name, log_row.name} <= names
+    assert sent[0].startswith("INSERT INTO ms_calls") and "INSERT INTO integration_logs" in sent[1]
+    assert sent[2] == first.execute and sent[3] == f"{log_row.execute};\nCOMMIT"
+    assert sent[4:] == sent[2:4] and len(sent) == 6  # the third: the same two round trips, nothing PREPAREd again
+    assert [r["extensions"] for r in rows] == [["150", "151"]] * 3 and {r["start_time"] for r in rows} == {WHEN}
+    assert rawsql.expanded(sent[3]) == f"{log_row.sql};\nCOMMIT"
+    assert db.session.execute(select(LOGS.c.request_data)).scalars().all() == [{"доб": ["150"]}] * 3
+
+
+@pytest.mark.postgres
+def test_a_statement_the_server_cannot_prepare_runs_as_plain_sql(pg_ctx):
+    """`$1 IS NULL` has no type the server could give `$1`: refused once, it still runs, as plain SQL."""
+    from sqlalchemy import String
+
+    stmt = select(bindparam("x", type_=String).is_(None).label("x"))
+    with rawsql.pinned():
+        for _ in range(3):
+            with rawsql.transaction(write=False) as tx:
+                assert tx.first(stmt, {"x": "a'b"}) == {"x": False}
+    name = rawsql._STATEMENTS.get(stmt, None, db.engine.dialect).name
+    assert name in rawsql._STATEMENTS.refused and name not in rawsql._STATEMENTS.server
+
+
+@pytest.mark.postgres
+def test_a_prepared_statement_gone_fails_once_and_is_prepared_again(pg_ctx):
+    """A statement DEALLOCATEd behind rawsql's back (a pooler that shares server connections does that):
+    the transaction that meets it fails as with a lost connection (a 503: try again), the connection is
+    replaced, and on the new one the statement is PREPAREd again."""
+    stmt = select(db.func.count(CALLS.c.id).label("n")).where(CALLS.c.unique_id == bindparam("_u"))
+    with rawsql.pinned():
+        for _ in range(2):
+            with rawsql.transaction(write=False) as tx:
+                tx.first(stmt, {"_u": "x"})
+        with rawsql.transaction(write=False) as tx:
+            assert rawsql._STATEMENTS.get(stmt, None, db.engine.dialect).name in _prepared_here(tx)
+            tx.dbapi.cursor().execute("DEALLOCATE ALL")
+        with pytest.raises(DBAPIError, match="does not exist") as caught:
+            with rawsql.transaction(write=False) as tx:
+                tx.first(stmt, {"_u": "x"})
+        assert "FROM ms_calls" in caught.value.statement  # the statement, not its EXECUTE
+        assert caught.value.connection_invalidated
+        with rawsql.transaction(write=False) as tx:
+            assert tx.first(stmt, {"_u": "x"}) == {"n": 0}
+            assert rawsql._STATEMENTS.get(stmt, None, db.engine.dialect).name in _prepared_here(tx)
+
+
+@pytest.mark.postgres
+def test_ms_pg_prepare_0_prepares_nothing(pg_schema, tmp_path, monkeypatch):
+    """Behind a pooler in transaction mode (PgBouncer) a session's prepared statements are not there:
+    MS_PG_PREPARE=0 runs every statement as plain SQL."""
+    app = make_app(pg_schema.url, tmp_path, MS_PG_PREPARE="0")
+    sent, real = [], rawsql.Tx._send
+    monkeypatch.setattr(rawsql.Tx, "_send", lambda self, sql, params: sent.append(sql) or real(self, sql, params))
+    try:
+        with app.app_context(), rawsql.pinned():
+            for _ in range(3):
+                with rawsql.transaction(write=False) as tx:
+                    assert tx.first(select(db.func.count(JOBS.c.id).label("n"))) == {"n": 0}
+            assert not _prepared_here(tx) and not [sql for sql in sent if "EXECUTE" in sql]
+    finally:
+        dispose(app)

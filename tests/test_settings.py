@@ -65,6 +65,8 @@ def test_ms_database_url_wins_over_database_url(tmp_path):
     ("MS_PUBLIC_URL", "ftp://x", "MS_PUBLIC_URL"),
     ("MS_PHONE_API_URL", "api.moysklad.ru", "MS_PHONE_API_URL"),
     ("MS_LOG_LEVEL", "LOUD", "MS_LOG_LEVEL"),
+    ("MS_PG_PREPARE", "yes", "MS_PG_PREPARE"),
+    ("MS_PG_PREPARE", "2", "out of range"),
 ])
 def test_invalid_settings_are_one_line_errors(tmp_path, name, value, fragment):
     with pytest.raises(SettingsError) as info:
