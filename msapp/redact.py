@@ -5,7 +5,7 @@ import functools
 import json
 import logging
 import re
-from typing import Any
+from typing import Any, Optional
 
 MASK = "••••"
 
@@ -65,25 +65,41 @@ _SCAN = tuple({word.replace("_", "-") for word in (*_TRIGGERS, *SECRET_KEYS)})
 _SCAN_TEXT = json.JSONEncoder(ensure_ascii=False, default=str).encode
 
 
-def _nothing_secret(value: Any) -> bool:
-    """True when no key and no string of `value` can hold a secret: its JSON text (lowered as the checks
-    above lower it, so a key like "TO\u212aEN" is seen as "token") holds none of their words. A PBX event
-    or a MoySklad exchange seldom does: one scan of its text is half the cost of walking it."""
+def _clean_text(value: Any) -> Optional[str]:
+    """The JSON text of `value` when no key and no string of it can hold a secret, else None: its text
+    (lowered as the checks above lower it, so a key like "TO\u212aEN" is seen as "token") holds none of
+    their words. A PBX event or a MoySklad exchange seldom does: one scan of its text is half the cost of
+    walking it."""
     try:
         text = _SCAN_TEXT(value)
     except (TypeError, ValueError, RecursionError):  # keys that are not strings, or nested deep: walk it
-        return False
+        return None
     if text.count("{") + text.count("[") > _DEEPEST:  # it may be nested deeper than the walk goes
-        return False
-    text = text.lower().replace("_", "-")
-    return not any(word in text for word in _SCAN)
+        return None
+    low = text.lower().replace("_", "-")
+    return None if any(word in low for word in _SCAN) else text
 
 
 def redact_obj(value: Any) -> Any:
     """A copy of a JSON-like value with secret keys masked and strings scrubbed (the value itself when it
     has nothing to mask)."""
-    if isinstance(value, (dict, list)) and _nothing_secret(value):
+    if isinstance(value, (dict, list)) and _clean_text(value) is not None:
         return value
+    return _walk(value, 0)
+
+
+class JsonText(str):
+    """A value already written as JSON: a JSON column stores the text as it is (see `create_app`'s
+    serializer), instead of encoding the value a second time."""
+
+
+def redact_for_json(value: Any) -> Any:
+    """`redact_obj` for a JSON column: a dict or list with nothing to mask comes back as the JSON text the
+    scan wrote (a `JsonText`), so a journal row's values are encoded once, not twice."""
+    if isinstance(value, (dict, list)):
+        text = _clean_text(value)
+        if text is not None:
+            return JsonText(text)
     return _walk(value, 0)
 
 

@@ -154,3 +154,32 @@ def test_same_event_twice_is_one_row_and_one_pending_job(client, app):
     with app.app_context():
         assert db.session.scalar(select(func.count()).select_from(Call)) == 1
         assert db.session.scalar(select(func.count()).select_from(Job)) == 1  # coalesced while pending
+
+
+def test_a_body_is_read_alike_on_both_paths(client, app):
+    """A plain `application/json` body with a length is read straight from the WSGI input; a charset, no
+    length (chunked) or a content type to parse take werkzeug's path: every one is stored the same, and
+    the body can still be read after the fast read."""
+    import io
+    import json
+
+    from flask import request
+
+    from msapp.http_utils import json_body
+
+    def body(uid):
+        return json.dumps({**GOOD, "unique_id": uid}).encode()
+
+    assert client.post("/internal/ms/call-event", data=body("a-1"), content_type="application/json").status_code == 202
+    assert client.post("/internal/ms/call-event", data=body("a-2"),
+                       content_type="application/json; charset=utf-8").status_code == 202
+    assert client.post("/internal/ms/call-event", input_stream=io.BytesIO(body("a-3")), content_type="application/json",
+                       headers={"Transfer-Encoding": "chunked"}).status_code == 202
+    assert client.post("/internal/ms/call-event", data=body("a-4"), content_type="application/vnd.pbx+json").status_code == 202
+    with app.app_context():
+        assert sorted(db.session.scalars(select(Call.unique_id))) == ["a-1", "a-2", "a-3", "a-4"]
+    with app.test_request_context("/x", method="POST", data=body("a-5"), content_type="application/json"):
+        assert json_body(unread=True)["unique_id"] == "a-5" and request.get_json()["unique_id"] == "a-5"
+    with app.test_request_context("/x", method="POST", data=b"x" * 70_000, content_type="application/json"):
+        with pytest.raises(Exception, match="413"):
+            json_body(unread=True)

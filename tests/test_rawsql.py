@@ -298,3 +298,19 @@ def test_ms_pg_prepare_0_prepares_nothing(pg_schema, tmp_path, monkeypatch):
             assert not _prepared_here(tx) and not [sql for sql in sent if "EXECUTE" in sql]
     finally:
         dispose(app)
+
+
+def test_a_journal_value_is_written_as_the_scan_encoded_it(ctx):
+    """A journal value with nothing to mask reaches its JSON column as the text redaction's scan wrote
+    (not encoded a second time), and reads back as it was; one with a secret is masked and encoded."""
+    from msapp import redact
+    from msapp.services import exchange_log
+
+    request = {"body": {"name": "Иван", "phones": ["+375 29 625-40-70"], "n": 1.5, "ok": True, "none": None}}
+    response = {"status": 200, "headers": {"Lognex-Phone-Auth-Token": "k" * 40}}
+    assert isinstance(redact.redact_for_json(request), redact.JsonText)
+    with rawsql.transaction() as tx:
+        exchange_log.add("0367", "ms.phone.call.create", request, response, conn=tx)
+    row = db.session.execute(select(LOGS.c.request_data, LOGS.c.response_data)).one()
+    assert row.request_data == request
+    assert row.response_data == {"status": 200, "headers": {"Lognex-Phone-Auth-Token": redact.MASK}}

@@ -1,3 +1,4 @@
+import json
 import logging
 
 import pytest
@@ -94,8 +95,15 @@ _VALUES = st.recursive(
 @given(_VALUES)
 def test_a_value_with_nothing_to_mask_is_kept_as_the_walk_would_keep_it(value):
     """redact_obj skips the walk when the value's JSON text holds no secret word: the result must be the
-    walk's, whatever the keys, strings and nesting."""
-    assert redact_obj(value) == redact._walk(value, 0)
+    walk's, whatever the keys, strings and nesting; and redact_for_json's (a journal column's value), when
+    it is the scan's JSON text, must be the text of the walk's result, as the column would encode it."""
+    walked = redact._walk(value, 0)
+    assert redact_obj(value) == walked
+    for_json = redact.redact_for_json(value)
+    if isinstance(for_json, redact.JsonText):
+        assert json.loads(for_json) == walked and for_json == json.JSONEncoder(ensure_ascii=False).encode(walked)
+    else:
+        assert for_json == walked
 
 
 def _nested(value, levels):
@@ -112,3 +120,4 @@ def _nested(value, levels):
 ])
 def test_values_the_scan_must_not_pass(value):
     assert redact_obj(value) == redact._walk(value, 0) != value
+    assert redact.redact_for_json(value) == redact._walk(value, 0) and not isinstance(redact.redact_for_json(value), str)

@@ -26,7 +26,7 @@ def only_local():
 
 def _accept(event_type, log_event: str, notify: bool = True, defaults: dict | None = None):
     """Validate and store one event. Returns (status, reason): accepted, disabled or ignored."""
-    body = json_body()
+    body = json_body(unread=True)
     number = events.enterprise_number(body)
     for key, value in (defaults or {}).items():
         if body.get(key) in (None, ""):

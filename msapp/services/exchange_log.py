@@ -9,7 +9,7 @@ from sqlalchemy import insert
 from .. import rawsql
 from ..clock import utcnow
 from ..models import IntegrationLog
-from ..redact import redact_obj, redact_text
+from ..redact import redact_for_json, redact_text
 
 _INSERT = insert(IntegrationLog.__table__)  # values bound at execution (hot path)
 _KEYS = ("created_at", "enterprise_number", "error_message", "event_type", "integration_type", "request_data",
@@ -20,7 +20,7 @@ def add(enterprise: Optional[str], event_type: str, request: Any = None, respons
         error: Optional[str] = None, conn=None) -> None:
     """Add a log row to the current session (committed with the caller's transaction), or to `conn`."""
     row = dict(created_at=utcnow(), enterprise_number=enterprise, integration_type="ms", event_type=event_type[:100],
-               request_data=redact_obj(request), response_data=redact_obj(response),
+               request_data=redact_for_json(request), response_data=redact_for_json(response),
                status="error" if error else "success", error_message=redact_text(error)[:2000] if error else None)
     if conn is not None:
         conn.execute(_INSERT, row)
