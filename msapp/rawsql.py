@@ -15,7 +15,7 @@ the service's CPU per event (docs/benchmarks.md). Here only that per-statement m
   caller's values are bound by position (psycopg2 binds on the client, 1-2 µs per parameter);
 - on PostgreSQL each statement is also PREPAREd once per connection (`ready()`, at the idle moments a
   transaction or a claim begins) and then run by `EXECUTE name(values)`: the server parsed and planned
-  every statement on every execution, about half of its CPU per PBX event (docs/benchmarks.md);
+  every statement on every execution, a quarter of its CPU per PBX event (docs/benchmarks.md);
 - transactions: `transaction()` is one of its own on a pooled connection (BEGIN IMMEDIATE on SQLite,
   queued on the process's writer lock like every writer); `write()` joins the session's transaction
   when the thread's session has one open; `session_tx()` / `Tx.of()` run inside a session's or a
@@ -63,7 +63,7 @@ class Prepared:
             self.names = [name for name in _PYFORMAT.findall(compiled.string) if name not in constants]
         self.constants = frozenset(constants)
         # PostgreSQL: the statement as the server keeps it (`name`, `prepare`) and how it is then run
-        self.name = self.prepare = None
+        self.name = self.prepare = self.execute = None
         if not compiled.positional:
             self.name = "ms_" + hashlib.blake2b(self.sql.encode(), digest_size=10).hexdigest()
             self.prepare = f"PREPARE {self.name} AS {_numbered(self.sql)}"
@@ -173,6 +173,10 @@ class Statements:
             found = found[0]
         return found
 
+    def to_prepare(self) -> list:
+        with self._lock:
+            return list(self.server.items())
+
     def refuse(self, name: str, exc: Exception) -> None:
         with self._lock:
             self.refused.add(name)
@@ -235,7 +239,7 @@ class Tx:
         known = self.prepared
         if known is None or len(known) >= len(_STATEMENTS.server):
             return
-        for name, text in list(_STATEMENTS.server.items()):
+        for name, text in _STATEMENTS.to_prepare():
             if name in known:
                 continue
             cursor = self.dbapi.cursor()
