@@ -55,19 +55,18 @@ class Prepared:
         compiled = stmt.compile(dialect=dialect, column_keys=column_keys)
         self.sql = compiled.string
         constants: dict = {}
+        # PostgreSQL: the statement as the server keeps it (`name`, `prepare`) and how it is then run
+        self.name = self.prepare = self.execute = None
         if compiled.positional:
             self.names = list(compiled.positiontup)
         else:  # psycopg2's pyformat: its constants written into the SQL, the rest sent as `%s` from a tuple
             constants = _constants(compiled, dialect)
             self.sql = _PYFORMAT.sub(lambda m: constants.get(m.group(1), "%s"), self.sql)
             self.names = [name for name in _PYFORMAT.findall(compiled.string) if name not in constants]
-        self.constants = frozenset(constants)
-        # PostgreSQL: the statement as the server keeps it (`name`, `prepare`) and how it is then run
-        self.name = self.prepare = self.execute = None
-        if not compiled.positional:
             self.name = "ms_" + hashlib.blake2b(self.sql.encode(), digest_size=10).hexdigest()
             self.prepare = f"PREPARE {self.name} AS {_numbered(self.sql)}"
             self.execute = f"EXECUTE {self.name}" + (f"({', '.join(['%s'] * len(self.names))})" if self.names else "")
+        self.constants = frozenset(constants)
         # what is bound per execution (the constants above are not: nothing to default or convert)
         self.defaults = {k: v for k, v in compiled.construct_params(_check=False).items() if k not in constants}
         self.binds = {}
@@ -185,7 +184,7 @@ class Statements:
 
 
 _STATEMENTS = Statements()
-_EXECUTE = re.compile(r"EXECUTE (ms_[0-9a-f]{20})(\(.*?\))?(?=;|$)", re.S)
+_EXECUTE = re.compile(r"EXECUTE (ms_[0-9a-f]+)(\(.*?\))?(?=;|$)", re.S)
 
 
 def prepare_on(engine) -> None:
