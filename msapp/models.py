@@ -97,7 +97,7 @@ class Job(db.Model):
 
     __tablename__ = "ms_jobs"
     __table_args__ = (
-        Index("ix_ms_jobs_due", "status", "run_at"),
+        Index("ix_ms_jobs_due", "status", "run_at", "id"),  # the claim's order (migration 0008)
         Index("ix_ms_jobs_key", "key", "id"),
     )
 
