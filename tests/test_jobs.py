@@ -687,3 +687,27 @@ def test_an_expired_lease_is_taken_before_the_waiting_backlog(ctx):
     later = [add(key=f"waiting-{i}") for i in range(3)]
     rescuer = JobQueue(lease_seconds=30, worker_id="rescuer")
     assert [rescuer.claim().id for _ in range(4)] == [lost, *later]
+
+
+def test_a_backlog_announced_by_no_notify_drains_without_idle_polls(ctx):
+    """Retries coming due and jobs released after an outage come with no notify. A claim says whether
+    another job was due as it took its own; the worker back from it claims again at once, and rests only
+    when the claim said none was (before: one job per worker per idle poll, 8 jobs/s for a process)."""
+    q, done = ms().queue, []
+    q.register("test", lambda j: done.append(j.payload["n"]))
+    for n in range(10):
+        add(key=f"backlog-{n}", payload={"n": n})  # committed, not announced
+    pool = WorkerPool(ctx, q, 1, idle_poll=2.5)  # an idle poll longer than the test waits
+    claims, real = [], q.claim
+    q.claim = lambda *a: claims.append(1) or real(*a)
+    try:
+        pool.start()
+        deadline = time.time() + 2
+        while len(done) < 10 and time.time() < deadline:
+            time.sleep(0.01)
+        assert done == list(range(10))
+        time.sleep(0.3)
+        assert len(claims) == 10  # the last claim said no more were due: the worker rests, no empty claim
+    finally:
+        pool.stop()
+        del q.claim
