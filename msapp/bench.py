@@ -754,6 +754,100 @@ def _fill_journal(db, kind: str, rows: int) -> None:
     db.session.commit()
 
 
+def measure_backlog(kind: str, pg_url: str, jobs: int, workers: int) -> dict:
+    """The queue's own pace on a backlog (what a long MoySklad outage leaves behind once it is back):
+    `jobs` due jobs, each its own key, announced by no notify (as retries coming due and jobs released
+    after an outage), and a handler that does nothing, drained by a WorkerPool of `workers` threads in
+    this process (the service's idle poll). Jobs per second, this process's CPU per job, and one claim's
+    CPU at the full backlog and on an empty queue (a claim's cost must not grow with the backlog)."""
+    from . import create_app
+    from .extensions import db
+    from .jobs import WorkerPool
+    from .ownership import bucket_of
+    from .schema import upgrade_database
+
+    with tempfile.TemporaryDirectory() as tmp:
+        db_url, cleanup = _database(kind, pg_url, tmp)
+        try:
+            app = create_app({"MS_DATABASE_URL": db_url, "MS_INSTANCE_DIR": tmp, "MS_LOG_DIR": tmp,
+                              "MS_WORKERS": "0", "MS_LOG_LEVEL": "WARNING"})
+            upgrade_database(app)
+            queue = app.extensions["ms"].queue
+            queue.register("bench.noop", lambda job: None)
+            with app.app_context():
+                _fill_backlog(db, kind, jobs, bucket_of("1000"))
+                claim_full = _claim_cpu(queue)
+            pool = WorkerPool(app, queue, workers)  # the service's idle poll
+            cpu, started = time.process_time(), time.perf_counter()
+            pool.start()
+            try:
+                with app.app_context():
+                    while queue.stats()["depth"]:
+                        if time.perf_counter() - started > 1800:
+                            raise RuntimeError("the backlog did not drain in 30 minutes")
+                        time.sleep(0.05)
+                    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+            finally:
+                pool.stop()
+            with app.app_context():
+                claim_empty = _claim_cpu(queue)
+                db.session.remove()
+                db.engine.dispose()
+            return {"database": kind, "backlog_jobs": jobs, "backlog_workers": workers,
+                    "backlog_seconds": round(elapsed, 1), "backlog_jobs_per_s": round(jobs / elapsed),
+                    "backlog_cpu_per_job_ms": round(cpu / jobs * 1000, 3),
+                    "claim_cpu_full_ms": round(claim_full * 1000, 3),
+                    "claim_cpu_empty_ms": round(claim_empty * 1000, 3)}
+        finally:
+            cleanup()
+
+
+def _claim_cpu(queue, claims: int = 20) -> float:
+    """This thread's CPU per claim (each job handed back right away, uncounted, so the backlog stays)."""
+    spent = 0.0
+    for _ in range(claims):
+        started = time.thread_time()
+        job = queue.claim()
+        spent += time.thread_time() - started
+        if job is not None:
+            queue._finish(job.id, status="pending", attempts=job.attempts - 1, lease_until=None, locked_by=None)
+    return spent / claims
+
+
+def _fill_backlog(db, kind: str, jobs: int, bucket: int) -> None:
+    """`jobs` due jobs, due one millisecond apart over the last `jobs` ms, written by the database itself
+    (PostgreSQL: then ANALYZEd, as autovacuum would have)."""
+    from sqlalchemy import text
+
+    columns = ("INSERT INTO ms_jobs (kind, key, payload, enterprise_number, bucket, status, attempts, max_attempts, "
+               "run_at, created_at, updated_at) ")
+    if kind == "postgresql":
+        db.session.execute(text(
+            columns + "SELECT 'bench.noop', 'backlog-' || i, '{}'::jsonb, '1000', :b, 'pending', 0, 10, "
+            "t - (:n - i) * interval '1 millisecond', t, t FROM generate_series(1, :n) AS i, "
+            "(SELECT (now() AT TIME ZONE 'UTC')::timestamp AS t) AS now"), {"n": jobs, "b": bucket})
+        db.session.commit()
+        db.session.execute(text("ANALYZE ms_jobs"))
+    else:
+        db.session.execute(text(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :n) " + columns +
+            "SELECT 'bench.noop', 'backlog-' || i, '{}', '1000', :b, 'pending', 0, 10, "
+            "strftime('%Y-%m-%d %H:%M:%f', 'now', printf('-%.3f seconds', (:n - i) / 1000.0)), "
+            "strftime('%Y-%m-%d %H:%M:%f', 'now'), strftime('%Y-%m-%d %H:%M:%f', 'now') FROM n"),
+            {"n": jobs, "b": bucket})
+    db.session.commit()
+
+
+def report_backlog(results: list) -> str:
+    lines = ["| database | due jobs | workers | drained in | jobs/s | CPU per job "
+             "| one claim's CPU: full / empty queue |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['database']} | {r['backlog_jobs']} | {r['backlog_workers']} | {r['backlog_seconds']} s | "
+                     f"{r['backlog_jobs_per_s']} | {r['backlog_cpu_per_job_ms']} ms | {r['claim_cpu_full_ms']} / "
+                     f"{r['claim_cpu_empty_ms']} ms |")
+    return "\n".join(lines)
+
+
 def report_outage(results: list) -> str:
     head = "| figure | target | " + " | ".join(r["database"] for r in results) + " |"
     rows = [
@@ -819,11 +913,13 @@ def report(results: list, event_path_only: bool = False) -> str:
 @click.option("--failover", is_flag=True, help="Only the failover figure: SIGKILL one of --processes (PostgreSQL)")
 @click.option("--prune", type=int, default=None, metavar="ROWS",
               help="Only the retention figure: prune ROWS old journal rows, timing each batch")
+@click.option("--backlog", type=int, default=None, metavar="JOBS",
+              help="Only the queue's pace on a backlog: drain JOBS due jobs (a handler doing nothing)")
 @click.option("--event-path", is_flag=True,
               help="Only the event path: the 202 at --rate, CPU per event ÷ per /healthz, and the knee")
 @click.option("--json-out", type=click.Path(dir_okay=False), help="Also write the raw figures as JSON")
 def bench(dbs, pg_url, calls, soak, enterprises, rate, ack_seconds, latency_ms, workers, processes, outage,
-          failover, prune, event_path, json_out):
+          failover, prune, backlog, event_path, json_out):
     """Measure the section 10 figures against the sandbox and print them as a Markdown table."""
     kinds = list(dbs) or (["sqlite", "postgresql"] if pg_url else ["sqlite"])
     if "postgresql" in kinds and not pg_url:
@@ -853,6 +949,13 @@ def bench(dbs, pg_url, calls, soak, enterprises, rate, ack_seconds, latency_ms, 
         for r in results:
             click.echo(f"| {r['database']} | {r['prune_rows']} | {r['prune_seconds']} | {r['prune_rows_per_s']} | "
                        f"{r['prune_batch_p50_ms']} / {r['prune_batch_p99_ms']} / {r['prune_batch_max_ms']} ms |")
+        _write_json(json_out, results)
+        return
+    if backlog is not None:
+        for kind in kinds:
+            click.echo(f"backlog run on {kind}: {backlog} due jobs, {workers} workers...", err=True)
+            results.append(measure_backlog(kind, pg_url, backlog, workers))
+        click.echo(report_backlog(results))
         _write_json(json_out, results)
         return
     if failover:
