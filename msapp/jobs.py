@@ -684,10 +684,12 @@ class WorkerPool:
                 if job is None:
                     self.queue.wait(self.idle_poll, self._stop)
                     continue
-                started, rest = time.monotonic(), not job.more  # more were due: claim again at once
+                started, rest = time.monotonic(), True
                 self.queue.running(job.key, 1)
                 try:
-                    self.queue.run_one(job)
+                    # more were due and this one ran: claim again at once. One that had to wait (an open
+                    # breaker, a failure) says the rest would too; rushing them would only defer each again.
+                    rest = self.queue.run_one(job) != "done" or not job.more
                 except Exception as exc:
                     log.error("recording the result of job %s failed: %s", job.id, redact_text(str(exc)))
                     db.session.remove()

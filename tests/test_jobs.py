@@ -711,3 +711,24 @@ def test_a_backlog_announced_by_no_notify_drains_without_idle_polls(ctx):
     finally:
         pool.stop()
         del q.claim
+
+
+def test_a_backlog_that_has_to_wait_is_not_rushed(ctx):
+    """A job deferred (an open breaker, our own pacing) or failed says the jobs due behind it would wait
+    too: its worker rests as before rather than claim and defer each of them at once."""
+    q, runs = ms().queue, []
+
+    def handler(j):
+        runs.append(j.payload["n"])
+        raise Defer(60, "MoySklad unavailable")
+
+    q.register("test", handler)
+    for n in range(5):
+        add(key=f"waiting-{n}", payload={"n": n})
+    pool = WorkerPool(ctx, q, 1, idle_poll=2.5)
+    try:
+        pool.start()
+        time.sleep(0.5)
+        assert runs == [0]
+    finally:
+        pool.stop()
