@@ -363,7 +363,7 @@ def transaction(write: bool = True):
     (each statement is its own read)."""
     engine = db.engine
     dialect = engine.dialect
-    if write and dialect.name == "sqlite" and db.session().in_transaction():
+    if write and dialect.name == "sqlite" and db.session.registry.has() and db.session().in_transaction():
         # the session's own BEGIN IMMEDIATE would make this one wait for the busy timeout (30 s); a read
         # (no BEGIN) does not wait for a writer under WAL
         raise RuntimeError("rawsql.transaction() while this thread's session holds a SQLite transaction")
