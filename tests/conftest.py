@@ -182,3 +182,38 @@ def pbx():
     fake = FakeOriginate()
     yield fake
     fake.stop()
+
+
+def statement_work(stmt, values: dict, keys: tuple | None = None) -> int:
+    """What running `stmt` (through rawsql, as the product does) costs the database, rolled back: SQLite,
+    its virtual machine's steps; PostgreSQL, the rows every node of its plan produced (EXPLAIN ANALYZE),
+    sub-plans and their loops included. A cost that grows with a table's size shows here, untimed."""
+    from msapp import rawsql
+
+    dialect = db.engine.dialect
+    prepared = rawsql._STATEMENTS.get(stmt, keys, dialect)  # keys: the columns an UPDATE sets
+    params = prepared.parameters(values)
+    fairy = db.engine.raw_connection()
+    try:
+        cursor = fairy.dbapi_connection.cursor()
+        if dialect.name == "sqlite":
+            steps = [0]
+
+            def step():
+                steps[0] += 1
+
+            cursor.execute("BEGIN")
+            fairy.dbapi_connection.set_progress_handler(step, 1)
+            cursor.execute(prepared.sql, params)
+            cursor.fetchall()
+            fairy.dbapi_connection.set_progress_handler(None, 1)
+            return steps[0]
+        cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + prepared.sql, params)
+
+        def rows(node: dict) -> int:
+            return node["Actual Rows"] * node["Actual Loops"] + sum(rows(n) for n in node.get("Plans", []))
+
+        return rows(cursor.fetchone()[0][0]["Plan"])
+    finally:
+        fairy.rollback()
+        fairy.close()

@@ -11,7 +11,7 @@ from msapp.extensions import db
 from msapp.jobs import Defer, JobQueue, Permanent, Retry, WorkerPool, backoff, release_orphans
 from msapp.models import Job
 from msapp.state import ms
-from tests.conftest import dispose, make_app
+from tests.conftest import dispose, make_app, statement_work
 
 
 def job(job_id):
@@ -623,41 +623,14 @@ def _claim_in(app):
         return ms().queue.claim()
 
 
-def _claim_work(app) -> int:
-    """What one claim costs the database, rolled back: SQLite, its virtual machine's steps; PostgreSQL, the
-    rows every node of its plan produced (EXPLAIN ANALYZE), its sub-plans' loops included."""
+def _claim_work() -> int:
+    """What one claim costs the database (`statement_work`), rolled back."""
     from msapp.jobs import _claim_statements, _pg_array
 
-    dialect = db.engine.dialect
-    prepared = rawsql._STATEMENTS.get(_claim_statements(dialect.name, {})[False], None, dialect)
-    now = utcnow()
-    params = prepared.parameters({"_now": now, "_by": "w", "_lease": now + timedelta(seconds=60), "_retaken": "r",
-                                  "_busy": _pg_array([]) if dialect.name == "postgresql" else "[]"})
-    fairy = db.engine.raw_connection()
-    try:
-        cursor = fairy.dbapi_connection.cursor()
-        if dialect.name == "sqlite":
-            steps = [0]
-
-            def step():
-                steps[0] += 1
-
-            fairy.dbapi_connection.set_progress_handler(step, 1)
-            cursor.execute("BEGIN")
-            cursor.execute(prepared.sql, params)
-            assert cursor.fetchone() is not None
-            fairy.dbapi_connection.set_progress_handler(None, 1)
-            return steps[0]
-        cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + prepared.sql, params)
-        plan = cursor.fetchone()[0][0]["Plan"]
-
-        def rows(node: dict) -> int:
-            return node["Actual Rows"] * node["Actual Loops"] + sum(rows(n) for n in node.get("Plans", []))
-
-        return rows(plan)
-    finally:
-        fairy.rollback()
-        fairy.close()
+    now, name = utcnow(), db.engine.dialect.name
+    return statement_work(_claim_statements(name, {})[False], {
+        "_now": now, "_by": "w", "_lease": now + timedelta(seconds=60), "_retaken": "r",
+        "_busy": _pg_array([]) if name == "postgresql" else "[]"})
 
 
 def test_a_claims_cost_does_not_grow_with_the_backlog(ctx):
@@ -672,9 +645,9 @@ def test_a_claims_cost_does_not_grow_with_the_backlog(ctx):
         db.session.commit()
 
     backlog(20, 0)
-    small = _claim_work(ctx)
+    small = _claim_work()
     backlog(1980, 20)
-    large = _claim_work(ctx)
+    large = _claim_work()
     assert large < 2 * small, (small, large)
 
 
