@@ -123,6 +123,7 @@ class Env:
     procs: list
     accounts: list = field(default_factory=list)
     http: requests.Session = field(default_factory=requests.Session)
+    held: int = 0  # jobs held in the queue throughout (`--waiting`): idle is this many left
 
     @property
     def service_url(self) -> str:
@@ -159,7 +160,7 @@ class Env:
         started = time.time()
         while time.time() - started < timeout:
             body = self.http.get(f"{self.service_url}/readyz", timeout=10).json()
-            if body.get("depth") == 0:
+            if body.get("depth", 0) <= self.held:
                 return time.time() - started
             time.sleep(0.25)
         raise RuntimeError("the queue did not drain")
@@ -311,14 +312,21 @@ def _interleave(calls: list) -> list:
 
 
 def measure(kind: str, pg_url: str, calls: int, enterprises: int, rate: float, ack_seconds: float,
-            latency_ms: int, workers: int, processes: int = 1, event_path_only: bool = False) -> dict:
+            latency_ms: int, workers: int, processes: int = 1, event_path_only: bool = False,
+            waiting: int = 0) -> dict:
+    """The section 10 figures; `waiting` jobs held an hour ahead (as behind an open breaker: an outage's
+    backlog) are in the queue from the start."""
     result = {"database": kind if processes == 1 else f"{kind}, {processes} processes"}
+    if waiting:
+        result["database"] += f", {waiting} jobs waiting"
     with tempfile.TemporaryDirectory() as tmp, _sandbox() as sandbox_url:
         db_url, cleanup = _database(kind, pg_url, tmp)
         try:
             numbers = _prepare(db_url, tmp, sandbox_url, enterprises)
+            if waiting:
+                _hold_backlog(db_url, tmp, kind, waiting)
             with _services(db_url, tmp, sandbox_url, workers, processes) as (urls, procs):
-                env = Env(sandbox_url, urls, procs, numbers)
+                env = Env(sandbox_url, urls, procs, numbers, held=waiting)
                 _ack_latency(env, 50, 2, tag="warm")  # first connections and caches: not counted
                 result.update(_ack_latency(env, rate, ack_seconds))
                 if processes == 1:
@@ -814,27 +822,43 @@ def _claim_cpu(queue, claims: int = 20) -> float:
     return spent / claims
 
 
-def _fill_backlog(db, kind: str, jobs: int, bucket: int) -> None:
-    """`jobs` due jobs, due one millisecond apart over the last `jobs` ms, written by the database itself
-    (PostgreSQL: then ANALYZEd, as autovacuum would have)."""
+def _hold_backlog(db_url: str, tmp: str, kind: str, jobs: int) -> None:
+    """`jobs` call syncs of enterprise 1000 due an hour from now, as an open breaker holds them."""
+    from . import create_app
+    from .extensions import db
+    from .ownership import bucket_of
+
+    app = create_app({"MS_DATABASE_URL": db_url, "MS_INSTANCE_DIR": tmp, "MS_LOG_DIR": tmp, "MS_WORKERS": "0",
+                      "MS_LOG_LEVEL": "WARNING"})
+    with app.app_context():
+        _fill_backlog(db, kind, jobs, bucket_of("1000"), ahead_s=3600.0, kind_="call.sync")
+        db.session.remove()
+        db.engine.dispose()
+
+
+def _fill_backlog(db, kind: str, jobs: int, bucket: int, ahead_s: float = 0.0, kind_: str = "bench.noop") -> None:
+    """`jobs` jobs of kind `kind_`, each its own key, due one millisecond apart over the `jobs` ms before
+    `ahead_s` from now, written by the database itself (PostgreSQL: then ANALYZEd, as autovacuum would
+    have)."""
     from sqlalchemy import text
 
     columns = ("INSERT INTO ms_jobs (kind, key, payload, enterprise_number, bucket, status, attempts, max_attempts, "
                "run_at, created_at, updated_at) ")
     if kind == "postgresql":
         db.session.execute(text(
-            columns + "SELECT 'bench.noop', 'backlog-' || i, '{}'::jsonb, '1000', :b, 'pending', 0, 10, "
-            "t - (:n - i) * interval '1 millisecond', t, t FROM generate_series(1, :n) AS i, "
-            "(SELECT (now() AT TIME ZONE 'UTC')::timestamp AS t) AS now"), {"n": jobs, "b": bucket})
+            columns + "SELECT :k, 'backlog-' || i, '{}'::jsonb, '1000', :b, 'pending', 0, 10, "
+            "t + :a * interval '1 second' - (:n - i) * interval '1 millisecond', t, t "
+            "FROM generate_series(1, :n) AS i, (SELECT (now() AT TIME ZONE 'UTC')::timestamp AS t) AS now"),
+            {"n": jobs, "b": bucket, "a": ahead_s, "k": kind_})
         db.session.commit()
         db.session.execute(text("ANALYZE ms_jobs"))
     else:
         db.session.execute(text(
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :n) " + columns +
-            "SELECT 'bench.noop', 'backlog-' || i, '{}', '1000', :b, 'pending', 0, 10, "
-            "strftime('%Y-%m-%d %H:%M:%f', 'now', printf('-%.3f seconds', (:n - i) / 1000.0)), "
+            "SELECT :k, 'backlog-' || i, '{}', '1000', :b, 'pending', 0, 10, "
+            "strftime('%Y-%m-%d %H:%M:%f', 'now', printf('%.3f seconds', :a - (:n - i) / 1000.0)), "
             "strftime('%Y-%m-%d %H:%M:%f', 'now'), strftime('%Y-%m-%d %H:%M:%f', 'now') FROM n"),
-            {"n": jobs, "b": bucket})
+            {"n": jobs, "b": bucket, "a": ahead_s, "k": kind_})
     db.session.commit()
 
 
@@ -915,11 +939,13 @@ def report(results: list, event_path_only: bool = False) -> str:
               help="Only the retention figure: prune ROWS old journal rows, timing each batch")
 @click.option("--backlog", type=int, default=None, metavar="JOBS",
               help="Only the queue's pace on a backlog: drain JOBS due jobs (a handler doing nothing)")
+@click.option("--waiting", type=int, default=0, metavar="JOBS",
+              help="JOBS call syncs held an hour ahead in the queue throughout (an outage's backlog)")
 @click.option("--event-path", is_flag=True,
               help="Only the event path: the 202 at --rate, CPU per event ÷ per /healthz, and the knee")
 @click.option("--json-out", type=click.Path(dir_okay=False), help="Also write the raw figures as JSON")
 def bench(dbs, pg_url, calls, soak, enterprises, rate, ack_seconds, latency_ms, workers, processes, outage,
-          failover, prune, backlog, event_path, json_out):
+          failover, prune, backlog, waiting, event_path, json_out):
     """Measure the section 10 figures against the sandbox and print them as a Markdown table."""
     kinds = list(dbs) or (["sqlite", "postgresql"] if pg_url else ["sqlite"])
     if "postgresql" in kinds and not pg_url:
@@ -976,7 +1002,7 @@ def bench(dbs, pg_url, calls, soak, enterprises, rate, ack_seconds, latency_ms, 
     for kind in kinds:
         click.echo(f"measuring on {kind} ({calls} calls in the fault run, {enterprises} enterprises)...", err=True)
         results.append(measure(kind, pg_url, calls, enterprises, rate, ack_seconds, latency_ms, workers, processes,
-                               event_path_only=event_path))
+                               event_path_only=event_path, waiting=waiting))
     click.echo(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}; "
                f"load {rate:.0f} events/s, {workers} workers")
     click.echo(report(results, event_path_only=event_path))
