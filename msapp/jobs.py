@@ -174,16 +174,16 @@ def _claim_statements(dialect: str, subjects: dict) -> dict:
         not_busy = j.c.enterprise_number.not_in(listed("_busy"))
         owned = j.c.bucket.in_(listed("_buckets"))
     fits = [blocker.is_(None), or_(j.c.enterprise_number.is_(None), not_busy)]
+    found: dict = {"prefix": {}}
     # Whether another waiting job was due as this one was taken: its worker, back, claims again at once
     # instead of waiting for a notify (a backlog of retries, or of jobs released after an outage, comes
-    # with none). One step of ix_ms_jobs_due past the job taken. PostgreSQL: returned with the job;
-    # SQLite: read after the claim in its transaction (its RETURNING cannot name another row of the table).
-    m = j.alias("m")
-    more = exists().where(m.c.status == "pending", m.c.run_at <= bindparam("_now"), m.c.id != j.c.id).label("more")
-    if dialect != "postgresql":
-        more = None
-    found: dict = {"prefix": {}}
-    if more is None:
+    # with none). One step of ix_ms_jobs_due past the job taken.
+    if dialect == "postgresql":  # returned with the job
+        m = j.alias("m")
+        more = [exists().where(m.c.status == "pending", m.c.run_at <= bindparam("_now"), m.c.id != j.c.id)
+                .label("more")]
+    else:  # read after the claim, in its transaction: SQLite's RETURNING cannot name another row of the table
+        more = []
         found["more"] = select(exists().where(j.c.status == "pending", j.c.run_at <= bindparam("_now")).label("more"))
     for in_buckets in (False, True):
         # several processes: only the buckets this one owns (msapp/ownership.py)
@@ -199,11 +199,11 @@ def _claim_statements(dialect: str, subjects: dict) -> dict:
             status="running", attempts=j.c.attempts + 1, locked_by=bindparam("_by"), lease_until=bindparam("_lease"),
             updated_at=bindparam("_now"),
             last_error=case((j.c.status == "running", bindparam("_retaken")), else_=j.c.last_error))
-        found[in_buckets] = take.returning(*(j.c[name] for name in _JOB_COLUMNS), *([more] if more is not None else []))
+        found[in_buckets] = take.returning(*(j.c[name] for name in _JOB_COLUMNS), *more)
         if dialect == "postgresql" and subjects:  # the id taken, for `read`, until the claim commits
             found["mark", in_buckets] = take.returning(func.set_config(_CLAIMED, cast(j.c.id, Text), True))
     if dialect == "postgresql" and subjects:
-        joined, columns = j, [*(j.c[name] for name in _JOB_COLUMNS), more]
+        joined, columns = j, [*(j.c[name] for name in _JOB_COLUMNS), *more]
         for n, (kind, subject) in enumerate(sorted(subjects.items())):
             row, key = subject.table.alias(f"s{n}"), j.c.payload[subject.key].as_string()
             # cast only a plain id of this kind's payload: another kind's (or a malformed) value must not
