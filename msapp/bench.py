@@ -937,9 +937,9 @@ def report(results: list, event_path_only: bool = False) -> str:
 @click.option("--failover", is_flag=True, help="Only the failover figure: SIGKILL one of --processes (PostgreSQL)")
 @click.option("--prune", type=int, default=None, metavar="ROWS",
               help="Only the retention figure: prune ROWS old journal rows, timing each batch")
-@click.option("--backlog", type=int, default=None, metavar="JOBS",
+@click.option("--backlog", type=click.IntRange(min=1), default=None, metavar="JOBS",
               help="Only the queue's pace on a backlog: drain JOBS due jobs (a handler doing nothing)")
-@click.option("--waiting", type=int, default=0, metavar="JOBS",
+@click.option("--waiting", type=click.IntRange(min=0), default=0, metavar="JOBS",
               help="JOBS call syncs held an hour ahead in the queue throughout (an outage's backlog)")
 @click.option("--event-path", is_flag=True,
               help="Only the event path: the 202 at --rate, CPU per event ÷ per /healthz, and the knee")
