@@ -64,7 +64,22 @@ class Service:
             if serve_backoff:
                 self.release_waiting()
             time.sleep(0.05)
-        raise AssertionError(f"jobs still pending after {timeout}s")
+        from msapp.clock import utcnow
+
+        raise AssertionError(f"jobs still pending after {timeout}s (project clock {utcnow()}): {self.active_jobs()}")
+
+    def active_jobs(self) -> list:
+        """The pending and running jobs as rows (what a wait that timed out was waiting for)."""
+        from sqlalchemy import select
+
+        from msapp.models import Job
+
+        with self.app.app_context():  # the clock is the project's: run_at and lease_until are in its time
+            rows = db.session.execute(select(Job.id, Job.kind, Job.key, Job.status, Job.attempts, Job.run_at,
+                                             Job.lease_until, Job.locked_by, Job.last_error)
+                                      .where(Job.status.in_(("pending", "running"))).order_by(Job.id)).all()
+            db.session.commit()
+            return [dict(r._mapping) for r in rows]
 
     def release_waiting(self):
         """Serve every pending job's wait at once (as if the clock jumped past its backoff).
