@@ -728,14 +728,20 @@ def measure_prune_ack(kind: str, pg_url: str, rows: int, rate: float, seconds: f
             cleanup()
 
 
+def _quiet_app(db_url: str, tmp: str):
+    """An app on the database without workers, logging warnings only (fills and drives the bench's data)."""
+    from . import create_app
+
+    return create_app({"MS_DATABASE_URL": db_url, "MS_INSTANCE_DIR": tmp, "MS_LOG_DIR": tmp, "MS_WORKERS": "0",
+                       "MS_LOG_LEVEL": "WARNING"})
+
+
 def _journal_app(db_url: str, tmp: str, kind: str, rows: int):
     """An app (no workers) on the database, migrated, with `rows` journal rows 40 days old in it."""
-    from . import create_app
     from .extensions import db
     from .schema import upgrade_database
 
-    app = create_app({"MS_DATABASE_URL": db_url, "MS_INSTANCE_DIR": tmp, "MS_LOG_DIR": tmp, "MS_WORKERS": "0",
-                      "MS_LOG_LEVEL": "WARNING"})
+    app = _quiet_app(db_url, tmp)
     upgrade_database(app)
     with app.app_context():
         _fill_journal(db, kind, rows)
@@ -768,7 +774,6 @@ def measure_backlog(kind: str, pg_url: str, jobs: int, workers: int) -> dict:
     after an outage), and a handler that does nothing, drained by a WorkerPool of `workers` threads in
     this process (the service's idle poll). Jobs per second, this process's CPU per job, and one claim's
     CPU at the full backlog and on an empty queue (a claim's cost must not grow with the backlog)."""
-    from . import create_app
     from .extensions import db
     from .jobs import WorkerPool
     from .ownership import bucket_of
@@ -777,8 +782,7 @@ def measure_backlog(kind: str, pg_url: str, jobs: int, workers: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         db_url, cleanup = _database(kind, pg_url, tmp)
         try:
-            app = create_app({"MS_DATABASE_URL": db_url, "MS_INSTANCE_DIR": tmp, "MS_LOG_DIR": tmp,
-                              "MS_WORKERS": "0", "MS_LOG_LEVEL": "WARNING"})
+            app = _quiet_app(db_url, tmp)
             upgrade_database(app)
             queue = app.extensions["ms"].queue
             queue.register("bench.noop", lambda job: None)
@@ -812,24 +816,24 @@ def measure_backlog(kind: str, pg_url: str, jobs: int, workers: int) -> dict:
 
 def _claim_cpu(queue, claims: int = 20) -> float:
     """This thread's CPU per claim (each job handed back right away, uncounted, so the backlog stays)."""
+    from .jobs import Defer
+
     spent = 0.0
     for _ in range(claims):
         started = time.thread_time()
         job = queue.claim()
         spent += time.thread_time() - started
         if job is not None:
-            queue._finish(job.id, status="pending", attempts=job.attempts - 1, lease_until=None, locked_by=None)
+            queue.fail(job, Defer(0.0, "bench: handed back"))
     return spent / claims
 
 
 def _hold_backlog(db_url: str, tmp: str, kind: str, jobs: int) -> None:
     """`jobs` call syncs of enterprise 1000 due an hour from now, as an open breaker holds them."""
-    from . import create_app
     from .extensions import db
     from .ownership import bucket_of
 
-    app = create_app({"MS_DATABASE_URL": db_url, "MS_INSTANCE_DIR": tmp, "MS_LOG_DIR": tmp, "MS_WORKERS": "0",
-                      "MS_LOG_LEVEL": "WARNING"})
+    app = _quiet_app(db_url, tmp)
     with app.app_context():
         _fill_backlog(db, kind, jobs, bucket_of("1000"), ahead_s=3600.0, kind_="call.sync")
         db.session.remove()

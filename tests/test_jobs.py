@@ -664,7 +664,7 @@ def test_an_expired_lease_is_taken_before_the_waiting_backlog(ctx):
     assert [rescuer.claim().id for _ in range(4)] == [lost, *later]
 
 
-def test_a_backlog_announced_by_no_notify_drains_without_idle_polls(ctx):
+def test_a_backlog_announced_by_no_notify_drains_without_idle_polls(ctx, monkeypatch):
     """Retries coming due and jobs released after an outage come with no notify. A claim says whether
     another job was due as it took its own; the worker back from it claims again at once, and rests only
     when the claim said none was (before: one job per worker per idle poll, 8 jobs/s for a process)."""
@@ -674,7 +674,7 @@ def test_a_backlog_announced_by_no_notify_drains_without_idle_polls(ctx):
         add(key=f"backlog-{n}", payload={"n": n})  # committed, not announced
     pool = WorkerPool(ctx, q, 1, idle_poll=2.5)  # an idle poll longer than the test waits
     claims, real = [], q.claim
-    q.claim = lambda *a: claims.append(1) or real(*a)
+    monkeypatch.setattr(q, "claim", lambda *a: claims.append(1) or real(*a))
     try:
         pool.start()
         deadline = time.time() + 2
@@ -685,7 +685,6 @@ def test_a_backlog_announced_by_no_notify_drains_without_idle_polls(ctx):
         assert len(claims) == 10  # the last claim said no more were due: the worker rests, no empty claim
     finally:
         pool.stop()
-        del q.claim
 
 
 def test_a_backlog_that_has_to_wait_is_not_rushed(ctx):
