@@ -79,7 +79,8 @@ def create_app(config: Optional[Mapping[str, str]] = None) -> Flask:
     queue.register(SYNC_KIND, CallSync(clients, configs, customers, tasks), max_attempts=12,
                    subject=callflow.SUBJECT)
     queue.register(TASK_KIND, tasks, max_attempts=8)
-    queue.register(click_to_call.KIND, click_to_call.Originate(settings.originate_url, configs), max_attempts=4)
+    queue.register(click_to_call.KIND, click_to_call.Originate(settings.originate_url, configs,
+                                                                          settings.click_max_age), max_attempts=4)
     # a saved config may carry a fixed key: the refused-key pause ends, the next request tells
     configs.on_saved.append(lambda number: breakers.close(number, why="config saved", kind=("auth", "crm")))
     queue.register(TEST_POPUP_KIND, lambda job: admin_service.hide_test_popup(configs, job), max_attempts=5)

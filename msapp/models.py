@@ -154,8 +154,43 @@ class Click(db.Model):
     extension: Mapped[Optional[str]] = mapped_column(Text)
     destination: Mapped[Optional[str]] = mapped_column(Text)
     uid: Mapped[Optional[str]] = mapped_column(Text)
-    outcome: Mapped[str] = mapped_column(String(16), nullable=False)
+    outcome: Mapped[str] = mapped_column(String(16), nullable=False)  # queued | repeat | refused | alert
     reason: Mapped[Optional[str]] = mapped_column(String(32))
+    client_address: Mapped[Optional[str]] = mapped_column(Text)  # who sent it (behind MS_TRUSTED_PROXIES)
+
+
+class ClickCooldown(db.Model):
+    """A client address that sent too many refused clicks to one enterprise's webhook: 429 until `until`."""
+
+    __tablename__ = "ms_click_cooldowns"
+
+    enterprise_number: Mapped[str] = mapped_column(Text, primary_key=True)
+    address: Mapped[str] = mapped_column(Text, primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+    until: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+
+
+class AuthFailure(db.Model):
+    """One wrong admin token (form, Bearer or /metrics) from a client address."""
+
+    __tablename__ = "ms_auth_failures"
+    __table_args__ = (Index("ix_ms_auth_failures_address_at", "address", "at"),
+                      Index("ix_ms_auth_failures_at", "at"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    address: Mapped[str] = mapped_column(Text, nullable=False)
+    at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+
+
+class AuthLockout(db.Model):
+    """An address locked out of the admin door; `strikes` doubles the next penalty within an hour."""
+
+    __tablename__ = "ms_auth_lockouts"
+
+    address: Mapped[str] = mapped_column(Text, primary_key=True)
+    locked_until: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+    strikes: Mapped[int] = mapped_column(Integer, nullable=False)
+    last_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
 
 
 class Breaker(db.Model):

@@ -6,6 +6,7 @@ import json
 import logging
 import re
 from typing import Any, Optional
+from urllib.parse import urlsplit, urlunsplit
 
 MASK = "••••"
 
@@ -25,6 +26,18 @@ _KEY_VALUE = re.compile(
     r"(?i)([\"']?(?:integration_code|api_token|access_token|admin_token|webhook_uuid|password|secret|"
     r"clientId|token)[\"']?\s*[:=]\s*[\"']?)([^\s\"'&,}]+)"
 )
+
+
+def redact_url(url: str) -> str:
+    """A URL fit for a log line, an error or the journal: user:password@ and every query value masked
+    (`http://••••@pbx:8018/call?key=••••`); the scheme, host, port and path stay readable."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = MASK + "@" + netloc.rpartition("@")[2]
+    query = "&".join(f"{pair.partition('=')[0]}={MASK}" if pair else pair for pair in parts.query.split("&")) \
+        if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
 def mask_tail(value: str | None, keep: int = 4) -> str:

@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from .redact import redact_url
+
 DEFAULT_PHONE_API_URL = "https://api.moysklad.ru/api/phone/1.0"
 DEFAULT_JSON_API_URL = "https://api.moysklad.ru/api/remap/1.2"
 DEFAULT_ORIGINATE_URL = "http://127.0.0.1:8018/api/makecallexternal"
@@ -49,6 +51,7 @@ class Settings:
     # Journal rows, finished jobs and calls older than this are deleted (0: keep everything).
     retention_days: int = 30
     trusted_proxies: tuple = ()
+    click_max_age: float = 30.0  # seconds: an older click is never dialled
     # PostgreSQL: statements PREPAREd once per connection (0 behind a pooler that shares server connections
     # between clients, e.g. PgBouncer in transaction mode).
     pg_prepare: bool = True
@@ -103,8 +106,23 @@ def _http_url(env: Mapping[str, str], name: str, default: str) -> str:
     value = (env.get(name) or default).rstrip("/")
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise SettingsError(f"{name} must be an http(s) URL, got {value!r}")
-    return value
+        raise SettingsError(f"{name} must be an http(s) URL, got {redact_url(value)!r}")
+    return parts.scheme + value[len(parts.scheme):]  # `HTTPS://` is https: the scheme in lower case
+
+
+MIN_ADMIN_TOKEN = 24
+
+
+def _admin_token(env: Mapping[str, str], instance_dir: str) -> str:
+    """MS_ADMIN_TOKEN, or the one generated into the instance dir. A short token is refused: the admin
+    door is on the network and its only lock is this token."""
+    given = env.get("MS_ADMIN_TOKEN")
+    if not given:
+        return _generated_secret(instance_dir, "admin_token")
+    if len(given) < MIN_ADMIN_TOKEN or given != given.strip():
+        raise SettingsError(f"MS_ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN} characters without surrounding "
+                            "spaces (leave it unset to have one generated into instance/admin_token)")
+    return given
 
 
 def _database_url(env: Mapping[str, str], instance_dir: str) -> str:
@@ -171,7 +189,7 @@ def load(env: Optional[Mapping[str, str]] = None) -> Settings:
         public_url=_http_url(env, "MS_PUBLIC_URL", f"http://localhost:{port}"),  # the port it really listens on
         phone_api_url=_http_url(env, "MS_PHONE_API_URL", DEFAULT_PHONE_API_URL),
         json_api_url=_http_url(env, "MS_JSON_API_URL", DEFAULT_JSON_API_URL),
-        admin_token=env.get("MS_ADMIN_TOKEN") or _generated_secret(instance_dir, "admin_token"),
+        admin_token=_admin_token(env, instance_dir),
         internal_token=internal,
         secret_key=env.get("MS_SECRET_KEY") or _generated_secret(instance_dir, "secret_key"),
         originate_url=_http_url(env, "MS_ORIGINATE_URL", DEFAULT_ORIGINATE_URL),
@@ -187,4 +205,5 @@ def load(env: Optional[Mapping[str, str]] = None) -> Settings:
         retry_horizon_seconds=_duration(env, "MS_RETRY_HORIZON", 86400.0, 60.0, 30 * 86400.0),
         retention_days=_int(env, "MS_RETENTION_DAYS", 30, 0, 3650),
         pg_prepare=bool(_int(env, "MS_PG_PREPARE", 1, 0, 1)),
+        click_max_age=_float(env, "MS_CLICK_MAX_AGE", 30.0, 1.0, 3600.0),
     )

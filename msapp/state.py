@@ -24,6 +24,8 @@ class MsState:
     directory: Optional[Any] = None  # services.directory.Directory
     breakers: Optional[Any] = None  # services.breakers.Breakers
     support: Optional[Any] = None  # services.support.Support
+    # a loopback peer sent X-Forwarded-For while MS_TRUSTED_PROXIES is unset (security.client_of)
+    untrusted_proxy_seen: bool = False
 
 
 def ms() -> MsState:

@@ -35,7 +35,6 @@ def test_premium_types_only_when_blocked():
 
 
 def test_caller_checks():
-    assert check_caller(LISTING, "150", "")["id"] == "a"
     assert check_caller(LISTING, "150", "IVANOV@demo")["id"] == "a"  # logins compare without case
     assert check_caller(LISTING, "151", "petrova@demo") is None  # login unknown: the caller decides
     with pytest.raises(Refused) as info:
@@ -44,6 +43,22 @@ def test_caller_checks():
     with pytest.raises(Refused) as info:
         check_caller(LISTING, "999", "")
     assert info.value.reason == "unknown_extension" and info.value.field == "srcNumber"
+
+
+def test_a_click_without_a_login_is_refused_once_logins_are_known():
+    """MoySklad always sends the clicking user's login: without one the click is not MoySklad's."""
+    with pytest.raises(Refused) as info:
+        check_caller(LISTING, "150", "")
+    assert info.value.reason == "uid_missing" and info.value.status == 403
+    assert info.value.body() == {"error": "click refused"}  # the caller learns nothing of the reason
+    unknown = Listing(LISTING.employees, False, LISTING.fetched_at)
+    assert check_caller(unknown, "151", "") is None  # no logins stored (no JSON API token): the caller decides
+
+
+@pytest.mark.parametrize("reason", ["unknown_extension", "uid_mismatch", "country", "number_type"])
+def test_every_refusal_answers_the_same_body(reason):
+    assert Refused(403, reason, "the precise reason", "srcNumber").body() == {"error": "click refused"}
+    assert Refused(429, "rate_extension", "at most 10", "srcNumber", 5).body()["error"] == "at most 10"
 
 
 def test_country_names_are_russian_and_complete():

@@ -12,8 +12,9 @@ import pytest
 import requests
 from sqlalchemy import select
 
+from msapp import clock
 from msapp.extensions import db
-from msapp.models import Click, Enterprise, IntegrationLog
+from msapp.models import Click, Enterprise, IntegrationLog, Job
 from tests.conftest import ADMIN_TOKEN, dispose, free_port, make_app, require_pg
 from tests.service_harness import Service, start_process, wait_for
 
@@ -64,14 +65,15 @@ def test_legitimate_click_is_one_originate_with_the_right_values(svc, pbx):
 def test_attacks_are_refused_and_nothing_is_originated(svc, pbx, change, status, field, reason):
     r = click(svc, **change)
     assert r.status_code == status, r.text
-    assert r.json()["field"] == field and r.json()["error"]
+    assert r.json() == {"error": "click refused"}  # one answer for all: the reason is the journal's
     assert settle(pbx) == []
     (row,) = refused_rows(svc)
-    assert row.reason == reason
+    assert row.reason == reason and row.client_address == "127.0.0.1"
     with svc.app.app_context():
         log = db.session.scalars(select(IntegrationLog).where(IntegrationLog.event_type == "webhook.click")
                                  .order_by(IntegrationLog.id.desc())).first()
         assert log.status == "error" and log.response_data["reason"] == reason and "refused" in log.error_message
+        assert log.response_data["field"] == field
 
 
 @pytest.mark.parametrize("number,kind", [
@@ -85,8 +87,12 @@ def test_attacks_are_refused_and_nothing_is_originated(svc, pbx, change, status,
 def test_costly_number_types_are_blocked_even_in_allowed_countries(svc, pbx, number, kind):
     svc.configure(click_to_call={"allowed_countries": ["BY", "GB", "NO", "FR"]})
     r = click(svc, destNumber=number)
-    assert r.status_code == 403 and r.json()["field"] == "destNumber" and kind in r.json()["error"]
+    assert r.status_code == 403 and r.json() == {"error": "click refused"}
     assert settle(pbx) == []
+    with svc.app.app_context():
+        log = db.session.scalars(select(IntegrationLog).where(IntegrationLog.event_type == "webhook.click")
+                                 .order_by(IntegrationLog.id.desc())).first()
+        assert kind in log.error_message
     # the operator may lift the block (an enterprise that really calls such numbers)
     svc.configure(click_to_call={"block_premium": False})
     assert click(svc, destNumber=number).status_code == 200
@@ -264,3 +270,74 @@ def test_two_processes_hold_the_enterprise_limit_together(pg_schema, tmp_path, s
             proc.send_signal(signal.SIGTERM)
         for proc in procs:
             proc.wait(20)
+
+
+def originate_jobs(svc):
+    with svc.app.app_context():
+        return db.session.scalars(select(Job).where(Job.kind == "originate")).all()
+
+
+def test_the_webhook_url_and_a_guessed_extension_place_no_call(svc, pbx):
+    """MoySklad always sends the clicking user's login: a click without `uid` is not MoySklad's."""
+    r = requests.post(svc.webhook_url(), json={"srcNumber": "150", "destNumber": "+375297111223"}, timeout=10)
+    assert r.status_code == 403 and r.json() == {"error": "click refused"}
+    assert [row.reason for row in refused_rows(svc)] == ["uid_missing"]
+    assert originate_jobs(svc) == []  # refused before anything was stored: nothing can dial later
+    r = requests.post(svc.webhook_url(), json={"srcNumber": "150", "destNumber": "+375297111223", "uid": ""},
+                      timeout=10)
+    assert r.status_code == 403 and originate_jobs(svc) == []
+
+
+@pytest.fixture
+def proxied(db_url, tmp_path, sandbox, pbx):
+    """The service behind a local proxy it trusts: X-Forwarded-For names each client."""
+    service = Service(db_url, tmp_path, sandbox, MS_ORIGINATE_URL=pbx.url, MS_TRUSTED_PROXIES="127.0.0.1")
+    service.add_enterprise()
+    yield service
+    service.stop()
+
+
+def test_a_guessing_address_cools_down_and_moysklad_clicks_on(proxied, pbx):
+    svc, attacker, moysklad = proxied, {"X-Forwarded-For": "198.51.100.66"}, {"X-Forwarded-For": "185.5.5.5"}
+    answers = [requests.post(svc.webhook_url(), json={**LEGIT, "srcNumber": str(ext)}, headers=attacker,
+                             timeout=10) for ext in range(300, 330)]
+    codes = [a.status_code for a in answers]
+    assert codes[:21] == [403] * 21 and codes[21:] == [429] * 9, codes  # the 21st refusal starts the cool-down
+    assert all(1 <= int(a.headers["Retry-After"]) <= 600 for a in answers[21:])
+    assert len(refused_rows(svc)) == 21  # a cooling address writes nothing more
+    # even a right click from that address waits; MoySklad's own address is unaffected
+    assert requests.post(svc.webhook_url(), json=LEGIT, headers=attacker, timeout=10).status_code == 429
+    assert requests.post(svc.webhook_url(), json=LEGIT, headers=moysklad, timeout=10).status_code == 200
+    assert wait_for(lambda: len(pbx.requests) == 1)
+    with svc.app.app_context():
+        log = db.session.scalars(select(IntegrationLog).where(IntegrationLog.event_type == "webhook.cooldown")).all()
+        assert len(log) == 1 and log[0].request_data["client"] == "198.51.100.66"
+    page = requests.get(f"{svc.url}/ms-admin/?enterprise_number=0367", timeout=10,
+                        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).text
+    assert "временно заблокирован" in page and "198.51.100.66" in page
+    clock.advance(601)  # the cool-down (10 minutes by default) is over
+    assert requests.post(svc.webhook_url(), json={**LEGIT, "destNumber": "+375297111333"}, headers=attacker,
+                         timeout=10).status_code == 200
+
+
+def test_hourly_and_daily_caps_hold_and_accepted_volume_raises_the_alert(svc, pbx):
+    svc.configure(click_to_call={"max_per_extension_per_hour": 4, "max_per_enterprise_per_day": 6})
+    codes = [click(svc, destNumber=f"+37529711{n:04d}").status_code for n in range(5)]
+    assert codes == [200, 200, 200, 200, 429]
+    assert refused_rows(svc)[-1].reason == "rate_extension_hour"
+    with svc.app.app_context():
+        alerts = db.session.scalars(select(Click).where(Click.outcome == "alert").order_by(Click.id)).all()
+        journal = db.session.scalars(select(IntegrationLog).where(IntegrationLog.event_type == "webhook.alert")).all()
+    # over half a cap: the hour's at the 3rd click (3 of 4), the day's at the 4th (4 of 6); once each
+    assert [a.reason for a in alerts] == ["volume_extension_hour", "volume_enterprise_day"]
+    assert [(j.request_data["count"], j.request_data["cap"]) for j in journal] == [(3, 4), (4, 6)]
+    page = requests.get(f"{svc.url}/ms-admin/?enterprise_number=0367", timeout=10,
+                        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).text
+    assert "больше половины лимита звонков с добавочного за час" in page
+    clock.advance(3601)  # a new hour for the extension; the enterprise's day still counts
+    assert click(svc, destNumber="+375297119001").status_code == 200
+    assert click(svc, destNumber="+375297119002").status_code == 200
+    r = click(svc, destNumber="+375297119003")
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) > 3600
+    assert refused_rows(svc)[-1].reason == "rate_enterprise_day"
+    assert wait_for(lambda: len(pbx.requests) == 6)

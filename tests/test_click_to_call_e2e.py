@@ -174,3 +174,59 @@ def test_unreachable_pbx_is_retried(db_url, tmp_path, sandbox):
         assert wait_for(lambda: attempts() >= 2)  # connection refused: nothing reached the PBX, so it retries
     finally:
         service.stop()
+
+
+class DroppingPbx:
+    """A PBX originate service that reads the whole request, then drops the connection unanswered:
+    the call may have been placed, and nothing tells the service so."""
+
+    def __init__(self):
+        import socket
+        import threading
+
+        self.requests = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/api/makecallexternal"
+
+        def serve():
+            while True:
+                try:
+                    conn, _ = self.sock.accept()
+                except OSError:
+                    return
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                self.requests.append(data.split(b"\r\n", 1)[0].decode())
+                conn.close()
+
+        threading.Thread(target=serve, daemon=True).start()
+
+    def stop(self):
+        self.sock.close()
+
+
+def test_one_click_dials_once_when_the_pbx_drops_the_connection(db_url, tmp_path, sandbox):
+    pbx = DroppingPbx()
+    service = Service(db_url, tmp_path, sandbox, MS_ORIGINATE_URL=pbx.url)
+    try:
+        service.add_enterprise()
+        assert requests.post(hook_url(service), json=CLICK).status_code == 200
+
+        def job():
+            with service.app.app_context():
+                return db.session.scalars(select(Job).where(Job.kind == "originate")).one()
+
+        assert wait_for(lambda: job().status == "dead")  # settled: it will never run again
+        assert len(pbx.requests) == 1 and pbx.requests[0].startswith("GET /api/makecallexternal?code=152")
+        assert "outcome unknown" in job().last_error
+        with service.app.app_context():
+            rows = db.session.scalars(select(IntegrationLog).where(IntegrationLog.event_type == "originate")).all()
+            (row,) = rows
+            assert "outcome unknown" in row.error_message and "not repeated" in row.error_message
+    finally:
+        service.stop()
+        pbx.stop()

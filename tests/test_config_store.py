@@ -92,6 +92,9 @@ def test_secrets_masked_and_masked_write_keeps_value(ent):
     ({"click_to_call": {"max_per_extension_per_minute": 121}}, "click_to_call.max_per_extension_per_minute"),
     ({"click_to_call": {"max_per_enterprise_per_minute": True}}, "click_to_call.max_per_enterprise_per_minute"),
     ({"click_to_call": {"max_per_enterprise_per_minute": "ten"}}, "click_to_call.max_per_enterprise_per_minute"),
+    ({"click_to_call": {"max_per_extension_per_day": "٣٠٠"}}, "click_to_call.max_per_extension_per_day"),
+    ({"click_to_call": {"cooldown_minutes": 0}}, "click_to_call.cooldown_minutes"),
+    ({"missed_calls": {"fallback_employee": "0a9c1f00-aaaa\n"}}, "missed_calls.fallback_employee"),
     ({"click_to_call": {"unlimited": True}}, "click_to_call.unlimited"),
     ({"missed_calls": {"create_task": "yes"}}, "missed_calls.create_task"),
     ({"missed_calls": {"assignee": "boss"}}, "missed_calls.assignee"),
@@ -123,7 +126,10 @@ def test_click_to_call_defaults_follow_the_default_region(ent):
 
     cfg = ms().configs.read(ent)
     assert cfg["click_to_call"] == {"allowed_countries": None, "block_premium": True,
-                                    "max_per_extension_per_minute": 10, "max_per_enterprise_per_minute": 60}
+                                    "max_per_extension_per_minute": 10, "max_per_enterprise_per_minute": 60,
+                                    "max_per_extension_per_hour": 60, "max_per_enterprise_per_hour": 500,
+                                    "max_per_extension_per_day": 300, "max_per_enterprise_per_day": 2000,
+                                    "refusals_per_minute": 20, "cooldown_minutes": 10}
     assert allowed_countries(cfg) == ["BY"]
     cfg = ms().configs.save(ent, {"default_region": "ru"})
     assert allowed_countries(cfg) == ["RU"]

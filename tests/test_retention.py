@@ -56,3 +56,21 @@ def test_a_tick_stops_at_its_budget_and_zero_days_keeps_everything(ctx, monkeypa
     assert Retention(0).prune() == {}
     assert Retention(30).prune(budget=0.0) == {}  # nothing done once the budget is spent
     assert sum(Retention(30).prune().values()) == 25
+
+
+def test_the_admin_doors_counts_and_ended_cool_downs_are_forgotten_after_a_day(ctx):
+    from msapp.models import AuthFailure, AuthLockout, ClickCooldown
+
+    now = utcnow()
+    old, recent = now - timedelta(days=2), now - timedelta(hours=2)
+    db.session.add_all([AuthFailure(address="a", at=old), AuthFailure(address="a", at=recent),
+                        AuthLockout(address="a", locked_until=old, strikes=1, last_at=old),
+                        AuthLockout(address="b", locked_until=now + timedelta(minutes=5), strikes=1, last_at=recent),
+                        ClickCooldown(enterprise_number="0367", address="a", started_at=old, until=old),
+                        ClickCooldown(enterprise_number="0367", address="b", started_at=now,
+                                      until=now + timedelta(minutes=10))])
+    db.session.commit()
+    Retention(0).prune()  # even with retention off
+    assert [f.at for f in db.session.scalars(select(AuthFailure))] == [recent]
+    assert [x.address for x in db.session.scalars(select(AuthLockout))] == ["b"]
+    assert [x.address for x in db.session.scalars(select(ClickCooldown))] == ["b"]

@@ -40,10 +40,11 @@ def test_admin_token_generated_once_with_mode_0600(tmp_path):
 
 def test_env_overrides(tmp_path):
     s = settings.load(base_env(
-        tmp_path, MS_PORT="9000", MS_HOST="0.0.0.0", MS_WORKERS="2", MS_ADMIN_TOKEN="tok",
+        tmp_path, MS_PORT="9000", MS_HOST="0.0.0.0", MS_WORKERS="2", MS_ADMIN_TOKEN="tok-0123456789abcdefghijklm",
         MS_INTERNAL_TOKEN="int", MS_PUBLIC_URL="https://bot.example.by/", MS_LOOKUP_TIMEOUT="0.5",
         DATABASE_URL="postgresql://u@db/x", MS_LOG_LEVEL="debug"))
-    assert (s.port, s.host, s.workers, s.admin_token, s.internal_token) == (9000, "0.0.0.0", 2, "tok", "int")
+    assert (s.port, s.host, s.workers, s.admin_token, s.internal_token) == (9000, "0.0.0.0", 2,
+                                                                           "tok-0123456789abcdefghijklm", "int")
     assert s.public_url == "https://bot.example.by"
     assert s.database_url == "postgresql+psycopg2://u@db/x"
     assert s.lookup_timeout == 0.5 and s.log_level == "DEBUG"
@@ -73,3 +74,28 @@ def test_invalid_settings_are_one_line_errors(tmp_path, name, value, fragment):
         settings.load(base_env(tmp_path, **{name: value}))
     assert fragment in str(info.value)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("token", ["short", "x" * 23, " " + "x" * 30, "x" * 30 + "\n"])
+def test_a_short_or_padded_admin_token_is_refused(tmp_path, token):
+    with pytest.raises(settings.SettingsError, match="MS_ADMIN_TOKEN must be at least 24"):
+        settings.load(base_env(tmp_path, MS_ADMIN_TOKEN=token))
+    assert settings.load(base_env(tmp_path, MS_ADMIN_TOKEN="x" * 24)).admin_token == "x" * 24
+
+
+def test_the_scheme_of_a_url_is_compared_in_any_case(tmp_path):
+    s = settings.load(base_env(tmp_path, MS_PUBLIC_URL="HTTPS://Bot.Example.by"))
+    assert s.public_url == "https://Bot.Example.by"
+
+
+def test_click_max_age(tmp_path):
+    assert settings.load(base_env(tmp_path)).click_max_age == 30.0
+    assert settings.load(base_env(tmp_path, MS_CLICK_MAX_AGE="5")).click_max_age == 5.0
+    with pytest.raises(settings.SettingsError, match="MS_CLICK_MAX_AGE"):
+        settings.load(base_env(tmp_path, MS_CLICK_MAX_AGE="0"))
+
+
+def test_credentials_in_the_originate_url_never_reach_an_error(tmp_path):
+    with pytest.raises(settings.SettingsError) as err:
+        settings.load(base_env(tmp_path, MS_ORIGINATE_URL="ftp://user:s3cret@pbx/x?key=k3y"))
+    assert "s3cret" not in str(err.value) and "k3y" not in str(err.value)

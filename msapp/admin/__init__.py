@@ -154,7 +154,8 @@ def _context(number: str, cfg: dict, errors=None, values=None) -> dict:
     ent = ms().configs.enterprise(number)
     return {"ent": ent, "cfg": cfg, "view": public_view(cfg), "errors": errors or {}, "values": values or {},
             "secret": mask_tail(ent.secret), "notify_modes": NOTIFY_MODES, "order_modes": ORDER_MODES,
-            "signature_modes": SIGNATURE_MODES, "panel": ms().admin.panel(number),
+            "signature_modes": SIGNATURE_MODES,
+            "panel": {**ms().admin.panel(number), "untrusted_proxy": ms().untrusted_proxy_seen},
             "countries": click_guard.country_choices(), "allowed": click_guard.allowed_countries(cfg),
             "staff": ms().admin.employee_choices(number, cfg), "resume_url": url_for("admin.resume", number=number),
             "history": ms().configs.history(number, limit=20)}

@@ -1,15 +1,18 @@
 """Admin authentication: a session cookie after logging in with the admin token, or a Bearer token.
 
-The session keeps a fingerprint of the token and the login time, so changing MS_ADMIN_TOKEN logs every
-browser out at once and a login lasts MS_ADMIN_SESSION_HOURS at most (the cookie is `Secure` whenever
-MS_PUBLIC_URL is https). Wrong tokens, by form or Bearer, are counted per client address (throttle.py).
-CSRF (Flask-WTF) guards every state-changing request made with the session cookie; Bearer requests
-carry no cookie and need none.
+The session keeps an HMAC of the token keyed with the app's secret key (nothing a leaked cookie lets
+anyone guess the token from), a random session id for the config history, and the login time: changing
+MS_ADMIN_TOKEN or MS_SECRET_KEY logs every browser out at once, and a login lasts MS_ADMIN_SESSION_HOURS
+at most (the cookie is `Secure` whenever MS_PUBLIC_URL is https). Wrong tokens, by form, Bearer or
+/metrics, are counted per client address (throttle.py). CSRF (Flask-WTF) guards every state-changing
+request made with the session cookie; Bearer requests carry no cookie and need none.
 """
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
+import secrets
 import time
 from typing import Optional
 
@@ -18,10 +21,10 @@ from flask_wtf.csrf import CSRFProtect
 
 from ..errors import ApiError
 from ..extensions import db
-from ..security import bearer_token, secrets_equal
+from ..security import bearer_token, client_of, secrets_equal
 from ..services import exchange_log
 from ..state import ms
-from .throttle import LoginThrottle, client_address
+from .throttle import LoginThrottle
 
 log = logging.getLogger("msapp.admin")
 
@@ -30,7 +33,9 @@ SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 
 def _fingerprint(token: str) -> str:
-    return hashlib.sha256(("ms-admin:" + token).encode()).hexdigest()
+    key = current_app.config["SECRET_KEY"]
+    key = key.encode() if isinstance(key, str) else key
+    return hmac.new(key, b"ms-admin-session:" + token.encode(), hashlib.sha256).hexdigest()
 
 
 class LockedOut(ApiError):
@@ -46,7 +51,7 @@ def throttle() -> LoginThrottle:
 
 
 def _address() -> str:
-    return client_address(request.environ, ms().settings.trusted_proxies)
+    return client_of(request)
 
 
 def _check(token: Optional[str], via: str) -> bool:
@@ -54,7 +59,6 @@ def _check(token: Optional[str], via: str) -> bool:
     address = _address()
     wait = throttle().retry_after(address)
     if wait is None and secrets_equal(token, ms().settings.admin_token):
-        throttle().succeeded(address)
         return True
     if wait is None:
         wait = throttle().failed(address)
@@ -81,6 +85,7 @@ def login(token: str) -> bool:
         return False
     session.clear()
     session["admin"] = _fingerprint(ms().settings.admin_token)
+    session["sid"] = secrets.token_hex(6)
     session["at"] = int(time.time())
     session.permanent = True  # the cookie expires with the login (PERMANENT_SESSION_LIFETIME)
     return True
@@ -111,10 +116,10 @@ def method() -> Optional[str]:
 
 
 def who() -> str:
-    """Who is changing things, for the config history: the session's token fingerprint, or "api"."""
-    token = session.get("admin")
-    if bearer_token(request) is None and isinstance(token, str):
-        return f"admin {token[:8]}"
+    """Who is changing things, for the config history: the browser session's random id, or "api"."""
+    sid = session.get("sid")
+    if bearer_token(request) is None and isinstance(sid, str):
+        return f"admin session {sid}"
     return "api"
 
 

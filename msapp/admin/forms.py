@@ -12,6 +12,9 @@ FIELDS = ("integration_code", "api_token", "timezone", "default_region", "signat
           "incoming_call_actions.organization", "incoming_call_actions.order_state",
           "incoming_call_actions.order_source", "outgoing_call_actions.create_orders",
           "click_to_call.max_per_extension_per_minute", "click_to_call.max_per_enterprise_per_minute",
+          "click_to_call.max_per_extension_per_hour", "click_to_call.max_per_enterprise_per_hour",
+          "click_to_call.max_per_extension_per_day", "click_to_call.max_per_enterprise_per_day",
+          "click_to_call.refusals_per_minute", "click_to_call.cooldown_minutes",
           "missed_calls.assignee", "missed_calls.fallback_employee", "missed_calls.due_minutes")
 LISTS = ("click_to_call.allowed_countries",)
 

@@ -1,8 +1,8 @@
-"""Click-to-call (DESIGN.md 5.2, 5.3): MoySklad's webhook becomes one durable originate job; the worker
-asks the PBX to ring the extension and dial the number.
+"""Click-to-call (docs/design.md 5.2, 5.3): MoySklad's webhook becomes one durable originate job; the
+worker asks the PBX to ring the extension and dial the number.
 
-The signature recipe of `Lognex-Content-MD5` is undocumented (MOYSKLAD_API.md 1.9): every candidate
-recipe listed there is accepted; `signature_mode` decides whether a mismatch is ignored, logged or
+The signature recipe of `Lognex-Content-MD5` is undocumented (docs/moysklad.md, click-to-call): every
+candidate recipe public integrations use is accepted; `signature_mode` decides whether a mismatch is ignored, logged or
 rejected. Only validated digits and E.164 numbers ever reach the PBX, as URL query values.
 """
 from __future__ import annotations
@@ -14,6 +14,7 @@ from datetime import timedelta
 from typing import Any, Optional
 
 import requests
+import urllib3
 from sqlalchemy import select
 
 from ..clock import utcnow
@@ -22,8 +23,10 @@ from ..extensions import db
 from ..jobs import JobContext, Permanent
 from ..models import Enterprise, Job
 from ..moysklad.formats import is_extension, to_e164
+from ..redact import redact_url
 from . import click_guard as guard
 from . import exchange_log
+from .config import webhook_hash
 from .directory import RECHECK_SECONDS, DirectoryUnavailable
 
 log = logging.getLogger("msapp.click_to_call")
@@ -73,13 +76,16 @@ def parse_click(body: Any, region: str) -> tuple[str, str, str]:
 
 
 def accept_click(queue, directory, ent: Enterprise, cfg: dict, body: Any, raw: bytes,
-                 signature: Optional[str]) -> dict:
+                 signature: Optional[str], address: str, webhook_uuid: str) -> dict:
     """Validate, check the signature and the toll-fraud guard, and store one originate job (one per click
     within 5 s). A refusal is journaled, counted and raised as `Refused`."""
+    now = utcnow()
+    guard.cooling_down(ent.number, address, now)
+    db.session.commit()
     src, dest, uid = parse_click(body, cfg.get("default_region") or "BY")
     mode = cfg.get("signature_mode") or "log"
     signed = None if mode == "off" else check_signature(cfg.get("integration_code") or "", signature, body, raw)
-    request_log = {"srcNumber": src, "destNumber": dest, "uid": uid, "signature": signed}
+    request_log = {"srcNumber": src, "destNumber": dest, "uid": uid, "signature": signed, "client": address}
     if mode == "enforce" and not signed:
         exchange_log.add(ent.number, "webhook.click", request_log, {"status": 401}, "signature mismatch")
         db.session.commit()
@@ -87,26 +93,31 @@ def accept_click(queue, directory, ent: Enterprise, cfg: dict, body: Any, raw: b
     try:
         guard.check_destination(dest, cfg)
         employee = _employee(directory, ent.number, cfg, src, uid)
-        # Lock the enterprise row: the repeat rule and the per-minute limits hold across requests and processes.
+        # Lock the enterprise row: the repeat rule and the limits hold across requests and processes.
         db.session.execute(select(Enterprise.number).where(Enterprise.number == ent.number).with_for_update())
         now = utcnow()
         key = f"originate:{ent.number}:{src}:{dest}"
         recent = db.session.execute(select(Job.id).where(Job.key == key, Job.kind == KIND,
                                                          Job.created_at > now - REPEAT_WINDOW)).first()
         if recent is not None:
-            guard.record(ent.number, src, dest, uid, "repeat", now=now)
+            guard.record(ent.number, src, dest, uid, "repeat", now=now, address=address)
             exchange_log.add(ent.number, "webhook.click", request_log, {"repeat_of_job": recent[0]})
             db.session.commit()
             return {"success": True}
-        guard.check_rate(ent.number, src, cfg, now)
+        counts = guard.check_rate(ent.number, src, cfg, now)
     except guard.Refused as refusal:
-        _refuse(directory, ent.number, request_log, refusal)
+        _refuse(directory, ent.number, cfg, request_log, refusal)
         raise
-    queue.enqueue(KIND, key, {"src": src, "dest": dest, "uid": uid}, enterprise_number=ent.number,
-                  max_attempts=4)
-    guard.record(ent.number, src, dest, uid, "queued", now=now)
+    queue.enqueue(KIND, key, {"src": src, "dest": dest, "uid": uid, "webhook": webhook_hash(webhook_uuid)},
+                  enterprise_number=ent.number, max_attempts=4)
+    guard.record(ent.number, src, dest, uid, "queued", now=now, address=address)
+    for limit, count, cap in guard.volume_alerts(ent.number, src, cfg, counts, now):
+        exchange_log.add(ent.number, "webhook.alert", {"limit": limit.key, "extension": src, "count": count,
+                                                         "cap": cap}, {"status": "alert"},
+                         f"alert: {count} of {cap} {limit.text} accepted")
+        log.warning("click-to-call of %s: %s of %s %s accepted", ent.number, count, cap, limit.text)
     note = None if signed is not False else "signature mismatch (logged, not enforced)"
-    if employee is None and uid:
+    if employee is None:
         note = "; ".join(filter(None, [note, "uid not verified: no JSON API token"]))
     exchange_log.add(ent.number, "webhook.click", request_log, {"status": "queued"}, note)
     db.session.commit()
@@ -132,25 +143,48 @@ def _employee(directory, number: str, cfg: dict, src: str, uid: str) -> Optional
                             "list is unavailable, try again in a minute", "srcNumber", 60) from exc
 
 
-def _refuse(directory, number: str, request_log: dict, refusal: guard.Refused) -> None:
-    """Journal and count a refused click; commit. Nothing is originated."""
+def _refuse(directory, number: str, cfg: dict, request_log: dict, refusal: guard.Refused) -> None:
+    """Journal and count a refused click, and start its address's cool-down when it sent too many;
+    commit. Nothing is originated."""
     db.session.rollback()  # drop the row lock and anything half done
+    address, now = request_log["client"], utcnow()
     guard.record(number, request_log["srcNumber"], request_log["destNumber"], request_log["uid"], "refused",
-                 refusal.reason)
+                 refusal.reason, now=now, address=address)
     if refusal.reason == "unknown_extension":  # perhaps a new employee: a fresh list, at most once a minute
         directory.request_refresh(number, if_older_than=RECHECK_SECONDS)
-    exchange_log.add(number, "webhook.click", request_log, {"status": refusal.status, "reason": refusal.reason},
+    exchange_log.add(number, "webhook.click", request_log,
+                     {"status": refusal.status, "reason": refusal.reason, "field": refusal.field},
                      f"refused: {guard.REASONS_RU[refusal.reason]} ({refusal.error})")
+    if refusal.reason in guard.GUESS_REASONS:
+        refused = guard.start_cooldown(number, address, cfg, now)
+        if refused is not None:
+            exchange_log.add(number, "webhook.cooldown", {"client": address, "refused_last_minute": refused},
+                             {"status": 429}, f"alert: {refused} refused clicks from {address} within a minute; "
+                             "its clicks are refused for a while")
+            log.warning("click-to-call of %s: %s refused clicks from %s within a minute: cooling down",
+                        number, refused, address)
     db.session.commit()
     log.warning("click-to-call of %s refused (%s): %s", number, refusal.reason, refusal.error)
 
 
-class Originate:
-    """Job handler: GET MS_ORIGINATE_URL?code=<ext>&phone=<E.164>&clientId=<enterprise secret>."""
+class PbxUnreachable(Exception):
+    """The originate request never reached the PBX: tried again, up to the job's attempts."""
 
-    def __init__(self, originate_url: str, configs, timeout: tuple = (3.05, 10.0)):
+
+class Originate:
+    """Job handler: GET MS_ORIGINATE_URL?code=<ext>&phone=<E.164>&clientId=<enterprise secret>.
+
+    A click dials at most once (docs/design.md 5.3): only an error proving the request never reached the
+    PBX (connection refused, DNS, connect timeout) is retried; once the request may have been sent, the
+    outcome is journaled (unknown, or the PBX's answer) and never repeated. Right before dialling, the
+    click must still be wanted: the integration enabled, the clicked webhook still the current one, the
+    click younger than MS_CLICK_MAX_AGE.
+    """
+
+    def __init__(self, originate_url: str, configs, max_age: float = 30.0, timeout: tuple = (3.05, 10.0)):
         self.url = originate_url
         self.configs = configs
+        self.max_age = max_age
         self.timeout = timeout
 
     def __call__(self, job: JobContext) -> None:
@@ -161,27 +195,63 @@ class Originate:
         secret = ent.secret if ent is not None else None
         cfg = self.configs.of(ent) if ent is not None else {}
         db.session.commit()
+        logged = {"url": redact_url(self.url), "code": src, "phone": dest, "clientId": "••••"}
+        stale = self._stale(job, cfg)
+        if stale:
+            _journal(job, logged, None, f"not dialled: {stale}")
+            raise Permanent(f"click dropped: {stale}")
         try:  # again at dial time: the admin may have narrowed the destinations since the click
             guard.check_destination(dest, cfg)
         except guard.Refused as refusal:
             raise Permanent(f"destination no longer allowed: {refusal.error}") from None
         if not secret:
-            exchange_log.add(job.enterprise_number, "originate", {"code": src, "phone": dest}, None,
+            _journal(job, logged, None,
                              "the enterprise has no secret (clientId): set it with ./ms.sh enterprise set-secret")
             raise Permanent("enterprise secret is not set")
         params = {"code": src, "phone": dest, "clientId": secret}
-        logged = {"url": self.url, "code": src, "phone": dest, "clientId": "••••"}
         try:
             resp = requests.get(self.url, params=params, timeout=self.timeout, allow_redirects=False)
-        except requests.ConnectionError as exc:  # nothing reached the PBX: safe to try again
-            exchange_log.add(job.enterprise_number, "originate", logged, None, f"network error: {type(exc).__name__}")
-            raise
-        except requests.Timeout as exc:  # the PBX may already be ringing: never a second call
-            exchange_log.add(job.enterprise_number, "originate", logged, None, "timeout waiting for the PBX")
-            raise Permanent("originate timed out; not repeated (the PBX may have started the call)") from exc
+        except requests.RequestException as exc:
+            if never_sent(exc):  # nothing reached the PBX: safe to try again
+                _journal(job, logged, None,
+                                 f"PBX not reached ({type(exc).__name__}); will try again")
+                raise PbxUnreachable(f"PBX not reached: {type(exc).__name__}") from None
+            _journal(job, logged, None,
+                             f"outcome unknown ({type(exc).__name__}): the PBX may have started the call; "
+                             "not repeated")
+            raise Permanent(f"originate outcome unknown ({type(exc).__name__}); not repeated") from None
         body = resp.text[:500]
         if resp.status_code >= 300:
-            exchange_log.add(job.enterprise_number, "originate", logged, {"status": resp.status_code, "body": body},
-                             f"PBX answered {resp.status_code}")
+            _journal(job, logged, {"status": resp.status_code, "body": body},
+                             f"PBX answered {resp.status_code}; not repeated")
             raise Permanent(f"PBX originate answered {resp.status_code}")
-        exchange_log.add(job.enterprise_number, "originate", logged, {"status": resp.status_code, "body": body})
+        _journal(job, logged, {"status": resp.status_code, "body": body})
+
+    def _stale(self, job: JobContext, cfg: dict) -> Optional[str]:
+        """Why the click must not be dialled any more, or None."""
+        if not cfg.get("enabled"):
+            return "the integration was turned off"
+        current = cfg.get("webhook_uuid")
+        if not current or not hmac.compare_digest(webhook_hash(current), str(job.payload.get("webhook") or "")):
+            return "the webhook address was changed since the click"
+        age = (utcnow() - job.created_at).total_seconds() if job.created_at else None
+        if age is None or age > self.max_age:
+            return f"the click is older than {self.max_age:g} s"
+        return None
+
+
+def _journal(job: JobContext, request: dict, response: Optional[dict], error: Optional[str] = None) -> None:
+    """One journal row, committed at once: a failing job's transaction is rolled back, its story must not be."""
+    exchange_log.add(job.enterprise_number, "originate", request, response, error)
+    db.session.commit()
+
+
+def never_sent(exc: requests.RequestException) -> bool:
+    """True only when the error proves no byte of the request reached the PBX: the connection was refused
+    or never established (DNS, connect timeout). A read timeout or a dropped connection is no such proof."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    if not isinstance(exc, requests.ConnectionError) or not exc.args:
+        return False
+    reason = getattr(exc.args[0], "reason", None)  # urllib3's MaxRetryError names its cause
+    return isinstance(reason, urllib3.exceptions.NewConnectionError)

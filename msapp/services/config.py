@@ -28,9 +28,9 @@ NOTIFY_MODES = ("during", "answer", "none")
 ORDER_MODES = ("none", "new_customer", "always")
 SIGNATURE_MODES = ("off", "log", "enforce")
 SECRET_FIELDS = ("integration_code", "api_token")
-_ID = re.compile(r"^[0-9a-fA-F-]{8,64}$")
-_TOKEN = re.compile(r"^[\x21-\x7e]{1,512}$")
-_UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+_ID = re.compile(r"[0-9a-fA-F-]{8,64}")
+_TOKEN = re.compile(r"[\x21-\x7e]{1,512}")
+_UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 
 DEFAULTS: dict[str, Any] = {
     "enabled": False,
@@ -45,7 +45,10 @@ DEFAULTS: dict[str, Any] = {
     "outgoing_call_actions": {"create_customers": False, "create_orders": "none"},
     # Toll-fraud guard (DESIGN.md 5.2). allowed_countries None: the enterprise's default_region only.
     "click_to_call": {"allowed_countries": None, "block_premium": True,
-                      "max_per_extension_per_minute": 10, "max_per_enterprise_per_minute": 60},
+                      "max_per_extension_per_minute": 10, "max_per_enterprise_per_minute": 60,
+                      "max_per_extension_per_hour": 60, "max_per_enterprise_per_hour": 500,
+                      "max_per_extension_per_day": 300, "max_per_enterprise_per_day": 2000,
+                      "refusals_per_minute": 20, "cooldown_minutes": 10},
     # Missed calls become callback tasks (services/tasks.py); legacy configs without the block: off.
     "missed_calls": {"create_task": False, "assignee": "owner", "fallback_employee": None, "due_minutes": 30,
                      "close_on_callback": True, "only_known_customers": False},
@@ -154,7 +157,7 @@ def _choice(errors: dict, name: str, value: Any, choices: tuple) -> Any:
 def _optional_id(errors: dict, name: str, value: Any) -> Any:
     if value in (None, ""):
         return None
-    if not isinstance(value, str) or not _ID.match(value):
+    if not isinstance(value, str) or not _ID.fullmatch(value):
         errors[name] = "must be a MoySklad id"
     return value
 
@@ -183,7 +186,7 @@ _ACTION_RULES = {
 }
 def _int_range(lo: int, hi: int):
     def rule(errors: dict, name: str, value: Any) -> Any:
-        if isinstance(value, str) and value.strip().isdigit():
+        if isinstance(value, str) and re.fullmatch("[0-9]{1,9}", value.strip()):
             value = int(value.strip())
         if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
             errors[name] = f"must be a whole number from {lo} to {hi}"
@@ -212,6 +215,12 @@ _CLICK_RULES = {
     "block_premium": _bool,
     "max_per_extension_per_minute": _int_range(1, 120),
     "max_per_enterprise_per_minute": _int_range(1, 1000),
+    "max_per_extension_per_hour": _int_range(1, 1000),
+    "max_per_enterprise_per_hour": _int_range(1, 20000),
+    "max_per_extension_per_day": _int_range(1, 5000),
+    "max_per_enterprise_per_day": _int_range(1, 100000),
+    "refusals_per_minute": _int_range(1, 1000),
+    "cooldown_minutes": _int_range(1, 24 * 60),
 }
 _MISSED_RULES = {
     "create_task": _bool,
@@ -247,7 +256,7 @@ def validate_update(payload: Any) -> dict:
         elif key in SECRET_FIELDS:
             if value is None or value == "" or (isinstance(value, str) and value.startswith(MASK)):
                 continue  # masked or omitted: keep the stored value
-            if not isinstance(value, str) or not _TOKEN.match(value.strip()):
+            if not isinstance(value, str) or not _TOKEN.fullmatch(value.strip()):
                 errors[key] = "must be the key as MoySklad shows it (printable, no spaces)"
             clean[key] = value.strip() if isinstance(value, str) else value
         elif key == "timezone":
@@ -407,7 +416,7 @@ class ConfigStore:
 
     def find_by_webhook(self, candidate: str) -> Optional[tuple[Enterprise, dict]]:
         """The enterprise whose webhook uuid is exactly `candidate` (indexed; constant-time confirm)."""
-        if not isinstance(candidate, str) or not _UUID4.match(candidate):
+        if not isinstance(candidate, str) or not _UUID4.fullmatch(candidate):
             return None
         row = db.session.get(WebhookKey, webhook_hash(candidate))
         if row is None:
@@ -427,7 +436,7 @@ class ConfigStore:
         for ent in db.session.scalars(select(Enterprise)):
             ms = (ent.integrations_config or {}).get("ms")
             value = ms.get("webhook_uuid") if isinstance(ms, dict) else None
-            if isinstance(value, str) and _UUID4.match(value):
+            if isinstance(value, str) and _UUID4.fullmatch(value):
                 self._index_webhook(ent.number, value)
                 count += 1
         db.session.commit()

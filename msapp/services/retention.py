@@ -17,7 +17,7 @@ from sqlalchemy import and_, delete, select
 from .. import metrics
 from ..clock import utcnow
 from ..extensions import db
-from ..models import Call, Click, IntegrationLog, Job, MsTask
+from ..models import AuthFailure, AuthLockout, Call, Click, ClickCooldown, IntegrationLog, Job, MsTask
 
 log = logging.getLogger("msapp.retention")
 BATCH = 500
@@ -37,12 +37,25 @@ def _targets(cutoff) -> list:
     ]
 
 
+SECURITY_STATE = timedelta(days=1)  # longer than any lockout, cool-down or the window that counts them
+
+
+def forget_security_state(before) -> None:
+    """Wrong admin tokens and lockouts, and click cool-downs, that ended before `before`."""
+    db.session.execute(delete(AuthFailure).where(AuthFailure.at < before))
+    db.session.execute(delete(AuthLockout).where(AuthLockout.last_at < before, AuthLockout.locked_until < before))
+    db.session.execute(delete(ClickCooldown).where(ClickCooldown.until < before))
+    db.session.commit()
+
+
 class Retention:
     def __init__(self, days: int):
         self.days = days
 
     def prune(self, budget: float = BUDGET) -> dict:
-        """Delete what is older than the retention period, batch by batch; returns rows deleted per table."""
+        """Delete what is older than the retention period, batch by batch; returns rows deleted per table.
+        The admin door's counts and ended click cool-downs go after a day, whatever the retention."""
+        forget_security_state(utcnow() - SECURITY_STATE)
         if self.days <= 0:
             return {}
         cutoff = utcnow() - timedelta(days=self.days)

@@ -1,10 +1,11 @@
-"""Webhook face: MoySklad's click-to-call (DESIGN.md 5.2). Verify, guard against toll fraud, store, answer."""
+"""Webhook face: MoySklad's click-to-call (docs/design.md 5.2). Verify, guard against toll fraud, store, answer."""
 from __future__ import annotations
 
 from flask import Blueprint, jsonify, request
 
 from ..errors import ApiError
 from ..http_utils import json_body
+from ..security import client_of
 from ..services.click_guard import Refused
 from ..services.click_to_call import accept_click
 from ..state import ms
@@ -29,7 +30,7 @@ def click(webhook_uuid: str):
         body = json_body()
     try:
         answer = accept_click(ms().queue, ms().directory, ent, cfg, body, raw,
-                              request.headers.get("Lognex-Content-MD5"))
+                              request.headers.get("Lognex-Content-MD5"), client_of(request), webhook_uuid)
     except Refused as refusal:
         resp = jsonify(refusal.body())
         if refusal.retry_after:

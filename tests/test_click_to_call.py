@@ -1,0 +1,121 @@
+"""The originate handler alone (requests-mock): what is retried, what is dialled once, and the checks made
+right before dialling (enabled, the clicked webhook still current, the click young enough)."""
+from datetime import timedelta
+
+import pytest
+import requests
+import urllib3
+from requests_mock import ANY
+
+from msapp import clock
+from msapp.extensions import db
+from msapp.jobs import JobContext, Permanent
+from msapp.models import Enterprise, IntegrationLog
+from msapp.services.click_to_call import Originate, PbxUnreachable, never_sent
+from msapp.services.config import webhook_hash
+
+URL = "http://pbx.local:8018/api/makecallexternal"
+SECRET_URL = "http://admin:pbx-pass@pbx.local:8018/api/makecallexternal?key=sekrit"
+
+
+@pytest.fixture
+def ent(app):
+    with app.app_context():
+        db.session.add(Enterprise(number="0367", name="Co", secret="client-secret-1", integrations_config={}))
+        db.session.commit()
+        cfg = app.extensions["ms"].configs.save("0367", {"enabled": True})
+        db.session.commit()
+    return cfg
+
+
+def job(cfg, age=1.0, **payload):
+    return JobContext(id=1, kind="originate", key="k", enterprise_number="0367",
+                      payload={"src": "152", "dest": "+375445613954", "uid": "sidorov@demo",
+                               "webhook": webhook_hash(cfg["webhook_uuid"]), **payload},
+                      attempts=1, max_attempts=4, created_at=clock.utcnow() - timedelta(seconds=age))
+
+
+def handler(app, url=URL):
+    return Originate(url, app.extensions["ms"].configs, max_age=30.0)
+
+
+def journal():
+    return db.session.scalars(db.select(IntegrationLog).where(IntegrationLog.event_type == "originate")).all()
+
+
+def test_a_fresh_click_dials(app, ent, requests_mock):
+    requests_mock.get(URL, text="ok")
+    with app.app_context():
+        handler(app)(job(ent))
+    assert requests_mock.call_count == 1
+    assert requests_mock.last_request.qs == {"code": ["152"], "phone": ["+375445613954"],
+                                             "clientid": ["client-secret-1"]}
+
+
+@pytest.mark.parametrize("why,change", [
+    ("turned off", lambda app: app.extensions["ms"].configs.save("0367", {"enabled": False})),
+    ("webhook address was changed", lambda app: app.extensions["ms"].configs.regenerate_webhook("0367")),
+    ("older than 30 s", lambda app: clock.advance(31)),
+])
+def test_a_click_no_longer_wanted_is_dropped_without_dialling(app, ent, requests_mock, why, change):
+    requests_mock.get(URL, text="ok")
+    clicked = job(ent)
+    with app.app_context():
+        change(app)
+        with pytest.raises(Permanent, match="click dropped"):
+            handler(app)(clicked)
+        assert why in journal()[-1].error_message
+    assert requests_mock.call_count == 0
+
+
+def test_a_click_without_its_webhook_is_dropped(app, ent, requests_mock):
+    requests_mock.get(URL, text="ok")
+    with app.app_context(), pytest.raises(Permanent):
+        handler(app)(job(ent, webhook=None))
+    assert requests_mock.call_count == 0
+
+
+@pytest.mark.parametrize("exc,retried", [
+    (requests.ConnectTimeout("connect timeout"), True),
+    (requests.ConnectionError(urllib3.exceptions.MaxRetryError(
+        None, "/", urllib3.exceptions.NewConnectionError(None, "refused"))), True),
+    (requests.ConnectionError(urllib3.exceptions.MaxRetryError(
+        None, "/", urllib3.exceptions.NameResolutionError("pbx.local", None, OSError("dns")))), True),
+    (requests.ConnectionError(urllib3.exceptions.ProtocolError("Connection aborted.")), False),
+    (requests.ConnectionError("Connection reset by peer"), False),
+    (requests.ReadTimeout("read timed out"), False),
+])
+def test_only_a_request_that_never_left_is_tried_again(app, ent, requests_mock, exc, retried):
+    assert never_sent(exc) is retried
+    requests_mock.get(URL, exc=exc)
+    with app.app_context():
+        with pytest.raises(PbxUnreachable if retried else Permanent):
+            handler(app)(job(ent))
+        message = journal()[-1].error_message
+        assert ("will try again" in message) if retried else ("outcome unknown" in message)
+
+
+def test_a_refused_connection_to_a_real_port_is_never_sent(app, ent):
+    from tests.conftest import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/api/makecallexternal"
+    with app.app_context(), pytest.raises(PbxUnreachable):
+        handler(app, url)(job(ent))
+
+
+@pytest.mark.parametrize("status", [500, 502, 404])
+def test_a_pbx_answer_is_never_repeated(app, ent, requests_mock, status):
+    requests_mock.get(URL, status_code=status)
+    with app.app_context(), pytest.raises(Permanent):
+        handler(app)(job(ent))
+
+
+def test_credentials_in_the_originate_url_are_never_journaled(app, ent, requests_mock):
+    requests_mock.get(ANY, exc=requests.ReadTimeout("slow"))
+    with app.app_context():
+        with pytest.raises(Permanent):
+            handler(app, SECRET_URL)(job(ent))
+        row = journal()[-1]
+        text = f"{row.request_data} {row.error_message}"
+        assert "pbx-pass" not in text and "sekrit" not in text and "client-secret-1" not in text
+        assert row.request_data["url"] == "http://••••@pbx.local:8018/api/makecallexternal?key=••••"
