@@ -13,8 +13,19 @@ def make_server(app, host: str, port: int, threads: int = 4):
     """
     from waitress import create_server
 
-    return create_server(app, host=host, port=port, threads=threads, ident="ms", channel_timeout=30,
+    return create_server(_marked(app), host=host, port=port, threads=threads, ident="ms", channel_timeout=30,
                          clear_untrusted_proxy_headers=False)
+
+
+def _marked(app):
+    """The app, told that its server passes proxy headers through (security.PROXY_HEADERS_KEPT)."""
+    from .security import PROXY_HEADERS_KEPT
+
+    def wsgi(environ, start_response):
+        environ[PROXY_HEADERS_KEPT] = True
+        return app(environ, start_response)
+
+    return wsgi
 
 
 def serve_in_thread(server) -> threading.Thread:

@@ -56,9 +56,10 @@ def test_pages_need_login(app, path):
 
 
 @pytest.mark.parametrize("method,path", [("get", "/ms-admin/api/config/0367"), ("put", "/ms-admin/api/config/0367"),
-                                         ("delete", "/ms-admin/api/config/0367"), ("get", "/ms-admin/api/test/0367"),
+                                         ("delete", "/ms-admin/api/config/0367"), ("post", "/ms-admin/api/test/0367"),
                                          ("post", "/ms-admin/api/config/0367/webhook-uuid"),
-                                         ("get", "/ms-admin/api/employees/0367"), ("post", "/ms-admin/api/test-popup/0367")])
+                                         ("get", "/ms-admin/api/employees/0367"), ("post", "/ms-admin/api/employees/0367"),
+                                         ("post", "/ms-admin/api/test-popup/0367")])
 def test_json_routes_need_a_token(app, method, path):
     c = app.test_client()
     assert getattr(c, method)(path).status_code == 401
@@ -260,10 +261,11 @@ def test_json_api(app, sandbox):
     old = c.get("/ms-admin/api/config/0367", headers=BEARER).get_json()["webhook_url"]
     new = c.post("/ms-admin/api/config/0367/webhook-uuid", headers=BEARER).get_json()["webhook_url"]
     assert old != new
-    test = c.get("/ms-admin/api/test/0367", headers=BEARER).get_json()
+    test = c.post("/ms-admin/api/test/0367", headers=BEARER).get_json()
     assert test["phone"]["ok"] and test["json"]["ok"] and len(test["employees"]) == 3
-    emps = c.get("/ms-admin/api/employees/0367?refresh=1", headers=BEARER).get_json()["employees"]
+    emps = c.post("/ms-admin/api/employees/0367", headers=BEARER).get_json()["employees"]
     assert {e["extension"] for e in emps} == {"150", "151", "152"}
+    assert c.get("/ms-admin/api/employees/0367", headers=BEARER).get_json()["employees"] == emps
     assert c.post("/ms-admin/api/test-popup/0367", json={"extension": "150"}, headers=BEARER).get_json()["shown"]
     assert c.post("/ms-admin/api/test-popup/0367", json={"extension": "x"}, headers=BEARER).status_code == 400
     assert c.delete("/ms-admin/api/config/0367", headers=BEARER).get_json() == {"deleted": True}

@@ -222,3 +222,16 @@ def test_the_direct_path_verifies_tls_as_requests_does(tmp_path, monkeypatch, no
         assert server.seen[0]["method"] == "POST"
     finally:
         server.close()
+
+
+def test_no_cookie_set_for_one_enterprise_rides_with_another(recorder):
+    """One transport serves every enterprise: it keeps no cookie jar, so a `Set-Cookie` answered to one
+    enterprise's key is never sent with another's (by either path: query strings take requests)."""
+    recorder.answer = (200, {"Content-Type": "application/json", "Set-Cookie": "JSESSIONID=of-enterprise-a; Path=/"},
+                       b'{"employees": []}')
+    PhoneApi(recorder.url, "a" * 32).create_call(CALL)
+    PhoneApi(recorder.url, "a" * 32).employees(extension="150")
+    PhoneApi(recorder.url, "b" * 32).create_call(CALL)
+    PhoneApi(recorder.url, "b" * 32).employees(extension="151")
+    assert [r["path"].split("?")[0] for r in recorder.seen] == ["/api/phone/1.0/call", "/api/phone/1.0/employee"] * 2
+    assert not any("Cookie" in r["headers"] or "cookie" in r["headers"] for r in recorder.seen)

@@ -2,6 +2,7 @@ import pytest
 import sqlalchemy as sa
 
 from msapp.extensions import db
+from msapp.models import IntegrationLog
 from tests.conftest import ADMIN_TOKEN
 
 REMOTE = {"REMOTE_ADDR": "203.0.113.9"}
@@ -81,3 +82,28 @@ def test_unknown_route_is_json_404(client):
 def test_tables_exist(app):
     with app.app_context():
         assert "ms_jobs" in sa.inspect(db.engine).get_table_names()
+
+
+def test_guessing_the_admin_token_through_metrics_is_throttled_and_journaled(client, app):
+    """/metrics checks a Bearer token through the admin door's throttle: 30 guesses are not 30 tries."""
+    codes = [client.get("/metrics", environ_base=REMOTE, headers={"Authorization": f"Bearer guess-{n}"}).status_code
+             for n in range(30)]
+    assert codes[:9] == [403] * 9 and set(codes[9:]) == {429}, codes
+    r = client.get("/metrics", environ_base=REMOTE, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert r.status_code == 429 and "Retry-After" in r.headers  # the right token waits out the lockout too
+    with app.app_context():
+        rows = db.session.scalars(sa.select(IntegrationLog).where(IntegrationLog.event_type == "admin.login")).all()
+        assert len(rows) >= 10 and all(row.request_data["path"] == "/metrics" for row in rows)
+
+
+def test_readyz_names_no_enterprise_to_strangers(client, app):
+    with app.app_context():
+        app.extensions["ms"].breakers.trip("0367", "phone", "outage", "MoySklad unreachable", 30.0)
+        db.session.commit()
+    local = client.get("/readyz").get_json()
+    assert local["breakers_open"] == 1 and local["breakers"][0]["enterprise"] == "0367"
+    stranger = client.get("/readyz", environ_base=REMOTE)
+    assert stranger.get_json()["breakers_open"] == 1 and "breakers" not in stranger.get_json()
+    assert "0367" not in stranger.text
+    admin = client.get("/readyz", environ_base=REMOTE, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert admin.get_json()["breakers"][0]["enterprise"] == "0367"

@@ -18,6 +18,13 @@ def require_auth():
         raise ApiError(401, "admin token required (Authorization: Bearer, or log in)")
 
 
+@bp.after_request
+def no_store(resp):
+    """Answers carry configs and webhook addresses: no cache may keep them."""
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
 @bp.get("/config/<number>")
 def get_config(number):
     return jsonify(public_view(ms().configs.read(number)))
@@ -68,15 +75,24 @@ def new_webhook(number):
     return jsonify({"webhook_url": cfg["webhook_url"]})
 
 
-@bp.get("/test/<number>")
+@bp.post("/test/<number>")
 def test(number):
+    """Test the connection (it asks MoySklad and records the result: a POST, never a GET)."""
     return jsonify(ms().admin.test_connection(number, ms().configs.read(number)))
 
 
 @bp.get("/employees/<number>")
 def employees(number):
-    refresh = request.args.get("refresh") in ("1", "true")
-    return jsonify({"employees": ms().admin.employees(number, ms().configs.read(number), refresh=refresh)})
+    """The stored employees; reads only (a refresh from MoySklad is the POST)."""
+    if "refresh" in request.args:
+        raise ApiError(400, "a refresh from MoySklad is POST /ms-admin/api/employees/<N>", "refresh")
+    return jsonify({"employees": ms().admin.employees(number, ms().configs.read(number), refresh=False)})
+
+
+@bp.post("/employees/<number>")
+def refresh_employees(number):
+    """Fetch the employees from MoySklad now and store them."""
+    return jsonify({"employees": ms().admin.employees(number, ms().configs.read(number), refresh=True)})
 
 
 @bp.post("/test-popup/<number>")

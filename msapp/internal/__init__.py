@@ -1,4 +1,4 @@
-"""Internal face: the PBX side on the same host (loopback only, DESIGN.md section 5.1).
+"""Internal face: the PBX side on the same host (loopback only, docs/design.md 5.1).
 
 Handlers validate, store and answer; nothing here waits for MoySklad.
 """
@@ -10,7 +10,7 @@ from flask import Blueprint, jsonify, request
 
 from ..errors import ApiError
 from ..http_utils import json_body
-from ..security import is_internal
+from ..security import headers_hidden, is_internal
 from ..services import events, lookups
 from ..state import ms
 
@@ -21,6 +21,9 @@ bp = Blueprint("internal", __name__, url_prefix="/internal/ms")
 def only_local():
     """Loopback TCP peer, no proxy header, and the internal token when one is configured."""
     if not is_internal(request, ms().settings.internal_token):
+        if headers_hidden(request.environ):
+            raise ApiError(403, "internal routes need a server that shows proxy headers (./ms.sh start or "
+                                "`python wsgi.py`) or MS_INTERNAL_TOKEN")
         raise ApiError(403, "internal routes answer only local, unproxied requests")
 
 

@@ -7,6 +7,7 @@ import json
 import os
 import threading
 import time
+from http.cookiejar import DefaultCookiePolicy
 from typing import Any, Callable, Optional, Protocol
 
 import certifi
@@ -47,6 +48,9 @@ def thread_session() -> requests.Session:
     session = getattr(_local, "session", None)
     if session is None:
         session = requests.Session()
+        # Keep no cookies: one session serves every enterprise, and a cookie set for one enterprise's
+        # credentials must never ride along with another's.
+        session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
         session.trust_env = False
         session.verify = _ca_bundle()
         adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=8, max_retries=0)

@@ -19,7 +19,7 @@ from .moysklad_clients import MoySkladClients
 log = logging.getLogger("msapp.customers")
 HIT_TTL, MISS_TTL, LIST_TTL = 600.0, 60.0, 600.0
 GIVE_UP_AFTER = 3
-_ID = re.compile(r"^[0-9a-fA-F-]{8,64}$")
+_ID = re.compile(r"[0-9a-fA-F-]{8,64}")
 
 
 class Customers:
@@ -168,7 +168,7 @@ class Customers:
 
     def _sales_channel(self, number: str, cfg: dict, source: Optional[str]) -> Optional[str]:
         """An id as given; a name (the old service stored names) is looked up among the sales channels."""
-        if not source or _ID.match(source):
+        if not source or _ID.fullmatch(source):
             return source or None
         rows = self.cached_list(number, cfg, "saleschannels", lambda api: api.sales_channels())
         return next((r["id"] for r in rows if (r.get("name") or "").strip().lower() == source.strip().lower()), None)

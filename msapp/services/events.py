@@ -28,9 +28,9 @@ CALL_STATUSES = {"answered": "answered", "missed": "missed", "busy": "busy", "no
                  "no_answer": "missed", "cancel": "missed", "2": "answered", "1": "busy", "0": "missed"}
 DIRECTIONS = {"in": "in", "incoming": "in", "inbound": "in", "0": "in", "out": "out", "outgoing": "out",
               "outbound": "out", "1": "out", "internal": "internal", "2": "internal"}
-_UNIQUE_ID = re.compile(r"^[A-Za-z0-9._:@\-]{1,128}$")
-_ENTERPRISE = re.compile(r"^[A-Za-z0-9_\-]{1,32}$")
-_URL = re.compile(r"^https?://[^\s\"'<>]{1,2040}$")
+_UNIQUE_ID = re.compile(r"[A-Za-z0-9._:@\-]{1,128}")
+_ENTERPRISE = re.compile(r"[A-Za-z0-9_\-]{1,32}")
+_URL = re.compile(r"https?://[^\s\"'<>]{1,2040}")
 SYNC_KIND = "call.sync"
 
 
@@ -75,7 +75,7 @@ def enterprise_number(body: Any) -> str:
     number = body.get("enterprise_number")
     if number in (None, ""):
         raise ValidationFailed({"enterprise_number": "is required"})
-    if not isinstance(number, str) or not _ENTERPRISE.match(number):
+    if not isinstance(number, str) or not _ENTERPRISE.fullmatch(number):
         raise ValidationFailed({"enterprise_number": "must be letters, digits, '-' or '_'"})
     return number
 
@@ -96,7 +96,7 @@ def parse(body: dict, event_type: Optional[str], cfg: dict) -> Optional[CallEven
         return None
 
     unique_id = _pick(body, raw, "unique_id", "UniqueId", "Uniqueid")
-    if not isinstance(unique_id, str) or not _UNIQUE_ID.match(unique_id):
+    if not isinstance(unique_id, str) or not _UNIQUE_ID.fullmatch(unique_id):
         errors["unique_id"] = "is required: the PBX call id, e.g. 1757772742.60"
 
     region = cfg.get("default_region") or "BY"
@@ -139,7 +139,7 @@ def parse(body: dict, event_type: Optional[str], cfg: dict) -> Optional[CallEven
             errors["call_status"] = "must be answered, missed or busy (or raw CallStatus 2/1/0)"
 
     record_url = body.get("record_url") or None
-    if record_url is not None and (not isinstance(record_url, str) or not _URL.match(record_url)):
+    if record_url is not None and (not isinstance(record_url, str) or not _URL.fullmatch(record_url)):
         errors["record_url"] = "must be an http(s) URL"
 
     duration = body.get("duration")

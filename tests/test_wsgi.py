@@ -1,0 +1,82 @@
+"""wsgi.py under another server: `waitress-serve wsgi:app` deletes proxy headers before the app sees
+them, so a request a local proxy forwarded would look local. The internal face and /metrics must refuse
+it there (the internal token still admits), while `./ms.sh start`'s server keeps serving local callers."""
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+from tests.conftest import ADMIN_TOKEN, dispose, free_port, make_app
+
+pytestmark = pytest.mark.e2e
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LOOKUP = "/internal/ms/customer-name?enterprise_number=0367&phone=%2B375297111222"
+
+
+def serve_wsgi(db_url, tmp_path, **env):
+    make_app(db_url, tmp_path)  # migrated, as `./ms.sh migrate` would
+    port = free_port()
+    environ = {**{k: v for k, v in os.environ.items() if not k.startswith("MS_")}, "MS_DATABASE_URL": db_url,
+               "MS_INSTANCE_DIR": str(tmp_path / "instance"), "MS_LOG_DIR": str(tmp_path / "logs"),
+               "MS_ADMIN_TOKEN": ADMIN_TOKEN, "MS_WORKERS": "1", **env}
+    waitress = os.path.join(os.path.dirname(sys.executable), "waitress-serve")
+    proc = subprocess.Popen([waitress, f"--listen=127.0.0.1:{port}", "wsgi:app"], cwd=ROOT, env=environ,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{base}/healthz", timeout=1).ok:
+                return proc, base
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("waitress-serve wsgi:app did not start")
+
+
+@pytest.fixture
+def wsgi_server(db_url, tmp_path):
+    proc, base = serve_wsgi(db_url, tmp_path)
+    yield base
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.mark.parametrize("headers", [{"X-Forwarded-For": "203.0.113.9"}, {"Forwarded": "for=203.0.113.9"}, {}])
+def test_waitress_serve_refuses_the_internal_face_and_metrics(wsgi_server, headers):
+    r = requests.get(wsgi_server + LOOKUP, headers=headers, timeout=5)
+    assert r.status_code == 403 and "MS_INTERNAL_TOKEN" in r.json()["error"]
+    assert requests.get(f"{wsgi_server}/metrics", headers=headers, timeout=5).status_code == 403
+    # the admin token still opens /metrics, as it does everywhere
+    assert requests.get(f"{wsgi_server}/metrics", timeout=5,
+                        headers={**headers, "Authorization": f"Bearer {ADMIN_TOKEN}"}).status_code == 200
+
+
+def test_waitress_serve_with_the_internal_token_serves_the_pbx(db_url, tmp_path):
+    proc, base = serve_wsgi(db_url, tmp_path, MS_INTERNAL_TOKEN="pbx-side-token-1234567890")
+    try:
+        r = requests.get(base + LOOKUP, headers={"X-Internal-Token": "pbx-side-token-1234567890"}, timeout=5)
+        assert r.status_code == 404  # admitted: the enterprise is unknown
+        assert requests.get(base + LOOKUP, timeout=5).status_code == 403
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_the_service_server_still_serves_local_callers(db_url, tmp_path):
+    from msapp.server import make_server, serve_in_thread
+
+    app = make_app(db_url, tmp_path)
+    server = make_server(app, "127.0.0.1", 0)
+    serve_in_thread(server)
+    base = f"http://127.0.0.1:{server.socket.getsockname()[1]}"
+    try:
+        assert requests.get(base + LOOKUP, timeout=5).status_code == 404  # admitted
+        assert requests.get(base + LOOKUP, headers={"X-Forwarded-For": "203.0.113.9"}, timeout=5).status_code == 403
+        assert requests.get(f"{base}/metrics", timeout=5).status_code == 200
+    finally:
+        server.close()
+        dispose(app)
