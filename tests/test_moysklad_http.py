@@ -1,7 +1,5 @@
-"""The transport's direct path (libcurl, without requests' session machinery), against the sandbox and a
-small recording server on real sockets: it is taken exactly when requests would only pass the request
-on, and answers and failures look the same to the clients as through requests."""
-import collections
+"""The transport production uses (a requests.Session per thread), against the sandbox and a small
+recording server on real sockets: what goes out, what comes back, and how failures look to the clients."""
 import gzip
 import json
 import ssl
@@ -22,31 +20,17 @@ CALL = {"externalId": "direct-1", "number": "+375296254070", "isIncoming": True,
         "events": [{"eventType": "SHOW", "extension": "150", "sequence": 1}]}
 
 
-@pytest.fixture
-def no_requests(monkeypatch):
-    """requests' Session.request may not run: the direct path must carry the request."""
-
-    real = requests.Session.request
-
-    def refuse(session, method, url, *a, **kw):
-        if "/api/phone/" in url or "/api/remap/" in url:
-            raise AssertionError("requests.Session.request was used")
-        return real(session, method, url, *a, **kw)  # the test's own calls to the sandbox's control API
-
-    monkeypatch.setattr(requests.Session, "request", refuse)
-
-
 def phone(sandbox, **kw):
     return PhoneApi(sandbox.phone_url, sandbox.state.keys()["demo"]["phone_api_key"], **kw)
 
 
-def test_a_call_goes_direct_and_reads_the_answer(sandbox, no_requests):
+def test_a_call_is_sent_and_its_answer_read(sandbox):
     created = phone(sandbox).create_call(CALL)
     assert created["externalId"] == "direct-1" and created["id"]
     assert [c["externalId"] for c in requests.get(f"{sandbox.url}/sandbox/api/calls").json()["calls"]] == ["direct-1"]
 
 
-def test_errors_read_the_same_direct(sandbox, no_requests):
+def test_errors_are_read_from_the_answer(sandbox):
     requests.post(f"{sandbox.url}/sandbox/api/faults", json={"fail_rate": 1.0, "fail_status": 429,
                                                              "retry_after_ms": 700})
     with pytest.raises(MoySkladError) as caught:
@@ -58,14 +42,14 @@ def test_errors_read_the_same_direct(sandbox, no_requests):
     assert caught.value.status == 404
 
 
-def test_network_failures_are_network_errors(no_requests):
+def test_network_failures_are_network_errors():
     client = PhoneApi(f"http://127.0.0.1:{free_port()}/api/phone/1.0", "k" * 32, timeout=(0.5, 0.5))
     with pytest.raises(MoySkladError) as caught:
         client.create_call(CALL)
     assert caught.value.network and caught.value.status == 0 and "ConnectionError" in str(caught.value)
 
 
-def test_a_slow_answer_is_a_read_timeout(sandbox, no_requests):
+def test_a_slow_answer_is_a_read_timeout(sandbox):
     requests.post(f"{sandbox.url}/sandbox/api/faults", json={"latency_ms": 1500})
     with pytest.raises(MoySkladError) as caught:
         phone(sandbox, timeout=(1.0, 0.3)).create_call(CALL)
@@ -76,18 +60,10 @@ def test_a_slow_answer_is_a_read_timeout(sandbox, no_requests):
 
 
 def test_a_mocked_transport_still_answers(sandbox, requests_mock):
-    """requests-mock replaces requests' send: the request goes through requests, to the mock."""
+    """requests-mock replaces requests' send: the unit tests' mock sees what production sends."""
     requests_mock.post(f"{sandbox.phone_url}/call", json={"id": "m-1"})
     assert phone(sandbox).create_call(CALL) == {"id": "m-1"}
-
-
-def test_requests_carries_query_parameters_and_proxies(sandbox, monkeypatch):
-    session, client = transport.thread_session(), phone(sandbox)
-    assert client._direct_ok(session, f"{sandbox.phone_url}/call", None)
-    assert not client._direct_ok(session, f"{sandbox.phone_url}/employee", {"filter": "x"})
-    monkeypatch.setattr(transport, "env_proxies", lambda _url: {"http": "http://proxy.invalid:3128"})
-    assert not client._direct_ok(session, f"{sandbox.phone_url}/call", None)
-    assert not phone(sandbox, session=requests.Session())._direct_ok(session, f"{sandbox.phone_url}/call", None)
+    assert requests_mock.last_request.headers["Accept-Encoding"] == "gzip"
 
 
 class Recorder:
@@ -140,7 +116,7 @@ def recorder():
     server.close()
 
 
-def test_methods_bodies_and_headers_go_as_asked_on_one_kept_connection(recorder, no_requests):
+def test_methods_bodies_and_headers_go_as_asked_on_one_kept_connection(recorder):
     client = PhoneApi(recorder.url, "k" * 32)
     client.create_call(CALL)
     client.get_call("c-1")
@@ -158,30 +134,21 @@ def test_methods_bodies_and_headers_go_as_asked_on_one_kept_connection(recorder,
     assert len({r["port"] for r in recorder.seen}) == 1  # keep-alive: one connection for the thread
 
 
-def test_the_process_keeps_a_few_connections_however_many_threads_send(recorder, no_requests, monkeypatch):
-    """Handles (each with its keep-alive connections) are the process's, lent per request: after 40 threads
-    sent at once, at most KEEP are kept, and a later thread's request goes on a connection already open."""
-    monkeypatch.setattr(transport, "_IDLE", collections.deque())
-    client, start = PhoneApi(recorder.url, "k" * 32), threading.Barrier(40)
-
-    def send():
-        start.wait()
-        client.create_call(CALL)
-
-    threads = [threading.Thread(target=send) for _ in range(40)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(10)
-    assert len(recorder.seen) == 40 and len(transport._IDLE) == transport.KEEP
-    opened = {r["port"] for r in recorder.seen}
-    later = threading.Thread(target=client.create_call, args=(CALL,))
-    later.start()
-    later.join(10)
-    assert len(recorder.seen) == 41 and recorder.seen[-1]["port"] in opened
+def test_query_parameters_are_encoded(recorder):
+    recorder.answer = (200, {"Content-Type": "application/json"}, b'{"employees": []}')
+    assert PhoneApi(recorder.url, "k" * 32).employees(extension="150") == []
+    assert recorder.seen[0]["path"] == "/api/phone/1.0/employee?filter=extention%3D150"
 
 
-def test_a_gzipped_answer_is_decoded_and_headers_read_in_any_case(recorder, no_requests):
+def test_a_proxy_the_environment_names_is_used(recorder, monkeypatch):
+    """Proxies follow HTTP(S)_PROXY / NO_PROXY per MoySklad URL, read once (env_proxies)."""
+    base = recorder.url.rsplit("/api/", 1)[0]
+    monkeypatch.setattr(transport, "env_proxies", lambda _url: {"http": base})
+    assert PhoneApi("http://moysklad.invalid/api/phone/1.0", "k" * 32).create_call(CALL) == {"ok": True}
+    assert recorder.seen[0]["path"] == "http://moysklad.invalid/api/phone/1.0/call"  # asked of the proxy
+
+
+def test_a_gzipped_answer_is_decoded_and_headers_read_in_any_case(recorder):
     body = json.dumps({"id": "z-1", "comment": "сжато"}, ensure_ascii=False).encode("utf-8")
     recorder.answer = (200, {"Content-Type": "application/json", "Content-Encoding": "gzip"}, gzip.compress(body))
     assert PhoneApi(recorder.url, "k" * 32).create_call(CALL) == {"id": "z-1", "comment": "сжато"}
@@ -191,20 +158,9 @@ def test_a_gzipped_answer_is_decoded_and_headers_read_in_any_case(recorder, no_r
     assert caught.value.status == 429 and caught.value.retry_after == pytest.approx(1.5)
 
 
-def test_libcurl_reads_no_proxy_of_its_own(recorder, no_requests, monkeypatch):
-    """The direct path is taken only where the environment names no proxy for the URL (requests' reading of
-    NO_PROXY decides); libcurl, which reads the same variables its own way, must not send it to one."""
-    monkeypatch.setattr(transport, "env_proxies", lambda _url: {})
-    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
-        monkeypatch.setenv(name, f"http://127.0.0.1:{free_port()}")
-    monkeypatch.setattr(transport, "_IDLE", collections.deque())  # a handle made with these variables set
-    assert PhoneApi(recorder.url, "k" * 32).create_call(CALL) == {"ok": True}
-    assert recorder.seen[0]["path"] == "/api/phone/1.0/call"
-
-
-def test_the_direct_path_verifies_tls_as_requests_does(tmp_path, monkeypatch, no_requests):
+def test_tls_is_verified_and_a_ca_bundle_can_be_named(tmp_path, monkeypatch):
     """Against a server whose certificate a test CA signed: refused with the default bundle (certifi's),
-    accepted once REQUESTS_CA_BUNDLE names that CA, as requests would."""
+    accepted once REQUESTS_CA_BUNDLE names that CA (read when a thread's session is made)."""
     ca = trustme.CA()
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(context)
@@ -212,12 +168,14 @@ def test_the_direct_path_verifies_tls_as_requests_does(tmp_path, monkeypatch, no
     try:
         monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
         monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+        monkeypatch.setattr(transport, "_local", threading.local())  # this thread's next session is new
         with pytest.raises(MoySkladError) as caught:
             PhoneApi(server.url, "k" * 32).create_call(CALL)
         assert caught.value.network and server.seen == []
         bundle = tmp_path / "ca.pem"
         ca.cert_pem.write_to_path(str(bundle))
         monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+        monkeypatch.setattr(transport, "_local", threading.local())
         assert PhoneApi(server.url, "k" * 32).create_call(CALL) == {"ok": True}
         assert server.seen[0]["method"] == "POST"
     finally:
@@ -226,7 +184,7 @@ def test_the_direct_path_verifies_tls_as_requests_does(tmp_path, monkeypatch, no
 
 def test_no_cookie_set_for_one_enterprise_rides_with_another(recorder):
     """One transport serves every enterprise: it keeps no cookie jar, so a `Set-Cookie` answered to one
-    enterprise's key is never sent with another's (by either path: query strings take requests)."""
+    enterprise's key is never sent with another's."""
     recorder.answer = (200, {"Content-Type": "application/json", "Set-Cookie": "JSESSIONID=of-enterprise-a; Path=/"},
                        b'{"employees": []}')
     PhoneApi(recorder.url, "a" * 32).create_call(CALL)

@@ -1,19 +1,17 @@
-"""The transport both clients share: headers MoySklad requires, timeouts, limits, metrics, exchange log."""
+"""The transport both clients share: one `requests.Session` per thread (kept connections, no cookies),
+the headers MoySklad requires, connect and read timeouts, limits, metrics and the exchange log."""
 from __future__ import annotations
 
-import collections
 import functools
 import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from http.cookiejar import DefaultCookiePolicy
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Optional, Protocol
 
-import certifi
-import pycurl
 import requests
-import urllib3
 from requests.adapters import HTTPAdapter
 
 from .. import metrics
@@ -53,70 +51,16 @@ def thread_session() -> requests.Session:
         session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
         session.trust_env = False
         session.verify = _ca_bundle()
-        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=8, max_retries=0)
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=8, max_retries=0)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         _local.session = session
     return session
 
 
-_REQUESTS_SEND = requests.Session.send  # as imported: a test's requests-mock replaces it while it mocks
-
-
-def _ca_bundle() -> str:
-    """The CA bundle requests would verify MoySklad's certificate against."""
-    return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or certifi.where()
-
-
-_IDLE: collections.deque = collections.deque()  # libcurl handles not in use, with their keep-alive connections
-KEEP = 16  # handles (and so connections, MAXCONNECTS each) kept for the process, however many threads
-
-
-def _take() -> pycurl.Curl:
-    """A libcurl handle for one request (a handle is not thread-safe: one user at a time). The most
-    recently used comes first: its connection is the freshest. What never changes is set once."""
-    try:
-        return _IDLE.pop()
-    except IndexError:
-        pass
-    curl = pycurl.Curl()
-    curl.setopt(pycurl.NOSIGNAL, 1)  # timeouts without SIGALRM: required in threads
-    curl.setopt(pycurl.PROXY, "")  # taken only where no proxy applies; libcurl must not read its own
-    curl.setopt(pycurl.FOLLOWLOCATION, 0)
-    curl.setopt(pycurl.ACCEPT_ENCODING, "gzip")  # asked for and decoded by libcurl
-    curl.setopt(pycurl.MAXCONNECTS, 2)  # the Phone API's host and the JSON API's
-    curl.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
-    curl.setopt(pycurl.SSL_VERIFYPEER, 1)
-    curl.setopt(pycurl.SSL_VERIFYHOST, 2)
-    return curl
-
-
-def _give(curl: pycurl.Curl) -> None:
-    if len(_IDLE) < KEEP:
-        _IDLE.append(curl)
-    else:  # more threads than that sent at once: let the extra connections go
-        curl.close()
-
-
-class DirectAnswer:
-    """What the clients read of a `requests.Response`, for an answer taken straight from libcurl."""
-
-    __slots__ = ("status_code", "headers", "content", "reason")
-
-    def __init__(self, status: int, lines: list, content: bytes):
-        self.status_code, self.content, self.reason = status, content, ""
-        self.headers = urllib3.HTTPHeaderDict()
-        for raw in lines:
-            line = raw.decode("iso-8859-1").rstrip("\r\n")
-            if line.startswith("HTTP/"):  # a new response (after 100 Continue): only the last one counts
-                self.headers, parts = urllib3.HTTPHeaderDict(), line.split(" ", 2)
-                self.reason = parts[2] if len(parts) > 2 else ""
-            elif ":" in line:
-                name, _, value = line.partition(":")
-                self.headers.add(name.strip(), value.strip())
-
-    def json(self) -> Any:
-        return json.loads(self.content)  # ValueError when it is not JSON, as requests'
+def _ca_bundle():
+    """The CA bundle requests would verify MoySklad's certificate against (True: requests' own)."""
+    return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
 
 
 class ApiClient:
@@ -163,12 +107,9 @@ class ApiClient:
 
     def _send(self, session, method, url, headers, data, params, record, started):
         try:
-            if self._direct_ok(session, url, params):
-                resp = self._direct(method, url, headers, data)
-            else:
-                resp = session.request(method, url, headers=headers, data=data, params=params,
-                                       timeout=self.timeout, allow_redirects=False,
-                                       proxies=env_proxies(self.base_url) if self._session is None else None)
+            resp = session.request(method, url, headers=headers, data=data, params=params, timeout=self.timeout,
+                                   allow_redirects=False,
+                                   proxies=env_proxies(self.base_url) if self._session is None else None)
         except (requests.ConnectionError, requests.Timeout) as exc:
             err = MoySkladError(0, type(exc).__name__, api=self.api, network=True)
             self._done(record, started, "network", error=err)
@@ -188,55 +129,6 @@ class ApiClient:
                 raise err from None
         self._done(record, started, "ok", status=resp.status_code, response=payload)
         return payload
-
-    def _direct_ok(self, session, url: str, params) -> bool:
-        """Send through libcurl directly (requests' sessions, cookies and hooks cost 40 % of a request's
-        CPU and nothing here uses them) when requests would only have passed the request on: our own
-        thread session with its real adapter and send (requests-mock replaces one of them), no
-        query parameters to encode, no proxy for this URL."""
-        return (self._session is None and params is None and requests.Session.send is _REQUESTS_SEND
-                and type(session.get_adapter(url)) is HTTPAdapter and not env_proxies(self.base_url))
-
-    def _direct(self, method: str, url: str, headers: dict, data) -> DirectAnswer:
-        """One request through a libcurl handle of the process's: the exchange runs in C, outside the GIL
-        (a third of urllib3's CPU per request, and one GIL hand-over instead of several)."""
-        connect, read = self.timeout if isinstance(self.timeout, tuple) else (self.timeout, self.timeout)
-        curl = _take()
-        try:
-            return self._perform(curl, method, url, headers, data, connect, read)
-        finally:
-            _give(curl)
-
-    @staticmethod
-    def _perform(curl: pycurl.Curl, method: str, url: str, headers: dict, data, connect: float,
-                 read: float) -> DirectAnswer:
-        lines, body = [], []
-        curl.setopt(pycurl.URL, url)
-        if data is None and method in ("GET", "DELETE"):
-            curl.setopt(pycurl.HTTPGET, 1)
-        else:
-            curl.setopt(pycurl.POSTFIELDS, data or b"")
-        curl.setopt(pycurl.CUSTOMREQUEST, method)
-        curl.setopt(pycurl.HTTPHEADER, [f"{k}: {v}" for k, v in headers.items() if k != "Accept-Encoding"]
-                    + ["Expect:"])
-        curl.setopt(pycurl.HEADERFUNCTION, lines.append)
-        curl.setopt(pycurl.WRITEFUNCTION, body.append)
-        # libcurl bounds the whole exchange, not each read: within `read` seconds of the start (an answer
-        # MoySklad holds back is what a read timeout catches here), the connection within `connect`
-        curl.setopt(pycurl.CONNECTTIMEOUT_MS, max(1, int(connect * 1000)))
-        curl.setopt(pycurl.TIMEOUT_MS, max(1, int(max(connect, read) * 1000)))
-        if url.startswith("https:"):
-            curl.setopt(pycurl.CAINFO, _ca_bundle())
-        try:
-            curl.perform()
-        except pycurl.error as exc:
-            code, message = exc.args[0], exc.args[1] if len(exc.args) > 1 else ""
-            if code == pycurl.E_OPERATION_TIMEDOUT:  # as requests names them: sent, or not even connected
-                if curl.getinfo(pycurl.REQUEST_SIZE):
-                    raise requests.ReadTimeout(message) from None
-                raise requests.ConnectTimeout(message) from None
-            raise requests.ConnectionError(message) from None
-        return DirectAnswer(curl.getinfo(pycurl.RESPONSE_CODE), lines, b"".join(body))
 
     def _done(self, record: dict, started: float, outcome: str, *, status: int = 0, response: Any = None,
               error: Optional[MoySkladError] = None) -> None:
