@@ -1,12 +1,9 @@
 #!/usr/bin/env bash
-# ms.sh - lifecycle of the ms service (MoySklad telephony bridge).
+# ms.sh - lifecycle of the ms service (MoySklad telephony bridge). `./ms.sh help` lists the commands.
 #
-#   ./ms.sh start | stop | restart | status | logs [-f] | test [pytest args]
-#   ./ms.sh migrate | check | enterprise ... | sandbox [--port N] [--seed FILE] | demo | bench [...]
-#
-# start and test create .venv on first use (only Python 3 is needed). status follows LSB:
-# 0 running, 1 dead but pid file exists, 3 not running. The script only ever signals a process
-# whose command line is this checkout's `msapp serve`.
+# start and test create .venv on first use (only Python 3.11 is needed) from the hash-checked locks in
+# requirements/. status follows LSB: 0 running, 1 dead but pid file exists, 3 not running. The script
+# only ever signals a process whose command line is this checkout's `msapp serve`.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -16,44 +13,79 @@ PY="$VENV/bin/python"
 INSTANCE="${MS_INSTANCE_DIR:-$ROOT/instance}"
 LOGDIR="${MS_LOG_DIR:-$ROOT/logs}"
 PIDFILE="$INSTANCE/ms.pid"
+SETUP_LOG="$LOGDIR/setup.log"
+PYTHON_VERSION="3.11"  # the one CI runs the whole suite on
 export MS_INSTANCE_DIR="$INSTANCE" MS_LOG_DIR="$LOGDIR"
 
 say() { printf 'ms: %s\n' "$*"; }
 die() { printf 'ms: %s\n' "$*" >&2; exit "${2:-1}"; }
 
+usage() {
+    cat <<'EOF_USAGE'
+usage: ./ms.sh COMMAND
+
+  start | stop | restart | status   run the service (SQLite in instance/ unless MS_DATABASE_URL is set)
+  logs [-f | N]                     the service's log
+  test [pytest args]                the whole test suite
+  migrate | check                   upgrade the database; check the settings and the database
+  enterprise ...                    add, list and configure enterprises (./ms.sh enterprise --help)
+  sandbox [--port N]                the MoySklad stand-in, for trying things by hand
+  demo [--once]                     the service and the sandbox, with a few calls played
+  bench [...]                       the performance figures (./ms.sh bench --help)
+  lock                              refresh requirements/*.lock from setup.cfg (needs the package index)
+EOF_USAGE
+}
+
+is_supported() { "$1" -c "import sys; sys.exit(sys.version_info[:2] != (${PYTHON_VERSION/./, }))" >/dev/null 2>&1; }
+
 python3_bin() {
-    for candidate in python3 python; do
-        if command -v "$candidate" >/dev/null 2>&1 &&
-           "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 9))' 2>/dev/null; then
+    for candidate in "python$PYTHON_VERSION" python3 python; do
+        if command -v "$candidate" >/dev/null 2>&1 && is_supported "$candidate"; then
             echo "$candidate"; return 0
         fi
     done
-    die "Python 3.9 or newer is required" 2
+    die "Python $PYTHON_VERSION is required (found: $(python3 --version 2>&1 || echo none))" 2
 }
 
-# fresh STAMP: the stamp exists and is newer than the packaging files.
-fresh() { [ -f "$1" ] && [ ! setup.cfg -nt "$1" ] && [ ! pyproject.toml -nt "$1" ]; }
-
-# ensure_venv [extras]: create .venv and install the package (with extras) when missing or stale.
-# An install with the test extras also satisfies a plain one.
-ensure_venv() {
-    # Two statements: `local a=x b=$a` expands $a before `a` is set, which once left the stamp without
-    # its extras, so `./ms.sh start` then `./ms.sh test` never installed pytest.
-    local extras="${1:-}"
-    local stamp="$VENV/.ms-installed${extras:+-$extras}"
-    if [ ! -x "$PY" ]; then
-        say "creating .venv"
-        "$(python3_bin)" -m venv "$VENV" || die "could not create .venv (is the python3-venv package installed?)" 2
+# step WHAT COMMAND...: one line for the user; the command's own output goes to the setup log, shown
+# (its end) only when the command fails.
+step() {
+    local what="$1"; shift
+    say "$what"
+    mkdir -p "$LOGDIR"
+    printf '\n== %s: %s\n' "$(date -u +%FT%TZ)" "$what" >>"$SETUP_LOG"
+    if ! "$@" >>"$SETUP_LOG" 2>&1; then
+        tail -n 25 "$SETUP_LOG" >&2
+        die "$what failed (the whole output: $SETUP_LOG)" 2
     fi
-    if fresh "$stamp" || { [ -z "$extras" ] && fresh "$VENV/.ms-installed-test"; }; then
+}
+
+# fresh STAMP LOCK: the stamp exists and is newer than the lock.
+fresh() { [ -f "$1" ] && [ ! "$2" -nt "$1" ]; }
+
+# ensure_venv [test]: .venv with the locked packages (the test extras too with `test`), when missing or
+# stale. The checkout itself is put on the path by a .pth file: no build step.
+ensure_venv() {
+    local kind="${1:-run}"
+    local lock="requirements/$kind.lock" stamp="$VENV/.ms-installed-$kind"
+    if [ -x "$PY" ] && ! is_supported "$PY"; then
+        step "replacing .venv (not Python $PYTHON_VERSION)" rm -rf "$VENV"
+    fi
+    if [ ! -x "$PY" ]; then
+        local python
+        python="$(python3_bin)"
+        step "creating .venv" "$python" -m venv "$VENV"
+    fi
+    if fresh "$stamp" "$lock" || { [ "$kind" = run ] && fresh "$VENV/.ms-installed-test" requirements/test.lock; }; then
         return 0
     fi
-    say "installing dependencies into .venv"
-    "$PY" -m pip install --quiet --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
-    local spec="."
-    [ -n "$extras" ] && spec=".[$extras]"
-    "$PY" -m pip install --quiet --disable-pip-version-check -e "$spec" \
-        || die "pip install failed (see the messages above)" 2
+    step "installing $(grep -c '^[a-z0-9]' "$lock") locked packages" \
+        "$PY" -m pip install --disable-pip-version-check --require-hashes -r "$lock"
+    "$PY" - "$ROOT" >>"$SETUP_LOG" 2>&1 <<'PYEOF'
+import sys, sysconfig
+with open(sysconfig.get_paths()["purelib"] + "/ms-checkout.pth", "w") as fh:
+    fh.write(sys.argv[1] + "\n")
+PYEOF
     touch "$stamp"
 }
 
@@ -107,7 +139,7 @@ cmd_start() {
     ensure_venv
     mkdir -p "$INSTANCE" "$LOGDIR"
     "$PY" -m msapp check >/dev/null || exit 1
-    "$PY" -m msapp migrate >/dev/null || exit 1
+    step "migrating the database" "$PY" -m msapp migrate
     rm -f "$PIDFILE"
     nohup "$PY" -m msapp serve >>"$LOGDIR/stdout.log" 2>&1 </dev/null &
     local pid=$!
@@ -163,6 +195,20 @@ cmd_logs() {
     tail -n "${1:-100}" "$file"
 }
 
+cmd_lock() {
+    local tools="$ROOT/.venv-tools"
+    [ -x "$tools/bin/uv" ] || step "installing uv into .venv-tools" sh -c \
+        "\"$(python3_bin)\" -m venv \"$tools\" && \"$tools/bin/pip\" install uv"
+    for kind in run test; do
+        local extra=""
+        [ "$kind" = test ] && extra="--extra test"
+        # shellcheck disable=SC2086
+        step "locking requirements/$kind.lock" "$tools/bin/uv" pip compile setup.cfg $extra --universal \
+            --python-version "$PYTHON_VERSION" --generate-hashes --custom-compile-command "./ms.sh lock" \
+            -o "requirements/$kind.lock"
+    done
+}
+
 cmd_test() {
     ensure_venv test
     local rc=0
@@ -180,11 +226,11 @@ main() {
         status) cmd_status ;;
         logs) cmd_logs "$@" ;;
         test) cmd_test "$@" ;;
+        lock) cmd_lock ;;
         check|migrate|enterprise|sandbox|demo|bench)
             ensure_venv
             exec "$PY" -m msapp "$cmd" "$@" ;;
-        ''|-h|--help|help)
-            sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' ;;
+        ''|-h|--help|help) usage ;;
         *) die "unknown command: $cmd (try ./ms.sh help)" 2 ;;
     esac
 }

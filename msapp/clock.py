@@ -4,14 +4,14 @@ Everything that schedules through the database (job run times, retry horizons, b
 this clock, so a test can compress hours into seconds with `advance()`; nothing else should call
 `datetime.now()` for such decisions.
 """
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 _offset = timedelta(0)
 
 
 def utcnow() -> datetime:
     """Current UTC time without tzinfo (the form every timestamp column holds)."""
-    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    now = datetime.now(UTC).replace(tzinfo=None)
     return now + _offset if _offset else now  # the sum is a third of the cost, and the offset is for tests
 
 

@@ -28,7 +28,8 @@ import socket
 import threading
 import time
 import zlib
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 from sqlalchemy import text
 

@@ -1,6 +1,6 @@
 """rawsql: the hot statements on the driver connection store and read exactly what SQLAlchemy would,
 commit and roll back as promised, batch on PostgreSQL, and report a lost database as SQLAlchemy does."""
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import given
@@ -198,7 +198,7 @@ def test_a_pinned_connection_lost_is_replaced_at_the_next_transaction(pg_ctx):
     assert db.engine.pool.checkedout() == 0
 
 
-@given(st.one_of(st.none(), st.datetimes(), st.datetimes(timezones=st.just(timezone.utc)), st.dates()))
+@given(st.one_of(st.none(), st.datetimes(), st.datetimes(timezones=st.just(UTC)), st.dates()))
 def test_sqlite_timestamps_are_written_as_sqlalchemy_writes_them(value):
     """rawsql writes a naive datetime with `isoformat` on SQLite; SQLite compares timestamps as text, so it
     must be SQLAlchemy's text to the character (the ORM's rows and rawsql's meet in one column)."""

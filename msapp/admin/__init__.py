@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import UTC
 
 from flask import (
     Blueprint,
@@ -320,7 +321,6 @@ def isotime(value: str, tz_name: str = "Europe/Minsk") -> str:
 
 def localtime(value, tz_name: str = "Europe/Minsk", fmt: str = "%d.%m.%Y %H:%M:%S") -> str:
     """A stored naive-UTC time in the enterprise's time zone (the zone is named by the page)."""
-    from datetime import timezone
     from zoneinfo import ZoneInfo
 
     if value is None:
@@ -328,8 +328,8 @@ def localtime(value, tz_name: str = "Europe/Minsk", fmt: str = "%d.%m.%Y %H:%M:%
     try:
         zone = ZoneInfo(tz_name or "UTC")
     except (ValueError, KeyError):
-        zone = timezone.utc
-    return value.replace(tzinfo=timezone.utc).astimezone(zone).strftime(fmt)
+        zone = UTC
+    return value.replace(tzinfo=UTC).astimezone(zone).strftime(fmt)
 
 
 def register(app) -> None:

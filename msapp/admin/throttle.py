@@ -11,8 +11,9 @@ when the peer is one of MS_TRUSTED_PROXIES, the address that proxy put in X-Forw
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Callable, Optional
+from typing import Optional
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 from .. import metrics
 from ..jobs import JobContext

@@ -8,7 +8,7 @@ Everything comes from rows the service keeps anyway (ms_calls, integration_logs,
 """
 from __future__ import annotations
 
-from datetime import datetime, time, timedelta, timezone
+from datetime import UTC, datetime, time, timedelta
 from typing import Optional
 from zoneinfo import ZoneInfo
 
@@ -35,7 +35,7 @@ def _day(value: str, field: str, zone: ZoneInfo, end: bool) -> datetime:
     except ValueError:
         raise ValidationFailed({field: "must be a date YYYY-MM-DD"}) from None
     local = datetime.combine(day.date() + (timedelta(days=1) if end else timedelta(0)), time(0), zone)
-    return local.astimezone(timezone.utc).replace(tzinfo=None)
+    return local.astimezone(UTC).replace(tzinfo=None)
 
 
 class Support:

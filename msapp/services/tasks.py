@@ -18,7 +18,7 @@ reached (config `missed_calls`, DESIGN.md 4.1; tasks: MOYSKLAD_API.md 2.11).
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Optional
 from zoneinfo import ZoneInfo
 
@@ -214,7 +214,7 @@ class Tasks:
         who = self._name(number, cfg, call) or "неизвестный номер"
         lines = [f"Перезвонить: {who}, {call['phone']}", f"Пропущенные звонки ({tz_name}):"]
         for item in missed:
-            at = datetime.fromisoformat(item["at"]).replace(tzinfo=timezone.utc).astimezone(zone)
+            at = datetime.fromisoformat(item["at"]).replace(tzinfo=UTC).astimezone(zone)
             rang = ", ".join(f"доб. {e}" for e in item.get("extensions") or []) or "—"
             lines.append(f"— {at:%d.%m.%Y %H:%M}, звонили: {rang}")
         lines.append(f"[{marker}]")  # finds this task again if the answer to its creation is lost
@@ -247,7 +247,7 @@ class Tasks:
             return
         if not row.note_added:
             zone = ZoneInfo(cfg.get("timezone") or "Europe/Minsk")
-            at = (call["end_time"] or utcnow()).replace(tzinfo=timezone.utc).astimezone(zone)
+            at = (call["end_time"] or utcnow()).replace(tzinfo=UTC).astimezone(zone)
             ext = call["answered_extension"] or ((call["extensions"] or [None])[0])
             how = (f"клиент перезвонил, ответил доб. {ext}" if call["direction"] == "in"
                    else f"доб. {ext} дозвонился клиенту")
