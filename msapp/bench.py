@@ -1,4 +1,4 @@
-"""`./ms.sh bench`: the figures of DESIGN.md section 10, measured against the sandbox.
+"""`./ms.sh bench`: the figures of docs/design.md 10, measured against the sandbox.
 
 The sandbox and the service each run as their own process (`python -m msapp sandbox|serve`), so the
 service's latency and memory are its own; this process only generates load and reads the sandbox's
@@ -517,7 +517,7 @@ def _fault_run(env: Env, calls: int, rate: float) -> dict:
 
 
 def measure_outage(kind: str, pg_url: str, seconds: float, calls: int, workers: int, processes: int) -> dict:
-    """DESIGN.md 10: `calls` calls during a Phone API outage of `seconds` (real time): requests sent to the
+    """docs/design.md 10: `calls` calls during a Phone API outage of `seconds` (real time): requests sent to the
     failing MoySklad during it, and how long after it is back the last call is in MoySklad."""
     with tempfile.TemporaryDirectory() as tmp, _sandbox() as sandbox_url:
         db_url, cleanup = _database(kind, pg_url, tmp)
@@ -563,7 +563,7 @@ def _outage_run(env: Env, seconds: float, calls: int) -> dict:
 
 def measure_failover(pg_url: str, processes: int, workers: int, enterprises: int, seconds: float = 20.0,
                      calls_per_second: float = 20.0) -> dict:
-    """DESIGN.md 10: steady load on `processes` processes sharing PostgreSQL, SIGKILL of one mid-run: the
+    """docs/design.md 10: steady load on `processes` processes sharing PostgreSQL, SIGKILL of one mid-run: the
     largest dial-to-first-card delay around the kill, calls lost and duplicated, time to rebalance."""
     import psycopg2
 

@@ -288,7 +288,7 @@ def demo(port, sandbox_port, once, pause):
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
 @click.pass_context
 def bench(ctx):
-    """Measure the DESIGN.md section 10 figures against the sandbox (see --help)."""
+    """Measure the docs/design.md 10 figures against the sandbox (see --help)."""
     from .bench import bench as command
 
     command.main(args=ctx.args, prog_name="ms.sh bench", standalone_mode=True)

@@ -1,6 +1,6 @@
 """Durable job queue (table `ms_jobs`) and the worker pool that runs it.
 
-Rules (DESIGN.md section 7):
+Rules (docs/design.md 7):
 - `enqueue` adds a row to the caller's transaction (the session's, or a `rawsql.Tx`): the job exists
   exactly when the caller's commit does.
 - A job is claimed only when no earlier job with the same `key` is pending and no other one is running,

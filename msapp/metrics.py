@@ -1,4 +1,4 @@
-"""Prometheus metrics of DESIGN.md section 5.5 (process-wide, default registry)."""
+"""Prometheus metrics of docs/design.md 5.5 (process-wide, default registry)."""
 from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS = Counter("ms_events_received_total", "PBX events accepted", ["event_type"])

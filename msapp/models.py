@@ -1,4 +1,4 @@
-"""Tables of DESIGN.md section 4.
+"""Tables of docs/design.md 4.
 
 `enterprises` and `integration_logs` may belong to the PBX platform: the service maps only the
 columns it uses and never alters those tables. `ms_*` tables are the service's own.

@@ -1,4 +1,4 @@
-"""Which process works which enterprise's jobs (DESIGN.md 7): one owner at a time, failover in seconds.
+"""Which process works which enterprise's jobs (docs/design.md 7): one owner at a time, failover in seconds.
 
 PostgreSQL (several processes or hosts): enterprises fall into BUCKETS buckets (crc32 of the number).
 Each process holds one dedicated connection, on which it takes (in lock classes of its own schema)

@@ -1,4 +1,4 @@
-"""Settings: the environment (DESIGN.md section 3) turned into one validated, immutable object."""
+"""Settings: the environment (docs/design.md 3) turned into one validated, immutable object."""
 from __future__ import annotations
 
 import ipaddress
@@ -41,7 +41,7 @@ class Settings:
     log_level: str = "INFO"
     lookup_timeout: float = 1.5
     instance_dir: str = "instance"
-    # Not in DESIGN.md's table but needed to tune the limiter of MOYSKLAD_API.md 2.3 without a release.
+    # tunes the JSON API limiter (docs/moysklad.md 2.3) without a release
     json_api_budget: int = 15
     job_lease_seconds: float = 120.0
     # The admin door: a login lasts this long; proxies whose X-Forwarded-For names the client.

@@ -1,4 +1,4 @@
-"""The toll-fraud guard over real sockets (DESIGN.md 5.2): an attacker who has only the webhook URL.
+"""The toll-fraud guard over real sockets (docs/design.md 5.2): an attacker who has only the webhook URL.
 
 The fake PBX originate server records every call the PBX would have placed: a refused click must leave
 it empty; a legitimate one must still become exactly one originate.

@@ -1,4 +1,4 @@
-"""Several real service processes on one PostgreSQL (DESIGN.md 7, 10): enterprises spread over them,
+"""Several real service processes on one PostgreSQL (docs/design.md 7, 10): enterprises spread over them,
 SIGKILL of one -> its enterprises' cards resume <= 3 s later and its calls in flight complete <= 5 s
 later; a process whose database connection is killed stops before another takes over."""
 import os

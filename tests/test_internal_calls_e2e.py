@@ -1,4 +1,4 @@
-"""End to end: PBX events over real sockets -> the service -> the sandbox (DESIGN.md sections 5.1, 6, 7)."""
+"""End to end: PBX events over real sockets -> the service -> the sandbox (docs/design.md 5.1, 6, 7)."""
 import time
 
 import pytest

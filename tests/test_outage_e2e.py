@@ -1,4 +1,4 @@
-"""MoySklad outages over real sockets (DESIGN.md 7, 10): breakers per enterprise and API, waiting that
+"""MoySklad outages over real sockets (docs/design.md 7, 10): breakers per enterprise and API, waiting that
 costs no attempts, a retry horizon in time, catching up in seconds, and one journal row per transition.
 
 Long outages run on the project's clock (msapp.clock.advance): everything the service schedules
@@ -68,7 +68,7 @@ def pass_time(seconds, step=1.0, pause=0.05):
 
 
 def test_twenty_calls_in_a_ninety_second_outage(svc, sandbox):
-    """DESIGN.md 10: <= 40 requests to the failing MoySklad during it; every call in it <= 30 s after."""
+    """docs/design.md 10: <= 40 requests to the failing MoySklad during it; every call in it <= 30 s after."""
     faults(sandbox, **OUTAGE)
     for n in range(20):
         ended_call(svc, f"out-{n}")

@@ -1,4 +1,4 @@
-"""The support desk over real sockets: find any call by any key, and read its story (DESIGN.md 5.4)."""
+"""The support desk over real sockets: find any call by any key, and read its story (docs/design.md 5.4)."""
 import pytest
 import requests
 

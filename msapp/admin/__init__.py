@@ -1,4 +1,4 @@
-"""Admin face (DESIGN.md 5.4): htmx pages for the PBX operator's staff. Thin: parse, authorise, call
+"""Admin face (docs/design.md 5.4): htmx pages for the PBX operator's staff. Thin: parse, authorise, call
 services, render. htmx gets partials (200 even for form errors, so they are swapped in); full pages
 otherwise."""
 from __future__ import annotations

@@ -115,7 +115,7 @@ class JsonApi(ApiClient):
         return self.request("POST", "/entity/customerorder", body=body, event="customerorder.create") or {}
 
 
-    # -- tasks (MOYSKLAD_API.md 2.11) ------------------------------------------------------------------
+    # -- tasks (docs/moysklad.md 2.11) ------------------------------------------------------------------
     def create_task(self, description: str, assignee_id: str, *, agent_id: Optional[str] = None,
                     due: Optional[str] = None) -> dict:
         """POST /entity/task (`description` and `assignee` are required; `due` in MoySklad time)."""

@@ -1,7 +1,7 @@
 """The sandbox's data: MoySklad accounts (employees, counterparties, calls, cards, orders), the request
 log, injected faults and MoySklad's own limits. Everything behind one lock.
 
-Behaviour encoded here follows `MOYSKLAD_API.md`; where that file marks a fact as inference, the
+Behaviour encoded here follows `docs/moysklad.md`; where that file marks a fact as inference, the
 sandbox does the likely thing and says so in a comment:
 - [I] `search=` on counterparties matches digits of phones in any format (community reports).
 - [I] a call created without `counterparty` is linked by its `number`, and `counterpartyowner` is that

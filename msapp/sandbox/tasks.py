@@ -1,4 +1,4 @@
-"""The sandbox's JSON API tasks (MOYSKLAD_API.md 2.11): /entity/task with its documented filters, notes,
+"""The sandbox's JSON API tasks (docs/moysklad.md 2.11): /entity/task with its documented filters, notes,
 required fields (412, code 3000), 404 for unknown ids, and a switch that makes an account refuse tasks
 like one without MoySklad's CRM option (faults: {"tasks_disabled": true}). Adds its routes to remap_bp."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Breakers per enterprise and API (DESIGN.md 7): an outage is not a failure of each job.
+"""Breakers per enterprise and API (docs/design.md 7): an outage is not a failure of each job.
 
 - **Closed** (no row, or state `closed`): requests go out. Consecutive retryable failures (network
   errors, 5xx, 429) are counted; at THRESHOLD the breaker **opens** (`outage`). A refused key (401, or
@@ -42,7 +42,7 @@ log = logging.getLogger("msapp.breakers")
 THRESHOLD = 5
 FIRST_PROBE = 5.0
 GROWTH = 1.5
-MAX_PROBE = 25.0  # under the 30 s DESIGN.md allows, so a call reaches MoySklad <= 30 s after it is back
+MAX_PROBE = 25.0  # under the 30 s docs/design.md 7 allows, so a call reaches MoySklad <= 30 s after it is back
 AUTH_PROBE = 300.0
 API_NAMES = {"phone": "Phone API", "json": "JSON API"}
 

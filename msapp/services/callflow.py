@@ -1,4 +1,4 @@
-"""The call state machine (DESIGN.md section 6), run by the workers as job kind `call.sync`.
+"""The call state machine (docs/design.md 6), run by the workers as job kind `call.sync`.
 
 Each run reconciles one call: the row holds what the PBX reported (desired state) and what MoySklad has
 been sent; the run sends only the difference, in the fewest requests the Phone API allows:

@@ -1,7 +1,7 @@
 """Click-to-call (docs/design.md 5.2, 5.3): MoySklad's webhook becomes one durable originate job; the
 worker asks the PBX to ring the extension and dial the number.
 
-The signature recipe of `Lognex-Content-MD5` is undocumented (docs/moysklad.md, click-to-call): every
+The signature recipe of `Lognex-Content-MD5` is undocumented (docs/moysklad.md 1.9): every
 candidate recipe public integrations use is accepted; `signature_mode` decides whether a mismatch is ignored, logged or
 rejected. Only validated digits and E.164 numbers ever reach the PBX, as URL query values.
 """

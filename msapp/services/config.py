@@ -1,4 +1,4 @@
-"""The `ms` config of one enterprise (DESIGN.md section 4.1): read, validate, merge, mask, find by webhook.
+"""The `ms` config of one enterprise (docs/design.md 4.1): read, validate, merge, mask, find by webhook.
 
 The service owns only the key `ms` of `enterprises.integrations_config`; every other key is written
 back exactly as read, under a row lock so a concurrent writer of another integration is not lost.
@@ -43,7 +43,7 @@ DEFAULTS: dict[str, Any] = {
     "incoming_call_actions": {"create_customers": True, "create_orders": "none",
                               "order_state": None, "order_source": None, "organization": None},
     "outgoing_call_actions": {"create_customers": False, "create_orders": "none"},
-    # Toll-fraud guard (DESIGN.md 5.2). allowed_countries None: the enterprise's default_region only.
+    # Toll-fraud guard (docs/design.md 5.2). allowed_countries None: the enterprise's default_region only.
     "click_to_call": {"allowed_countries": None, "block_premium": True,
                       "max_per_extension_per_minute": 10, "max_per_enterprise_per_minute": 60,
                       "max_per_extension_per_hour": 60, "max_per_enterprise_per_hour": 500,

@@ -1,6 +1,6 @@
 """MoySklad's employees of one enterprise (extension, login, name), kept in `ms_directory`.
 
-Click-to-call is judged against this list (DESIGN.md 5.2), so it lives in the database: every process
+Click-to-call is judged against this list (docs/design.md 5.2), so it lives in the database: every process
 sees the same list, it is warm after a restart, and it stays in use while MoySklad is down. It is
 fetched (bounded by MS_LOOKUP_TIMEOUT) when a click finds no list, or by the admin's test connection;
 from then on a durable job refreshes it every REFRESH_SECONDS (the worker pool's ticker asks for it),

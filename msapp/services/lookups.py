@@ -1,4 +1,4 @@
-"""Dialplan lookups (DESIGN.md 5.1): who is calling, and which extension is their responsible manager.
+"""Dialplan lookups (docs/design.md 5.1): who is calling, and which extension is their responsible manager.
 
 Each answer comes within MS_LOOKUP_TIMEOUT. The MoySklad work runs on a small pool; when it is too
 slow the caller gets the "not found" shape at the deadline while the work goes on and fills the cache,

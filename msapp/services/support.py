@@ -1,4 +1,4 @@
-"""The support desk (DESIGN.md 5.4 "Support"): find any call in seconds and read its whole story.
+"""The support desk (docs/design.md 5.4 "Support"): find any call in seconds and read its whole story.
 
 `search` finds an enterprise's calls by a phone number in any format, a PBX unique_id or a MoySklad call
 id, a date range (the enterprise's local days), direction and result. `timeline` tells one call's story,

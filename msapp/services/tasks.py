@@ -1,5 +1,5 @@
 """Missed calls become callbacks: a MoySklad task for the responsible manager, closed when the customer is
-reached (config `missed_calls`, DESIGN.md 4.1; tasks: MOYSKLAD_API.md 2.11).
+reached (config `missed_calls`, docs/design.md 4.1; tasks: docs/moysklad.md 2.11).
 
 - A call's sync, once the call is in MoySklad's history, queues one `task.sync` job: `missed` for an
   incoming call nobody answered (missed or busy), `reached` for an answered call to or from a number
