@@ -12,30 +12,31 @@ from flask import Flask, jsonify, request
 from sqlalchemy import event
 from werkzeug.exceptions import HTTPException
 
-from . import logging_setup, rawsql
-from . import settings as settings_mod
-from .errors import ApiError
-from .extensions import db, migrate
-from .jobs import JobQueue, WorkerPool
-from .redact import JsonText
-from .services import callflow, click_to_call, exchange_log
-from .services.admin import TEST_POPUP_KIND, AdminService
-from .services.breakers import Breakers
-from .services.callflow import CallSync
-from .services.config import ConfigStore
-from .services.customers import Customers
-from .services.directory import REFRESH_KIND, Directory
-from .services.events import SYNC_KIND
-from .services.lookups import Lookups
-from .services.moysklad_clients import MoySkladClients
-from .services.retention import Retention
-from .services.support import Support
-from .services.tasks import KIND as TASK_KIND
-from .services.tasks import Tasks
-from .state import MsState
+from msapp import logging_setup
+from msapp import settings as settings_mod
+from msapp.db import rawsql
+from msapp.errors import ApiError
+from msapp.extensions import db, migrate
+from msapp.queue.jobs import JobQueue, WorkerPool
+from msapp.redact import JsonText
+from msapp.services import callflow, click_to_call, exchange_log
+from msapp.services.admin import TEST_POPUP_KIND, AdminService
+from msapp.services.breakers import Breakers
+from msapp.services.callflow import CallSync
+from msapp.services.config import ConfigStore
+from msapp.services.customers import Customers
+from msapp.services.directory import REFRESH_KIND, Directory
+from msapp.services.events import SYNC_KIND
+from msapp.services.lookups import Lookups
+from msapp.services.moysklad_clients import MoySkladClients
+from msapp.services.retention import Retention
+from msapp.services.support import Support
+from msapp.services.tasks import KIND as TASK_KIND
+from msapp.services.tasks import Tasks
+from msapp.state import MsState
 
 MAX_BODY = 64 * 1024
-MIGRATIONS_DIR = os.path.join(os.path.dirname(__file__), "migrations")
+MIGRATIONS_DIR = os.path.join(os.path.dirname(__file__), "db", "migrations")
 log = logging.getLogger("msapp")
 
 
@@ -91,7 +92,7 @@ def create_app(config: Optional[Mapping[str, str]] = None) -> Flask:
     queue.flush_hooks += [callflow.flush_progress, exchange_log.flush]
     pool = WorkerPool(app, queue, settings.workers)
     if not settings.is_sqlite:  # several processes may share PostgreSQL: buckets of enterprises each
-        from .ownership import PgOwnership
+        from msapp.queue.ownership import PgOwnership
 
         pool.ownership = PgOwnership(queue, pool.busy_buckets)
     pool.every(60.0, directory.refresh_stale)
@@ -111,19 +112,19 @@ def create_app(config: Optional[Mapping[str, str]] = None) -> Flask:
         support=Support(configs, clients),
     )
 
-    from .internal import bp as internal_bp
-    from .ops import bp as ops_bp
-    from .webhook import bp as webhook_bp
+    from msapp.web.internal import bp as internal_bp
+    from msapp.web.ops import bp as ops_bp
+    from msapp.web.webhook import bp as webhook_bp
 
     app.register_blueprint(ops_bp)
     app.register_blueprint(internal_bp)
     app.register_blueprint(webhook_bp)
-    from . import admin
+    from msapp.web import admin
 
     admin.register(app)
     _register_errors(app)
 
-    from .cli import enterprise_group
+    from msapp.cli import enterprise_group
 
     app.cli.add_command(enterprise_group)
     return app
@@ -141,7 +142,7 @@ def _json(value) -> str:
 
 def _engine_options(settings) -> dict:
     if settings.is_sqlite:
-        from .sqlite_lock import LockingConnection
+        from msapp.db.sqlite_lock import LockingConnection
 
         return {"json_serializer": _json,
                 "connect_args": {"timeout": 30, "check_same_thread": False, "factory": LockingConnection}}
@@ -219,7 +220,7 @@ def _register_errors(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
-        from .redact import redact_text
+        from msapp.redact import redact_text
 
         log.exception("unhandled error on %s %s", request.method, redact_text(request.path))
         db.session.rollback()

@@ -1,4 +1,4 @@
 """`python -m msapp ...`: the commands ms.sh runs."""
-from .cli import main
+from msapp.cli import main
 
 main()

@@ -17,8 +17,8 @@ from flask import current_app
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
-from .errors import ApiError
-from .settings import SettingsError
+from msapp.errors import ApiError
+from msapp.settings import SettingsError
 
 log = logging.getLogger("msapp.cli")
 
@@ -34,7 +34,7 @@ def _db_reason(exc: Exception) -> str:
 
 
 def _app():
-    from . import create_app
+    from msapp import create_app
 
     try:
         return create_app()
@@ -52,7 +52,7 @@ def main():
 @main.command()
 def check():
     """Validate settings and reach the database."""
-    from .schema import ping
+    from msapp.db.schema import ping
 
     app = _app()
     try:
@@ -65,7 +65,7 @@ def check():
 @main.command("migrate")
 def migrate_cmd():
     """Create or upgrade the schema (never drops or alters platform tables)."""
-    from .schema import upgrade_database
+    from msapp.db.schema import upgrade_database
 
     app = _app()
     try:
@@ -78,8 +78,8 @@ def migrate_cmd():
 @main.command()
 def serve():
     """Serve HTTP with waitress and run the worker pool until SIGTERM."""
-    from .jobs import release_orphans
-    from .server import make_server
+    from msapp.queue.jobs import release_orphans
+    from msapp.web.server import make_server
 
     app = _app()
     state = app.extensions["ms"]
@@ -97,7 +97,7 @@ def serve():
             _fail(f"database unreachable: {_db_reason(exc)}", 2)
     if released:
         log.warning("took back %s jobs left running by a previous process", released)
-    from .ownership import SecondProcess, SqliteOwnership
+    from msapp.queue.ownership import SecondProcess, SqliteOwnership
 
     single = None  # held (referenced) for the process's life: its file lock is the SQLite rule
     try:
@@ -165,8 +165,8 @@ def _valid_number(number: str) -> str:
 @_with_app
 def enterprise_add(number, name):
     """Add an enterprise (its integration starts disabled)."""
-    from .extensions import db
-    from .models import Enterprise
+    from msapp.db.models import Enterprise
+    from msapp.extensions import db
 
     number = _valid_number(number)
     if db.session.get(Enterprise, number) is not None:
@@ -180,9 +180,9 @@ def enterprise_add(number, name):
 @_with_app
 def enterprise_list():
     """List enterprises and whether their integration is enabled."""
-    from .extensions import db
-    from .models import Enterprise
-    from .state import ms
+    from msapp.db.models import Enterprise
+    from msapp.extensions import db
+    from msapp.state import ms
 
     for ent in db.session.scalars(select(Enterprise).order_by(Enterprise.number)):
         cfg = ms().configs.of(ent)
@@ -197,9 +197,9 @@ def enterprise_show(number):
     """Show one enterprise's ms config (secrets masked)."""
     import json
 
-    from .redact import mask_tail
-    from .services.config import public_view
-    from .state import ms
+    from msapp.redact import mask_tail
+    from msapp.services.config import public_view
+    from msapp.state import ms
 
     ent = ms().configs.enterprise(number)
     out = {"number": ent.number, "name": ent.name, "secret": mask_tail(ent.secret),
@@ -212,8 +212,8 @@ def enterprise_show(number):
 @_with_app
 def enterprise_set_secret(number):
     """Set the enterprise secret (clientId for originate), read from stdin or a hidden prompt."""
-    from .extensions import db
-    from .state import ms
+    from msapp.extensions import db
+    from msapp.state import ms
 
     ent = ms().configs.enterprise(number, lock=True)
     if sys.stdin.isatty():
@@ -236,8 +236,8 @@ def enterprise_configure(number, json_config):
     """Merge a JSON object into the ms config, e.g. '{"enabled": true}' ('-' reads stdin)."""
     import json
 
-    from .services.config import public_view
-    from .state import ms
+    from msapp.services.config import public_view
+    from msapp.state import ms
 
     raw = sys.stdin.read() if json_config == "-" else json_config
     try:
@@ -254,7 +254,7 @@ def enterprise_configure(number, json_config):
 @click.option("--seed", type=click.Path(exists=True, dir_okay=False), help="JSON seed (default: the demo data)")
 def sandbox(host, port, seed):
     """Run the MoySklad sandbox alone (Phone API, JSON API, control API, cards page)."""
-    from .sandbox import SandboxServer
+    from msapp.tools.sandbox import SandboxServer
 
     try:
         server = SandboxServer(host, port, seed)
@@ -277,7 +277,7 @@ def sandbox(host, port, seed):
 @click.option("--pause", default=1.0, show_default=True, help="Seconds between call events")
 def demo(port, sandbox_port, once, pause):
     """Run the sandbox and the service with a demo enterprise, and play a few calls."""
-    from .demo import run_demo
+    from msapp.tools.demo import run_demo
 
     try:
         run_demo(port, sandbox_port, once, pause)
@@ -289,6 +289,6 @@ def demo(port, sandbox_port, once, pause):
 @click.pass_context
 def bench(ctx):
     """Measure the docs/design.md 10 figures against the sandbox (see --help)."""
-    from .bench import bench as command
+    from msapp.tools.bench import bench as command
 
     command.main(args=ctx.args, prog_name="ms.sh bench", standalone_mode=True)

@@ -5,7 +5,7 @@ import logging
 import os
 from logging.handlers import RotatingFileHandler
 
-from .redact import RedactingFilter
+from msapp.redact import RedactingFilter
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s"
 _HANDLER_NAME = "ms-file"

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from .redact import redact_url
+from msapp.redact import redact_url
 
 DEFAULT_PHONE_API_URL = "https://api.moysklad.ru/api/phone/1.0"
 DEFAULT_JSON_API_URL = "https://api.moysklad.ru/api/remap/1.2"

@@ -6,9 +6,9 @@ from typing import Any, Optional
 
 from flask import current_app
 
-from .jobs import JobQueue, WorkerPool
-from .services.config import ConfigStore
-from .settings import Settings
+from msapp.queue.jobs import JobQueue, WorkerPool
+from msapp.services.config import ConfigStore
+from msapp.settings import Settings
 
 
 @dataclass

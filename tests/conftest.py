@@ -9,8 +9,8 @@ import uuid
 import pytest
 
 from msapp import create_app
+from msapp.db.schema import upgrade_database
 from msapp.extensions import db
-from msapp.schema import upgrade_database
 
 PG_URL = os.environ.get("MS_TEST_DATABASE_URL", "")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -160,7 +160,7 @@ def client(app):
 
 @pytest.fixture(scope="session")
 def sandbox_server():
-    from msapp.sandbox import SandboxServer
+    from msapp.tools.sandbox import SandboxServer
 
     server = SandboxServer().start()
     yield server
@@ -188,7 +188,7 @@ def statement_work(stmt, values: dict, keys: tuple | None = None) -> int:
     """What running `stmt` (through rawsql, as the product does) costs the database, rolled back: SQLite,
     its virtual machine's steps; PostgreSQL, the rows every node of its plan produced (EXPLAIN ANALYZE),
     sub-plans and their loops included. A cost that grows with a table's size shows here, untimed."""
-    from msapp import rawsql
+    from msapp.db import rawsql
 
     dialect = db.engine.dialect
     prepared = rawsql._STATEMENTS.get(stmt, keys, dialect)  # keys: the columns an UPDATE sets

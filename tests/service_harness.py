@@ -5,8 +5,8 @@ import time
 
 import requests
 
+from msapp.db.models import Enterprise
 from msapp.extensions import db
-from msapp.models import Enterprise
 from tests.conftest import dispose, make_app
 
 DEFAULT_CFG = {"enabled": True, "timezone": "Europe/Minsk", "default_region": "BY",
@@ -15,7 +15,7 @@ DEFAULT_CFG = {"enabled": True, "timezone": "Europe/Minsk", "default_region": "B
 
 class Service:
     def __init__(self, db_url, tmp_path, sandbox, workers=4, **overrides):
-        from msapp.server import make_server, serve_in_thread
+        from msapp.web.server import make_server, serve_in_thread
 
         self.sandbox = sandbox
         self.app = make_app(db_url, tmp_path, MS_PHONE_API_URL=sandbox.phone_url, MS_JSON_API_URL=sandbox.json_url,
@@ -72,7 +72,7 @@ class Service:
         """The pending and running jobs as rows (what a wait that timed out was waiting for)."""
         from sqlalchemy import select
 
-        from msapp.models import Job
+        from msapp.db.models import Job
 
         with self.app.app_context():  # the clock is the project's: run_at and lease_until are in its time
             rows = db.session.execute(select(Job.id, Job.kind, Job.key, Job.status, Job.attempts, Job.run_at,
@@ -89,7 +89,7 @@ class Service:
         from sqlalchemy import update
 
         from msapp.clock import utcnow
-        from msapp.models import Job
+        from msapp.db.models import Job
 
         with self.app.app_context():
             db.session.execute(update(Job).where(Job.status == "pending").values(run_at=utcnow()))
@@ -129,7 +129,7 @@ class FakeOriginate:
     def __init__(self, status=200, delay=0.0):
         from flask import Flask, request
 
-        from msapp.server import make_server, serve_in_thread
+        from msapp.web.server import make_server, serve_in_thread
 
         self.requests, self.status, self.delay = [], status, delay
         app = Flask("fake-originate")

@@ -5,8 +5,8 @@ import re
 import pytest
 from sqlalchemy import select, update
 
+from msapp.db.models import Enterprise, IntegrationLog, Job
 from msapp.extensions import db
-from msapp.models import Enterprise, IntegrationLog, Job
 from tests.conftest import ADMIN_TOKEN, dispose, make_app
 
 BEARER = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -273,7 +273,7 @@ def test_json_api(app, sandbox):
 
 def test_panel_counts_today(browser, app):
     from msapp.clock import utcnow
-    from msapp.models import Call
+    from msapp.db.models import Call
     from msapp.services import exchange_log
 
     c, _ = browser

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from msapp.db.models import Enterprise
 from msapp.extensions import db
-from msapp.models import Enterprise
 from tests.conftest import ADMIN_TOKEN, IN_CI
 from tests.service_harness import Service, shown_cards
 

@@ -8,10 +8,10 @@ import requests
 from sqlalchemy import select
 
 from msapp import clock as msapp_clock
-from msapp.admin import auth
+from msapp.db.models import Enterprise, IntegrationLog
 from msapp.extensions import db
-from msapp.models import Enterprise, IntegrationLog
-from msapp.security import client_address
+from msapp.web.admin import auth
+from msapp.web.security import client_address
 from tests.conftest import ADMIN_TOKEN, dispose, make_app
 
 PAGE = "/ms-admin/"

@@ -46,9 +46,9 @@ def test_a_sync_commits_its_guard_before_the_request_and_its_progress_with_the_o
     3, 2 and 4)."""
     from sqlalchemy import select
 
-    from msapp import rawsql
+    from msapp.db import rawsql
+    from msapp.db.models import Call, Enterprise
     from msapp.extensions import db
-    from msapp.models import Call, Enterprise
     from msapp.moysklad.phone_api import PhoneApi
     from msapp.services import events
     from msapp.state import ms

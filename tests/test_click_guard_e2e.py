@@ -13,8 +13,8 @@ import requests
 from sqlalchemy import select
 
 from msapp import clock
+from msapp.db.models import Click, Enterprise, IntegrationLog, Job
 from msapp.extensions import db
-from msapp.models import Click, Enterprise, IntegrationLog, Job
 from tests.conftest import ADMIN_TOKEN, dispose, free_port, make_app, require_pg
 from tests.service_harness import Service, start_process, wait_for
 
@@ -191,7 +191,7 @@ def test_a_new_employee_is_found_by_a_refresh_at_most_once_a_minute(svc, sandbox
     assert len([r for r in sandbox.state.log if r["path"].endswith("/employee")]) == lists_before
     # the list is young: no refresh yet; once it is a minute old, one refused click asks for one
     with svc.app.app_context():
-        from msapp.models import Directory
+        from msapp.db.models import Directory
 
         row = db.session.get(Directory, "0367")
         row.fetched_at = row.fetched_at.replace(year=row.fetched_at.year - 1)

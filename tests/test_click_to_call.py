@@ -8,9 +8,9 @@ import urllib3
 from requests_mock import ANY
 
 from msapp import clock
+from msapp.db.models import Enterprise, IntegrationLog
 from msapp.extensions import db
-from msapp.jobs import JobContext, Permanent
-from msapp.models import Enterprise, IntegrationLog
+from msapp.queue.jobs import JobContext, Permanent
 from msapp.services.click_to_call import Originate, PbxUnreachable, never_sent
 from msapp.services.config import webhook_hash
 

@@ -6,8 +6,8 @@ import pytest
 import requests
 from sqlalchemy import func, select
 
+from msapp.db.models import IntegrationLog, Job
 from msapp.extensions import db
-from msapp.models import IntegrationLog, Job
 from msapp.services.click_to_call import check_signature, signature_candidates
 from tests.service_harness import FakeOriginate, Service, wait_for
 

@@ -3,8 +3,8 @@ whom and which fields; never a value, least of all a secret."""
 import hashlib
 import re
 
+from msapp.db.models import Enterprise
 from msapp.extensions import db
-from msapp.models import Enterprise
 from tests.conftest import ADMIN_TOKEN
 from tests.test_cli import run
 

@@ -1,9 +1,9 @@
 import pytest
 from sqlalchemy import select
 
+from msapp.db.models import Enterprise, WebhookKey
 from msapp.errors import ApiError, ValidationFailed
 from msapp.extensions import db
-from msapp.models import Enterprise, WebhookKey
 from msapp.services.config import normalize, public_view, upgrade_legacy
 from msapp.state import ms
 

@@ -6,8 +6,8 @@ import time
 import pytest
 import requests
 
+from msapp.db.models import Enterprise
 from msapp.extensions import db
-from msapp.models import Enterprise
 from tests.conftest import dispose, free_port, make_app
 from tests.service_harness import calls, shown_cards, start_process
 

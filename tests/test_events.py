@@ -78,9 +78,9 @@ def test_an_event_wakes_a_worker_for_a_job_queued_not_for_one_re_armed(ctx, monk
     COMMIT with the last batch)."""
     from sqlalchemy import select
 
-    from msapp import rawsql
+    from msapp.db import rawsql
+    from msapp.db.models import Enterprise, Job
     from msapp.extensions import db
-    from msapp.models import Enterprise, Job
     from msapp.services import events
     from msapp.state import ms
 
@@ -114,8 +114,8 @@ def test_an_events_cost_does_not_grow_with_the_waiting_jobs(ctx):
     PostgreSQL: the upsert that carries it) costs under twice as much with 2,000 other jobs waiting as
     with 20."""
     from msapp.clock import utcnow
+    from msapp.db.models import Enterprise
     from msapp.extensions import db
-    from msapp.models import Enterprise
     from msapp.services import events
     from msapp.state import ms
     from tests.conftest import statement_work

@@ -10,9 +10,9 @@ import psycopg2
 import pytest
 import requests
 
+from msapp.db.models import Enterprise
 from msapp.extensions import db
-from msapp.models import Enterprise
-from msapp.ownership import balanced, bucket_of, snapshot
+from msapp.queue.ownership import balanced, bucket_of, snapshot
 from tests.conftest import PG_URL, dispose, free_port, make_app, require_pg
 from tests.service_harness import calls, start_process, wait_for
 

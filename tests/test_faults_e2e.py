@@ -7,8 +7,8 @@ import pytest
 import requests
 from sqlalchemy import func, select
 
+from msapp.db.models import Enterprise, Job
 from msapp.extensions import db
-from msapp.models import Enterprise, Job
 from tests.conftest import dispose, free_port, make_app
 from tests.service_harness import Service, calls, phone_requests, start_process
 

@@ -7,8 +7,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
+from msapp.db.models import Enterprise, Job
 from msapp.extensions import db
-from msapp.models import Enterprise, Job
 from tests.conftest import ADMIN_TOKEN, dispose, make_app
 
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])

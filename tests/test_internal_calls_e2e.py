@@ -5,8 +5,8 @@ import pytest
 import requests
 from sqlalchemy import select
 
+from msapp.db.models import Call, IntegrationLog, Job
 from msapp.extensions import db
-from msapp.models import Call, IntegrationLog, Job
 from tests.service_harness import Service, calls, phone_requests, shown_cards
 
 pytestmark = pytest.mark.e2e

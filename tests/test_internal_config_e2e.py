@@ -2,8 +2,8 @@
 import pytest
 from sqlalchemy import func, select
 
+from msapp.db.models import Job
 from msapp.extensions import db
-from msapp.models import Job
 from tests.service_harness import Service, calls, phone_requests, shown_cards
 
 pytestmark = pytest.mark.e2e
@@ -120,7 +120,7 @@ def test_orders_for_new_customers_with_configured_fields(make, sandbox):
 def test_orders_always_with_defaults_and_legacy_channel_name(make, sandbox):
     svc = make(incoming_call_actions={"create_customers": False, "create_orders": "always"})
     with svc.app.app_context():  # the old service stored a sales channel by name, not id
-        from msapp.models import Enterprise
+        from msapp.db.models import Enterprise
 
         ent = db.session.get(Enterprise, "0367")
         ms_cfg = dict(ent.integrations_config["ms"])

@@ -2,8 +2,8 @@
 import pytest
 from sqlalchemy import func, select
 
+from msapp.db.models import Call, Enterprise, Job
 from msapp.extensions import db
-from msapp.models import Call, Enterprise, Job
 from tests.conftest import make_app
 
 GOOD = {"enterprise_number": "0367", "unique_id": "1757772742.60", "event_type": "dial", "direction": "in",
@@ -165,7 +165,7 @@ def test_a_body_is_read_alike_on_both_paths(client, app):
 
     from flask import request
 
-    from msapp.http_utils import json_body
+    from msapp.web.http_utils import json_body
 
     def body(uid):
         return json.dumps({**GOOD, "unique_id": uid}).encode()

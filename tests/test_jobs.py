@@ -5,11 +5,11 @@ from datetime import timedelta
 
 import pytest
 
-from msapp import rawsql
 from msapp.clock import utcnow
+from msapp.db import rawsql
+from msapp.db.models import Job
 from msapp.extensions import db
-from msapp.jobs import Defer, JobQueue, Permanent, Retry, WorkerPool, backoff, release_orphans
-from msapp.models import Job
+from msapp.queue.jobs import Defer, JobQueue, Permanent, Retry, WorkerPool, backoff, release_orphans
 from msapp.state import ms
 from tests.conftest import dispose, make_app, statement_work
 
@@ -288,7 +288,7 @@ def test_processes_share_buckets_and_take_over_at_once(pg_schema, tmp_path):
     """With several processes on one PostgreSQL each enterprise's jobs go to one of them at a time (its
     bucket's advisory lock), the buckets are spread over the processes, and a process that goes away
     leaves its buckets to the others at their next tick."""
-    from msapp.ownership import BUCKETS, PgOwnership, bucket_of
+    from msapp.queue.ownership import BUCKETS, PgOwnership, bucket_of
 
     apps = [make_app(pg_schema.url, tmp_path / f"p{i}") for i in range(2)]
     owners = []
@@ -418,10 +418,10 @@ def test_an_event_reaching_another_process_wakes_the_owner_at_once(pg_schema, tm
     which wakes a worker at once instead of at its idle poll; so is one queued in the session (a
     click-to-call, a task), but not one that waits a delay; a bucket it does not own wakes nobody there,
     and a process alone sends nothing."""
-    from msapp.models import Enterprise
-    from msapp.ownership import PgOwnership, bucket_of
+    from msapp.db.models import Enterprise
+    from msapp.queue.ownership import PgOwnership, bucket_of
+    from msapp.queue.wakeups import Listener
     from msapp.services import events
-    from msapp.wakeups import Listener
 
     apps = [make_app(pg_schema.url, tmp_path / f"p{i}") for i in range(2)]
     owners, stop = [], threading.Event()
@@ -490,8 +490,8 @@ def test_a_process_without_workers_announces_every_job_its_events_queue(pg_schem
 
     import psycopg2
 
-    from msapp.models import Enterprise
-    from msapp.ownership import PgOwnership, bucket_of
+    from msapp.db.models import Enterprise
+    from msapp.queue.ownership import PgOwnership, bucket_of
     from msapp.services import events
 
     app = make_app(pg_schema.url, tmp_path)
@@ -524,7 +524,7 @@ def test_a_process_without_workers_announces_every_job_its_events_queue(pg_schem
 
 
 def test_a_second_process_on_one_sqlite_file_is_refused(tmp_path):
-    from msapp.ownership import SecondProcess, SqliteOwnership
+    from msapp.queue.ownership import SecondProcess, SqliteOwnership
 
     first, second = SqliteOwnership(str(tmp_path / "ms.db")), SqliteOwnership(str(tmp_path / "ms.db"))
     first.start()
@@ -539,7 +539,7 @@ def test_a_second_process_on_one_sqlite_file_is_refused(tmp_path):
 
 def _a_call(unique_id: str) -> int:
     """A call.sync job for a new call (as an event queues it); returns the call's id."""
-    from msapp.models import Enterprise
+    from msapp.db.models import Enterprise
     from msapp.services import events
 
     if db.session.get(Enterprise, "0367") is None:
@@ -554,7 +554,7 @@ def test_a_claim_reads_its_jobs_subject_with_it(ctx, monkeypatch):
     """A sync's claim brings its call (every column the sync reads), in the claim's one execute on
     PostgreSQL; other kinds get none (a value under the same key is never read as an id), and a job whose
     call is gone, or whose id is not one, gets None (the handler reads, finds none)."""
-    from msapp.models import Call
+    from msapp.db.models import Call
     from msapp.services.callflow import SUBJECT
 
     call_id = _a_call("s-1")
@@ -587,7 +587,7 @@ def test_the_subject_is_read_after_the_job_is_taken(ctx):
     has committed it) is in the row the handler gets; read in the UPDATE's own statement, it was not."""
     import psycopg2
 
-    from msapp.models import Call
+    from msapp.db.models import Call
 
     call_id = _a_call("r-1")
     db.session.execute(db.text(
@@ -627,7 +627,7 @@ def _claim_in(app):
 
 def _claim_work() -> int:
     """What one claim costs the database (`statement_work`), rolled back."""
-    from msapp.jobs import _claim_statements, _pg_array
+    from msapp.queue.jobs import _claim_statements, _pg_array
 
     now, name = utcnow(), db.engine.dialect.name
     return statement_work(_claim_statements(name, {})[False], {

@@ -3,8 +3,8 @@ import pytest
 import requests
 from sqlalchemy import Text, cast, select
 
+from msapp.db.models import IntegrationLog
 from msapp.extensions import db
-from msapp.models import IntegrationLog
 from tests.conftest import ADMIN_TOKEN
 from tests.service_harness import Service
 

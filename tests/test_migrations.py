@@ -96,7 +96,7 @@ def test_existing_platform_tables_are_left_unchanged(db_url, tmp_path):
                       "MS_LOG_DIR": str(tmp_path / "l"), "MS_WORKERS": "0"})
     before_schema = {t: v for t, v in _inspect(app).items() if t not in OWN_TABLES}
     before_rows = _rows(app)
-    from msapp.schema import upgrade_database
+    from msapp.db.schema import upgrade_database
 
     upgrade_database(app)
     after = _inspect(app)

@@ -5,8 +5,8 @@ import pytest
 import requests
 from sqlalchemy import func, select
 
+from msapp.db.models import IntegrationLog, Job, MsTask
 from msapp.extensions import db
-from msapp.models import IntegrationLog, Job, MsTask
 from tests.service_harness import Service, calls
 
 pytestmark = pytest.mark.e2e

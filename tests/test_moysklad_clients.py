@@ -4,8 +4,8 @@ import json
 import pytest
 import requests
 
-from msapp.jobs import Permanent, Retry
 from msapp.moysklad import JsonApi, MoySkladError, PhoneApi, RetryPolicy
+from msapp.queue.jobs import Permanent, Retry
 
 P = "https://ms.test/api/phone/1.0"
 J = "https://ms.test/api/remap/1.2"

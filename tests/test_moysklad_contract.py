@@ -6,7 +6,7 @@ import requests
 
 from msapp.moysklad import JsonApi, Limiter, MoySkladError, PhoneApi, RateLimited
 from msapp.moysklad.formats import to_moysklad_time
-from msapp.sandbox.state import same_phone
+from msapp.tools.sandbox.state import same_phone
 
 ROMASHKA = "5c0e7a00-0000-4000-8000-000000000001"
 PETROVA = "0a9c1f00-0000-4000-8000-000000000151"

@@ -1,8 +1,8 @@
 import pytest
 import sqlalchemy as sa
 
+from msapp.db.models import IntegrationLog
 from msapp.extensions import db
-from msapp.models import IntegrationLog
 from tests.conftest import ADMIN_TOKEN
 
 REMOTE = {"REMOTE_ADDR": "203.0.113.9"}

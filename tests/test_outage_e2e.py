@@ -13,8 +13,8 @@ import requests
 from sqlalchemy import func, select
 
 from msapp import clock
+from msapp.db.models import Enterprise, IntegrationLog, Job
 from msapp.extensions import db
-from msapp.models import Enterprise, IntegrationLog, Job
 from tests.conftest import ADMIN_TOKEN, dispose, free_port, make_app, require_pg
 from tests.service_harness import Service, calls, shown_cards, start_process, wait_for
 

@@ -8,9 +8,9 @@ from hypothesis import strategies as st
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import DBAPIError
 
-from msapp import rawsql
+from msapp.db import rawsql
+from msapp.db.models import Call, IntegrationLog, Job
 from msapp.extensions import db
-from msapp.models import Call, IntegrationLog, Job
 from tests.conftest import dispose, make_app
 
 CALLS, LOGS, JOBS = Call.__table__, IntegrationLog.__table__, Job.__table__

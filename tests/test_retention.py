@@ -5,8 +5,8 @@ from sqlalchemy import func, select
 
 from msapp import metrics
 from msapp.clock import utcnow
+from msapp.db.models import Call, Click, IntegrationLog, Job, MsTask
 from msapp.extensions import db
-from msapp.models import Call, Click, IntegrationLog, Job, MsTask
 from msapp.services import retention
 from msapp.services.retention import Retention
 
@@ -59,7 +59,7 @@ def test_a_tick_stops_at_its_budget_and_zero_days_keeps_everything(ctx, monkeypa
 
 
 def test_the_admin_doors_counts_and_ended_cool_downs_are_forgotten_after_a_day(ctx):
-    from msapp.models import AuthFailure, AuthLockout, ClickCooldown
+    from msapp.db.models import AuthFailure, AuthLockout, ClickCooldown
 
     now = utcnow()
     old, recent = now - timedelta(days=2), now - timedelta(hours=2)

@@ -67,7 +67,7 @@ def test_waitress_serve_with_the_internal_token_serves_the_pbx(db_url, tmp_path)
 
 
 def test_the_service_server_still_serves_local_callers(db_url, tmp_path):
-    from msapp.server import make_server, serve_in_thread
+    from msapp.web.server import make_server, serve_in_thread
 
     app = make_app(db_url, tmp_path)
     server = make_server(app, "127.0.0.1", 0)

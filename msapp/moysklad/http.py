@@ -14,9 +14,9 @@ from typing import Any, Optional, Protocol
 import requests
 from requests.adapters import HTTPAdapter
 
-from .. import metrics
-from .errors import MoySkladError
-from .limiter import Limiter
+from msapp import metrics
+from msapp.moysklad.errors import MoySkladError
+from msapp.moysklad.limiter import Limiter
 
 ACCEPT = "application/json;charset=utf-8"
 DEFAULT_TIMEOUT = (3.05, 10.0)

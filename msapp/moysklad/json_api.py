@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .formats import national_digits, phone_matches
-from .http import ApiClient, meta
+from msapp.moysklad.formats import national_digits, phone_matches
+from msapp.moysklad.http import ApiClient, meta
 
 
 class JsonApi(ApiClient):

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Optional
 from urllib.parse import quote
 
-from .http import ApiClient, id_from_href
+from msapp.moysklad.http import ApiClient, id_from_href
 
 
 class PhoneApi(ApiClient):

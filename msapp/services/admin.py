@@ -10,16 +10,16 @@ from typing import Optional
 
 from sqlalchemy import Text, and_, cast, func, or_, select
 
-from ..clock import utcnow
-from ..errors import ApiError
-from ..extensions import db
-from ..jobs import JobContext
-from ..models import Call, Enterprise, IntegrationLog, Job
-from ..moysklad import BreakerOpen, MoySkladError, RateLimited
-from ..moysklad.formats import is_extension, to_moysklad_time
-from . import click_guard, exchange_log
-from .moysklad_clients import MoySkladClients
-from .tasks import Tasks
+from msapp.clock import utcnow
+from msapp.db.models import Call, Enterprise, IntegrationLog, Job
+from msapp.errors import ApiError
+from msapp.extensions import db
+from msapp.moysklad import BreakerOpen, MoySkladError, RateLimited
+from msapp.moysklad.formats import is_extension, to_moysklad_time
+from msapp.queue.jobs import JobContext
+from msapp.services import click_guard, exchange_log
+from msapp.services.moysklad_clients import MoySkladClients
+from msapp.services.tasks import Tasks
 
 TEST_POPUP_KIND = "test-popup.hide"
 TEST_POPUP_SECONDS = 5.0

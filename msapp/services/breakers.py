@@ -31,12 +31,12 @@ from sqlalchemy import and_, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from .. import metrics
-from ..clock import utcnow
-from ..extensions import db
-from ..models import Breaker, Job
-from ..moysklad import BreakerOpen, MoySkladError
-from . import exchange_log
+from msapp import metrics
+from msapp.clock import utcnow
+from msapp.db.models import Breaker, Job
+from msapp.extensions import db
+from msapp.moysklad import BreakerOpen, MoySkladError
+from msapp.services import exchange_log
 
 log = logging.getLogger("msapp.breakers")
 THRESHOLD = 5

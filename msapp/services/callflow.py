@@ -26,17 +26,18 @@ from typing import Optional
 
 from sqlalchemy import bindparam, update
 
-from .. import metrics, rawsql
-from ..errors import ApiError
-from ..jobs import Defer, JobContext, Subject
-from ..models import Call
-from ..moysklad import BreakerOpen, MoySkladError, RateLimited, RetryPolicy
-from ..moysklad.formats import to_moysklad_time
-from ..moysklad.http import id_from_href, meta
-from ..redact import redact_text
-from . import exchange_log
-from .customers import Customers
-from .moysklad_clients import MoySkladClients
+from msapp import metrics
+from msapp.db import rawsql
+from msapp.db.models import Call
+from msapp.errors import ApiError
+from msapp.moysklad import BreakerOpen, MoySkladError, RateLimited, RetryPolicy
+from msapp.moysklad.formats import to_moysklad_time
+from msapp.moysklad.http import id_from_href, meta
+from msapp.queue.jobs import Defer, JobContext, Subject
+from msapp.redact import redact_text
+from msapp.services import exchange_log
+from msapp.services.customers import Customers
+from msapp.services.moysklad_clients import MoySkladClients
 
 log = logging.getLogger("msapp.callflow")
 _UPDATE_CALL = update(Call.__table__).where(Call.__table__.c.id == bindparam("_id"))

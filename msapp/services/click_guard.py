@@ -26,12 +26,12 @@ import phonenumbers
 from phonenumbers import PhoneNumberType
 from sqlalchemy import func, insert, select
 
-from .. import metrics
-from ..clock import utcnow
-from ..errors import ApiError
-from ..extensions import db
-from ..models import Click, ClickCooldown
-from .directory import Listing
+from msapp import metrics
+from msapp.clock import utcnow
+from msapp.db.models import Click, ClickCooldown
+from msapp.errors import ApiError
+from msapp.extensions import db
+from msapp.services.directory import Listing
 
 BLOCKED_TYPES = {
     PhoneNumberType.PREMIUM_RATE: "premium-rate",

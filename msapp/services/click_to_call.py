@@ -17,17 +17,17 @@ import requests
 import urllib3
 from sqlalchemy import select
 
-from ..clock import utcnow
-from ..errors import ApiError, ValidationFailed
-from ..extensions import db
-from ..jobs import JobContext, Permanent
-from ..models import Enterprise, Job
-from ..moysklad.formats import is_extension, to_e164
-from ..redact import redact_url
-from . import click_guard as guard
-from . import exchange_log
-from .config import webhook_hash
-from .directory import RECHECK_SECONDS, DirectoryUnavailable
+from msapp.clock import utcnow
+from msapp.db.models import Enterprise, Job
+from msapp.errors import ApiError, ValidationFailed
+from msapp.extensions import db
+from msapp.moysklad.formats import is_extension, to_e164
+from msapp.queue.jobs import JobContext, Permanent
+from msapp.redact import redact_url
+from msapp.services import click_guard as guard
+from msapp.services import exchange_log
+from msapp.services.config import webhook_hash
+from msapp.services.directory import RECHECK_SECONDS, DirectoryUnavailable
 
 log = logging.getLogger("msapp.click_to_call")
 KIND = "originate"

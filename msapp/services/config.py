@@ -17,12 +17,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 import phonenumbers
 from sqlalchemy import bindparam, select
 
-from .. import rawsql
-from ..clock import utcnow
-from ..errors import ApiError, ValidationFailed
-from ..extensions import db
-from ..models import ConfigChange, Enterprise, WebhookKey
-from ..redact import MASK, mask_tail
+from msapp.clock import utcnow
+from msapp.db import rawsql
+from msapp.db.models import ConfigChange, Enterprise, WebhookKey
+from msapp.errors import ApiError, ValidationFailed
+from msapp.extensions import db
+from msapp.redact import MASK, mask_tail
 
 NOTIFY_MODES = ("during", "answer", "none")
 ORDER_MODES = ("none", "new_customer", "always")

@@ -12,10 +12,10 @@ import re
 from collections.abc import Callable
 from typing import Optional
 
-from .. import metrics
-from ..jobs import JobContext
-from ..moysklad import BreakerOpen, MoySkladError, RateLimited, RetryPolicy
-from .moysklad_clients import MoySkladClients
+from msapp import metrics
+from msapp.moysklad import BreakerOpen, MoySkladError, RateLimited, RetryPolicy
+from msapp.queue.jobs import JobContext
+from msapp.services.moysklad_clients import MoySkladClients
 
 log = logging.getLogger("msapp.customers")
 HIT_TTL, MISS_TTL, LIST_TTL = 600.0, 60.0, 600.0

@@ -24,15 +24,15 @@ from sqlalchemy import and_, exists, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from ..clock import utcnow
-from ..errors import ApiError
-from ..extensions import db
-from ..jobs import ACTIVE, Defer, JobContext
-from ..models import Directory as DirectoryRow
-from ..models import Enterprise, Job
-from ..moysklad import BreakerOpen, MoySkladError, RateLimited
-from ..redact import redact_text
-from . import exchange_log
+from msapp.clock import utcnow
+from msapp.db.models import Directory as DirectoryRow
+from msapp.db.models import Enterprise, Job
+from msapp.errors import ApiError
+from msapp.extensions import db
+from msapp.moysklad import BreakerOpen, MoySkladError, RateLimited
+from msapp.queue.jobs import ACTIVE, Defer, JobContext
+from msapp.redact import redact_text
+from msapp.services import exchange_log
 
 log = logging.getLogger("msapp.directory")
 REFRESH_KIND = "directory.refresh"

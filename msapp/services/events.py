@@ -15,13 +15,14 @@ from sqlalchemy import bindparam, cast, false, func, literal_column, select, tru
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from .. import metrics, rawsql
-from ..clock import utcnow
-from ..errors import ApiError, ValidationFailed
-from ..extensions import db
-from ..models import Call, Job
-from ..moysklad.formats import is_extension, parse_pbx_time, to_e164
-from . import exchange_log
+from msapp import metrics
+from msapp.clock import utcnow
+from msapp.db import rawsql
+from msapp.db.models import Call, Job
+from msapp.errors import ApiError, ValidationFailed
+from msapp.extensions import db
+from msapp.moysklad.formats import is_extension, parse_pbx_time, to_e164
+from msapp.services import exchange_log
 
 EVENT_TYPES = ("dial", "answer", "hangup", "log")
 CALL_STATUSES = {"answered": "answered", "missed": "missed", "busy": "busy", "noanswer": "missed",

@@ -6,10 +6,10 @@ from typing import Any, Optional
 
 from sqlalchemy import insert
 
-from .. import rawsql
-from ..clock import utcnow
-from ..models import IntegrationLog
-from ..redact import redact_for_json, redact_text
+from msapp.clock import utcnow
+from msapp.db import rawsql
+from msapp.db.models import IntegrationLog
+from msapp.redact import redact_for_json, redact_text
 
 _INSERT = insert(IntegrationLog.__table__)  # values bound at execution (hot path)
 _KEYS = ("created_at", "enterprise_number", "error_message", "event_type", "integration_type", "request_data",

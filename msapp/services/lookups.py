@@ -12,12 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Optional
 
-from ..errors import ApiError, ValidationFailed
-from ..extensions import db
-from ..moysklad import MoySkladError, RateLimited
-from ..moysklad.formats import to_e164
-from ..moysklad.http import id_from_href
-from . import exchange_log
+from msapp.errors import ApiError, ValidationFailed
+from msapp.extensions import db
+from msapp.moysklad import MoySkladError, RateLimited
+from msapp.moysklad.formats import to_e164
+from msapp.moysklad.http import id_from_href
+from msapp.services import exchange_log
 
 log = logging.getLogger("msapp.lookups")
 NOT_FOUND = {"found": False}

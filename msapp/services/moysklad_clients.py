@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from typing import Optional
 
-from ..errors import ApiError
-from ..moysklad import JsonApi, Limiter, PhoneApi
-from ..settings import Settings
-from . import exchange_log
-from .cache import TTLCache
+from msapp.errors import ApiError
+from msapp.moysklad import JsonApi, Limiter, PhoneApi
+from msapp.services import exchange_log
+from msapp.services.cache import TTLCache
+from msapp.settings import Settings
 
 EMPLOYEES_TTL = 600.0
 

@@ -14,10 +14,10 @@ from datetime import timedelta
 
 from sqlalchemy import and_, delete, select
 
-from .. import metrics
-from ..clock import utcnow
-from ..extensions import db
-from ..models import AuthFailure, AuthLockout, Call, Click, ClickCooldown, IntegrationLog, Job, MsTask
+from msapp import metrics
+from msapp.clock import utcnow
+from msapp.db.models import AuthFailure, AuthLockout, Call, Click, ClickCooldown, IntegrationLog, Job, MsTask
+from msapp.extensions import db
 
 log = logging.getLogger("msapp.retention")
 BATCH = 500

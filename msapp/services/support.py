@@ -14,10 +14,10 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import and_, func, or_, select
 
-from ..errors import ApiError, ValidationFailed
-from ..extensions import db
-from ..models import Call, IntegrationLog, Job
-from ..moysklad.formats import to_e164
+from msapp.db.models import Call, IntegrationLog, Job
+from msapp.errors import ApiError, ValidationFailed
+from msapp.extensions import db
+from msapp.moysklad.formats import to_e164
 
 PAGE_SIZE = 50
 RESULTS = ("answered", "missed", "busy", "in_progress")

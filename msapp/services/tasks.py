@@ -24,15 +24,15 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import and_, exists, func, insert, select, update
 
-from .. import metrics
-from ..clock import utcnow
-from ..extensions import db
-from ..jobs import ACTIVE, Defer, JobContext
-from ..models import Call, Enterprise, Job, MsTask
-from ..moysklad import MoySkladError, RateLimited, RetryPolicy
-from ..moysklad.formats import to_moysklad_time
-from ..moysklad.http import id_from_href
-from . import exchange_log
+from msapp import metrics
+from msapp.clock import utcnow
+from msapp.db.models import Call, Enterprise, Job, MsTask
+from msapp.extensions import db
+from msapp.moysklad import MoySkladError, RateLimited, RetryPolicy
+from msapp.moysklad.formats import to_moysklad_time
+from msapp.moysklad.http import id_from_href
+from msapp.queue.jobs import ACTIVE, Defer, JobContext
+from msapp.services import exchange_log
 
 log = logging.getLogger("msapp.tasks")
 KIND = "task.sync"

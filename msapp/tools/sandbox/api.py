@@ -12,7 +12,7 @@ import time
 
 from flask import Blueprint, Response, current_app, g, request
 
-from .state import SandboxError
+from msapp.tools.sandbox.state import SandboxError
 
 ACCEPT = "application/json;charset=utf-8"
 

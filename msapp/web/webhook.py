@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify, request
 
-from ..errors import ApiError
-from ..http_utils import json_body
-from ..security import client_of
-from ..services.click_guard import Refused
-from ..services.click_to_call import accept_click
-from ..state import ms
+from msapp.errors import ApiError
+from msapp.services.click_guard import Refused
+from msapp.services.click_to_call import accept_click
+from msapp.state import ms
+from msapp.web.http_utils import json_body
+from msapp.web.security import client_of
 
 bp = Blueprint("webhook", __name__, url_prefix="/ms/webhook")
 NOT_FOUND = "unknown webhook"

@@ -8,11 +8,11 @@ import uuid
 
 from flask import Blueprint, jsonify, request
 
-from ..errors import ApiError
-from ..http_utils import json_body
-from ..security import headers_hidden, is_internal
-from ..services import events, lookups
-from ..state import ms
+from msapp.errors import ApiError
+from msapp.services import events, lookups
+from msapp.state import ms
+from msapp.web.http_utils import json_body
+from msapp.web.security import headers_hidden, is_internal
 
 bp = Blueprint("internal", __name__, url_prefix="/internal/ms")
 

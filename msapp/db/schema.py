@@ -5,8 +5,8 @@ from flask import Flask
 from flask_migrate import upgrade
 from sqlalchemy import text
 
-from .extensions import db
-from .state import ms
+from msapp.extensions import db
+from msapp.state import ms
 
 
 def upgrade_database(app: Flask) -> None:

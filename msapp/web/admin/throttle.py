@@ -18,9 +18,9 @@ from typing import Optional
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from ..clock import utcnow
-from ..extensions import db
-from ..models import AuthFailure, AuthLockout
+from msapp.clock import utcnow
+from msapp.db.models import AuthFailure, AuthLockout
+from msapp.extensions import db
 
 LIMIT = 10
 WINDOW = timedelta(seconds=60)

@@ -12,8 +12,8 @@ from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, Index, Intege
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-from .clock import utcnow
-from .extensions import db
+from msapp.clock import utcnow
+from msapp.extensions import db
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 

@@ -48,7 +48,7 @@ def announce(queue, tx, bucket: Optional[int]) -> None:
 
 def announce_only(queue, conn) -> None:
     """A process without workers on PostgreSQL (`conn` on its schema): announce every job it queues."""
-    from .ownership import lock_classes
+    from msapp.queue.ownership import lock_classes
 
     queue.announce_to = channel(lock_classes(conn.exec_driver_sql("SELECT current_schema()").scalar())[1])
 
@@ -63,7 +63,7 @@ class Listener:
         self.listening = threading.Event()  # set while LISTEN is in place (tests wait for it)
 
     def run(self, stop: threading.Event) -> None:
-        from .ownership import dedicated_engine
+        from msapp.queue.ownership import dedicated_engine
 
         engine = dedicated_engine(self.url, "ms-listen", self.queue.worker_id)
         while not stop.is_set():  # started after the ownership connected: its bucket class is known

@@ -41,7 +41,7 @@ from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import sqlite
 
-from .extensions import db
+from msapp.extensions import db
 
 _PYFORMAT = re.compile(r"%\((\w+)\)s")
 log = logging.getLogger("msapp.rawsql")

@@ -5,7 +5,7 @@ import dataclasses
 
 from flask import Blueprint, current_app, jsonify, render_template, request
 
-from .state import Faults
+from msapp.tools.sandbox.state import Faults
 
 bp = Blueprint("sandbox_control", __name__, url_prefix="/sandbox", template_folder="templates")
 

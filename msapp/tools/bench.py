@@ -200,10 +200,10 @@ def _database(kind: str, pg_url: str, tmp: str):
 
 
 def _prepare(db_url: str, tmp: str, sandbox_url: str, enterprises: int) -> list:
-    from . import create_app
-    from .extensions import db
-    from .models import Enterprise
-    from .schema import upgrade_database
+    from msapp import create_app
+    from msapp.db.models import Enterprise
+    from msapp.db.schema import upgrade_database
+    from msapp.extensions import db
 
     app = create_app({"MS_DATABASE_URL": db_url, "MS_INSTANCE_DIR": tmp, "MS_LOG_DIR": tmp, "MS_WORKERS": "0",
                       "MS_PHONE_API_URL": f"{sandbox_url}/api/phone/1.0"})
@@ -567,7 +567,7 @@ def measure_failover(pg_url: str, processes: int, workers: int, enterprises: int
     largest dial-to-first-card delay around the kill, calls lost and duplicated, time to rebalance."""
     import psycopg2
 
-    from .ownership import balanced, snapshot
+    from msapp.queue.ownership import balanced, snapshot
 
     with tempfile.TemporaryDirectory() as tmp, _sandbox() as sandbox_url:
         db_url, cleanup = _database("postgresql", pg_url, tmp)
@@ -653,8 +653,8 @@ def report_failover(results: list) -> str:
 def measure_prune(kind: str, pg_url: str, rows: int) -> dict:
     """Retention on a journal of `rows` rows older than the retention period: how long each batch (one
     short write transaction) takes, which is the longest an event's commit can wait behind pruning."""
-    from .extensions import db
-    from .services import retention
+    from msapp.extensions import db
+    from msapp.services import retention
 
     with tempfile.TemporaryDirectory() as tmp:
         db_url, cleanup = _database(kind, pg_url, tmp)
@@ -697,7 +697,7 @@ def measure_prune(kind: str, pg_url: str, rows: int) -> dict:
 def measure_prune_ack(kind: str, pg_url: str, rows: int, rate: float, seconds: float, workers: int) -> dict:
     """The 202 latency at `rate` with nothing else going on, then while another process prunes a journal of
     `rows` old rows with the service's own code (batches and pauses as in service, without its 2 s budget)."""
-    from .extensions import db
+    from msapp.extensions import db
 
     with tempfile.TemporaryDirectory() as tmp, _sandbox() as sandbox_url:
         db_url, cleanup = _database(kind, pg_url, tmp)
@@ -730,7 +730,7 @@ def measure_prune_ack(kind: str, pg_url: str, rows: int, rate: float, seconds: f
 
 def _quiet_app(db_url: str, tmp: str):
     """An app on the database without workers, logging warnings only (fills and drives the bench's data)."""
-    from . import create_app
+    from msapp import create_app
 
     return create_app({"MS_DATABASE_URL": db_url, "MS_INSTANCE_DIR": tmp, "MS_LOG_DIR": tmp, "MS_WORKERS": "0",
                        "MS_LOG_LEVEL": "WARNING"})
@@ -738,8 +738,8 @@ def _quiet_app(db_url: str, tmp: str):
 
 def _journal_app(db_url: str, tmp: str, kind: str, rows: int):
     """An app (no workers) on the database, migrated, with `rows` journal rows 40 days old in it."""
-    from .extensions import db
-    from .schema import upgrade_database
+    from msapp.db.schema import upgrade_database
+    from msapp.extensions import db
 
     app = _quiet_app(db_url, tmp)
     upgrade_database(app)
@@ -774,10 +774,10 @@ def measure_backlog(kind: str, pg_url: str, jobs: int, workers: int) -> dict:
     after an outage), and a handler that does nothing, drained by a WorkerPool of `workers` threads in
     this process (the service's idle poll). Jobs per second, this process's CPU per job, and one claim's
     CPU at the full backlog and on an empty queue (a claim's cost must not grow with the backlog)."""
-    from .extensions import db
-    from .jobs import WorkerPool
-    from .ownership import bucket_of
-    from .schema import upgrade_database
+    from msapp.db.schema import upgrade_database
+    from msapp.extensions import db
+    from msapp.queue.jobs import WorkerPool
+    from msapp.queue.ownership import bucket_of
 
     with tempfile.TemporaryDirectory() as tmp:
         db_url, cleanup = _database(kind, pg_url, tmp)
@@ -816,7 +816,7 @@ def measure_backlog(kind: str, pg_url: str, jobs: int, workers: int) -> dict:
 
 def _claim_cpu(queue, claims: int = 20) -> float:
     """This thread's CPU per claim (each job handed back right away, uncounted, so the backlog stays)."""
-    from .jobs import Defer
+    from msapp.queue.jobs import Defer
 
     spent = 0.0
     for _ in range(claims):
@@ -830,8 +830,8 @@ def _claim_cpu(queue, claims: int = 20) -> float:
 
 def _hold_backlog(db_url: str, tmp: str, kind: str, jobs: int) -> None:
     """`jobs` call syncs of enterprise 1000 due an hour from now, as an open breaker holds them."""
-    from .extensions import db
-    from .ownership import bucket_of
+    from msapp.extensions import db
+    from msapp.queue.ownership import bucket_of
 
     app = _quiet_app(db_url, tmp)
     with app.app_context():

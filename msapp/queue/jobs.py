@@ -53,12 +53,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import metrics, rawsql, wakeups
-from .clock import utcnow
-from .extensions import db
-from .models import Job
-from .ownership import BUCKETS, bucket_of
-from .redact import redact_text
+from msapp import metrics
+from msapp.clock import utcnow
+from msapp.db import rawsql
+from msapp.db.models import Job
+from msapp.extensions import db
+from msapp.queue import wakeups
+from msapp.queue.ownership import BUCKETS, bucket_of
+from msapp.redact import redact_text
 
 log = logging.getLogger("msapp.jobs")
 
@@ -544,7 +546,7 @@ class WorkerPool:
         self._stop.clear()
         owner = self.ownership
         if owner is not None and not self.size:  # HTTP only: the processes with workers must hear of its jobs
-            from .wakeups import announce_only
+            from msapp.queue.wakeups import announce_only
 
             with self.app.app_context():
                 try:
@@ -560,7 +562,7 @@ class WorkerPool:
             t = threading.Thread(target=self._own, name="ms-owner", daemon=True)
             t.start()
             self._threads.append(t)
-            from .wakeups import Listener
+            from msapp.queue.wakeups import Listener
 
             with self.app.app_context():
                 self.listener = Listener(self.queue, owner, db.engine.url)
@@ -579,7 +581,7 @@ class WorkerPool:
     def _own(self) -> None:
         """The ownership thread: which buckets this process works, every TICK (its own thread, so that
         slow housekeeping never delays a failover)."""
-        from .ownership import TICK
+        from msapp.queue.ownership import TICK
 
         with self.app.app_context():
             while not self._stop.wait(TICK):
@@ -588,7 +590,7 @@ class WorkerPool:
 
     def busy_buckets(self) -> set:
         """Buckets in which a job of this process is running now (they are not handed over yet)."""
-        from .ownership import bucket_of
+        from msapp.queue.ownership import bucket_of
 
         with self._lock:
             return {bucket_of(e) for e, n in self._running.items() if n > 0}

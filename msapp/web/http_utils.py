@@ -8,7 +8,7 @@ from typing import Any, Optional
 from flask import current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from .errors import ApiError
+from msapp.errors import ApiError
 
 
 def json_body(unread: bool = False) -> Any:

@@ -56,12 +56,12 @@ def play_calls(base: str, pause: float = 1.0) -> None:
 
 
 def run_demo(port: int, sandbox_port: int, once: bool, pause: float) -> None:
-    from . import create_app
-    from .extensions import db
-    from .models import Enterprise
-    from .sandbox import SandboxServer
-    from .schema import upgrade_database
-    from .server import make_server, serve_in_thread
+    from msapp import create_app
+    from msapp.db.models import Enterprise
+    from msapp.db.schema import upgrade_database
+    from msapp.extensions import db
+    from msapp.tools.sandbox import SandboxServer
+    from msapp.web.server import make_server, serve_in_thread
 
     sandbox = SandboxServer(port=sandbox_port).start()
     keys = sandbox.state.keys()["demo"]

@@ -19,12 +19,12 @@ from typing import Optional
 from flask import current_app, request, session
 from flask_wtf.csrf import CSRFProtect
 
-from ..errors import ApiError
-from ..extensions import db
-from ..security import bearer_token, client_of, secrets_equal
-from ..services import exchange_log
-from ..state import ms
-from .throttle import LoginThrottle
+from msapp.errors import ApiError
+from msapp.extensions import db
+from msapp.services import exchange_log
+from msapp.state import ms
+from msapp.web.admin.throttle import LoginThrottle
+from msapp.web.security import bearer_token, client_of, secrets_equal
 
 log = logging.getLogger("msapp.admin")
 

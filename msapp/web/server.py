@@ -19,7 +19,7 @@ def make_server(app, host: str, port: int, threads: int = 4):
 
 def _marked(app):
     """The app, told that its server passes proxy headers through (security.PROXY_HEADERS_KEPT)."""
-    from .security import PROXY_HEADERS_KEPT
+    from msapp.web.security import PROXY_HEADERS_KEPT
 
     def wsgi(environ, start_response):
         environ[PROXY_HEADERS_KEPT] = True

@@ -9,8 +9,8 @@ from datetime import datetime
 
 from flask import g, request
 
-from .api import _filter, _list, _match, remap_base, remap_bp, reply, state
-from .state import TIME_RE, SandboxError
+from msapp.tools.sandbox.api import _filter, _list, _match, remap_base, remap_bp, reply, state
+from msapp.tools.sandbox.state import TIME_RE, SandboxError
 
 
 def _id_of(ref) -> str | None:

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify, request
 
-from ..errors import ApiError
-from ..http_utils import json_body
-from ..services.config import public_view
-from ..state import ms
-from . import auth
+from msapp.errors import ApiError
+from msapp.services.config import public_view
+from msapp.state import ms
+from msapp.web.admin import auth
+from msapp.web.http_utils import json_body
 
 bp = Blueprint("admin_api", __name__, url_prefix="/ms-admin/api")
 

@@ -33,9 +33,9 @@ from typing import Optional
 
 from sqlalchemy import text
 
-from . import rawsql
-from .clock import utcnow
-from .extensions import db
+from msapp.clock import utcnow
+from msapp.db import rawsql
+from msapp.extensions import db
 
 log = logging.getLogger("msapp.ownership")
 BUCKETS = 256

@@ -8,13 +8,13 @@ from typing import Optional
 
 from flask import Flask, jsonify
 
-from .state import SandboxError, SandboxState
+from msapp.tools.sandbox.state import SandboxError, SandboxState
 
 
 def create_sandbox_app(seed_path: Optional[str] = None, json_weight: int = 3) -> Flask:
-    from . import tasks  # noqa: F401 - adds the task routes to remap_bp
-    from .api import phone_bp, remap_bp, reply
-    from .control import bp as control_bp
+    from msapp.tools.sandbox import tasks  # noqa: F401 - adds the task routes to remap_bp
+    from msapp.tools.sandbox.api import phone_bp, remap_bp, reply
+    from msapp.tools.sandbox.control import bp as control_bp
 
     app = Flask(__name__)
     app.extensions["sandbox"] = SandboxState(seed_path, json_weight=json_weight)
@@ -68,7 +68,7 @@ class SandboxServer:
         return self.url + "/api/remap/1.2"
 
     def start(self) -> SandboxServer:
-        from ..server import serve_in_thread
+        from msapp.web.server import serve_in_thread
 
         self._thread = serve_in_thread(self.server)
         return self

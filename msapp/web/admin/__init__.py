@@ -20,17 +20,17 @@ from flask import (
 )
 from sqlalchemy import or_, select
 
-from ..errors import ValidationFailed
-from ..extensions import db
-from ..models import Enterprise
-from ..redact import mask_tail
-from ..services import click_guard
-from ..services.config import NOTIFY_MODES, ORDER_MODES, SIGNATURE_MODES, public_view
-from ..state import ms
-from . import auth, forms
+from msapp.db.models import Enterprise
+from msapp.errors import ValidationFailed
+from msapp.extensions import db
+from msapp.redact import mask_tail
+from msapp.services import click_guard
+from msapp.services.config import NOTIFY_MODES, ORDER_MODES, SIGNATURE_MODES, public_view
+from msapp.state import ms
+from msapp.web.admin import auth, forms
 
 bp = Blueprint("admin", __name__, url_prefix="/ms-admin")
-STATIC = os.path.join(os.path.dirname(os.path.dirname(__file__)), "static")
+STATIC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "static")
 OPEN = {"admin.login", "admin.login_post", "admin.favicon"}
 
 
@@ -241,7 +241,7 @@ def test_popup(number):
         ms().admin.test_popup(number, cfg, extension)
         message, kind = f"Тестовая карточка показана сотруднику с добавочным {extension}", "ok"
     except Exception as exc:  # noqa: BLE001 - any failure is shown to the operator, not raised
-        from ..services.admin import explain
+        from msapp.services.admin import explain
 
         message, kind = explain(exc), "error"
     return _toast(make_response(render_template("admin/_popup_result.html", message=message, kind=kind)), message, kind)
@@ -265,7 +265,7 @@ def journal():
 @bp.get("/calls")
 def calls_page():
     """Calls of one enterprise: search by number, unique_id or MoySklad id; paged (htmx partial)."""
-    from .api import _call_filters
+    from msapp.web.admin.api import _call_filters
 
     number = request.args.get("enterprise_number") or abort(404)
     ent = ms().configs.enterprise(number)
@@ -333,7 +333,7 @@ def localtime(value, tz_name: str = "Europe/Minsk", fmt: str = "%d.%m.%Y %H:%M:%
 
 
 def register(app) -> None:
-    from .api import bp as api_bp
+    from msapp.web.admin.api import bp as api_bp
 
     app.add_template_filter(localtime, "localtime")
     app.add_template_filter(pretty, "pretty")

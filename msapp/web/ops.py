@@ -5,12 +5,12 @@ from flask import Blueprint, Response, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
-from .. import metrics
-from ..admin import auth
-from ..errors import ApiError
-from ..extensions import db
-from ..security import is_internal
-from ..state import ms
+from msapp import metrics
+from msapp.errors import ApiError
+from msapp.extensions import db
+from msapp.state import ms
+from msapp.web.admin import auth
+from msapp.web.security import is_internal
 
 bp = Blueprint("ops", __name__)
 
