@@ -217,3 +217,14 @@ def statement_work(stmt, values: dict, keys: tuple | None = None) -> int:
     finally:
         fairy.rollback()
         fairy.close()
+
+
+@pytest.fixture
+def http(monkeypatch):
+    """The process's MoySklad and PBX transport replaced by a FakeTransport (tests/fake_http.py)."""
+    from msapp.moysklad import transport
+    from tests.fake_http import FakeTransport
+
+    fake = FakeTransport()
+    monkeypatch.setattr(transport, "_process", fake)
+    return fake

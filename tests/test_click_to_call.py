@@ -1,17 +1,16 @@
-"""The originate handler alone (requests-mock): what is retried, what is dialled once, and the checks made
-right before dialling (enabled, the clicked webhook still current, the click young enough)."""
+"""The originate handler alone (a fake transport): what is retried, what is dialled once, and the checks
+made right before dialling (enabled, the clicked webhook still current, the click young enough). Over real
+sockets: test_click_to_call_e2e (a PBX that drops the connection) and test_moysklad_http (the transport)."""
 from datetime import timedelta
 
 import pytest
-import requests
-import urllib3
-from requests_mock import ANY
 
 from msapp import clock
 from msapp.db.models import Enterprise, IntegrationLog
 from msapp.extensions import db
+from msapp.moysklad.transport import NetworkError
 from msapp.queue.jobs import JobContext, Permanent
-from msapp.services.click_to_call import Originate, PbxUnreachable, never_sent
+from msapp.services.click_to_call import Originate, PbxUnreachable
 from msapp.services.config import webhook_hash
 
 URL = "http://pbx.local:8018/api/makecallexternal"
@@ -43,13 +42,13 @@ def journal():
     return db.session.scalars(db.select(IntegrationLog).where(IntegrationLog.event_type == "originate")).all()
 
 
-def test_a_fresh_click_dials(app, ent, requests_mock):
-    requests_mock.get(URL, text="ok")
+def test_a_fresh_click_dials(app, ent, http):
+    http.get(URL, text="ok")
     with app.app_context():
         handler(app)(job(ent))
-    assert requests_mock.call_count == 1
-    assert requests_mock.last_request.qs == {"code": ["152"], "phone": ["+375445613954"],
-                                             "clientid": ["client-secret-1"]}
+    assert http.call_count == 1
+    assert http.last_request.qs == {"code": ["152"], "phone": ["+375445613954"],
+                                    "clientId": ["client-secret-1"]}
 
 
 @pytest.mark.parametrize("why,change", [
@@ -57,37 +56,32 @@ def test_a_fresh_click_dials(app, ent, requests_mock):
     ("webhook address was changed", lambda app: app.extensions["ms"].configs.regenerate_webhook("0367")),
     ("older than 30 s", lambda app: clock.advance(31)),
 ])
-def test_a_click_no_longer_wanted_is_dropped_without_dialling(app, ent, requests_mock, why, change):
-    requests_mock.get(URL, text="ok")
+def test_a_click_no_longer_wanted_is_dropped_without_dialling(app, ent, http, why, change):
+    http.get(URL, text="ok")
     clicked = job(ent)
     with app.app_context():
         change(app)
         with pytest.raises(Permanent, match="click dropped"):
             handler(app)(clicked)
         assert why in journal()[-1].error_message
-    assert requests_mock.call_count == 0
+    assert http.call_count == 0
 
 
-def test_a_click_without_its_webhook_is_dropped(app, ent, requests_mock):
-    requests_mock.get(URL, text="ok")
+def test_a_click_without_its_webhook_is_dropped(app, ent, http):
+    http.get(URL, text="ok")
     with app.app_context(), pytest.raises(Permanent):
         handler(app)(job(ent, webhook=None))
-    assert requests_mock.call_count == 0
+    assert http.call_count == 0
 
 
 @pytest.mark.parametrize("exc,retried", [
-    (requests.ConnectTimeout("connect timeout"), True),
-    (requests.ConnectionError(urllib3.exceptions.MaxRetryError(
-        None, "/", urllib3.exceptions.NewConnectionError(None, "refused"))), True),
-    (requests.ConnectionError(urllib3.exceptions.MaxRetryError(
-        None, "/", urllib3.exceptions.NameResolutionError("pbx.local", None, OSError("dns")))), True),
-    (requests.ConnectionError(urllib3.exceptions.ProtocolError("Connection aborted.")), False),
-    (requests.ConnectionError("Connection reset by peer"), False),
-    (requests.ReadTimeout("read timed out"), False),
+    (NetworkError("ConnectionError", False, "NewConnectionError"), True),   # refused, DNS
+    (NetworkError("ConnectTimeout", False), True),
+    (NetworkError("ConnectionError", True, "ProtocolError"), False),        # dropped after sending
+    (NetworkError("ReadTimeout", True), False),
 ])
-def test_only_a_request_that_never_left_is_tried_again(app, ent, requests_mock, exc, retried):
-    assert never_sent(exc) is retried
-    requests_mock.get(URL, exc=exc)
+def test_only_a_request_that_never_left_is_tried_again(app, ent, http, exc, retried):
+    http.get(URL, exc=exc)
     with app.app_context():
         with pytest.raises(PbxUnreachable if retried else Permanent):
             handler(app)(job(ent))
@@ -104,14 +98,14 @@ def test_a_refused_connection_to_a_real_port_is_never_sent(app, ent):
 
 
 @pytest.mark.parametrize("status", [500, 502, 404])
-def test_a_pbx_answer_is_never_repeated(app, ent, requests_mock, status):
-    requests_mock.get(URL, status_code=status)
+def test_a_pbx_answer_is_never_repeated(app, ent, http, status):
+    http.get(URL, status_code=status)
     with app.app_context(), pytest.raises(Permanent):
         handler(app)(job(ent))
 
 
-def test_credentials_in_the_originate_url_are_never_journaled(app, ent, requests_mock):
-    requests_mock.get(ANY, exc=requests.ReadTimeout("slow"))
+def test_credentials_in_the_originate_url_are_never_journaled(app, ent, http):
+    http.get(SECRET_URL, exc=NetworkError("ReadTimeout", True))
     with app.app_context():
         with pytest.raises(Permanent):
             handler(app, SECRET_URL)(job(ent))

@@ -1,10 +1,11 @@
-"""Client unit tests with requests-mock: every endpoint, the headers MoySklad requires, every error class."""
+"""Client unit tests on a fake transport (tests/fake_http.py): every endpoint, the headers MoySklad
+requires, every error class. The transport itself is tested over real sockets in test_moysklad_http."""
 import json
 
 import pytest
-import requests
 
 from msapp.moysklad import JsonApi, MoySkladError, PhoneApi, RetryPolicy
+from msapp.moysklad.transport import NetworkError
 from msapp.queue.jobs import Permanent, Retry
 
 P = "https://ms.test/api/phone/1.0"
@@ -13,12 +14,12 @@ KEY = "d03627d59c1948a0f9a6aa1e267c954bfd0301ec"
 
 
 @pytest.fixture
-def phone():
+def phone(http):
     return PhoneApi(P, KEY)
 
 
 @pytest.fixture
-def jsonapi():
+def jsonapi(http):
     return JsonApi(J, "tok123")
 
 
@@ -31,14 +32,14 @@ def check_headers(req, auth):
         assert req.headers["Content-Type"] == "application/json"
 
 
-def test_employees_with_the_apis_spelling(requests_mock, phone):
+def test_employees_with_the_apis_spelling(http, phone):
     href = "https://api.moysklad.ru/api/remap/1.2/entity/employee/0a9c1f00-0000-4000-8000-000000000150"
-    requests_mock.get(f"{P}/employee", json={"employees": [{"meta": {"href": href}, "extention": "150"},
+    http.get(f"{P}/employee", json={"employees": [{"meta": {"href": href}, "extention": "150"},
                                                             {"meta": {"href": href}}]})
     assert phone.employees() == [{"id": "0a9c1f00-0000-4000-8000-000000000150", "href": href, "extension": "150"}]
-    check_headers(requests_mock.last_request, {"Lognex-Phone-Auth-Token": KEY})
+    check_headers(http.last_request, {"Lognex-Phone-Auth-Token": KEY})
     phone.employees("150")
-    assert requests_mock.last_request.qs == {"filter": ["extention=150"]}
+    assert http.last_request.qs == {"filter": ["extention=150"]}
 
 
 @pytest.mark.parametrize("method,verb,url,args,status", [
@@ -49,10 +50,10 @@ def test_employees_with_the_apis_spelling(requests_mock, phone):
     ("send_event", "POST", f"{P}/call/abc/event", ("abc", {"eventType": "SHOW"}), 204),
     ("send_event_by_extid", "POST", f"{P}/call/extid/17.6%2F1/event", ("17.6/1", {"eventType": "HIDE"}), 204),
 ])
-def test_call_endpoints(requests_mock, phone, method, verb, url, args, status):
-    requests_mock.register_uri(verb, url, status_code=status, json={"id": "abc"} if status == 200 else None)
+def test_call_endpoints(http, phone, method, verb, url, args, status):
+    http.register_uri(verb, url, status_code=status, json={"id": "abc"} if status == 200 else None)
     result = getattr(phone, method)(*args)
-    req = requests_mock.last_request
+    req = http.last_request
     assert req.method == verb and req.url == url
     if len(args) > 1 or verb == "POST":
         assert json.loads(req.body) == args[-1]
@@ -60,43 +61,43 @@ def test_call_endpoints(requests_mock, phone, method, verb, url, args, status):
     check_headers(req, {"Lognex-Phone-Auth-Token": KEY})
 
 
-def test_json_api_endpoints(requests_mock, jsonapi):
+def test_json_api_endpoints(http, jsonapi):
     auth = {"Authorization": "Bearer tok123"}
-    requests_mock.get(f"{J}/entity/employee", json={"rows": [{"id": "e1", "uid": "admin@x"}]})
+    http.get(f"{J}/entity/employee", json={"rows": [{"id": "e1", "uid": "admin@x"}]})
     assert jsonapi.employees()[0]["id"] == "e1"
     assert jsonapi.employee_by_uid("admin@x")["uid"] == "admin@x"
-    assert requests_mock.last_request.qs["filter"] == ["uid=admin@x"]
-    requests_mock.get(f"{J}/entity/employee/e1", json={"id": "e1"})
+    assert http.last_request.qs["filter"] == ["uid=admin@x"]
+    http.get(f"{J}/entity/employee/e1", json={"id": "e1"})
     assert jsonapi.get_employee("e1") == {"id": "e1"}
-    requests_mock.get(f"{J}/context/employee", json={"id": "me"})
+    http.get(f"{J}/context/employee", json={"id": "me"})
     assert jsonapi.current_employee()["id"] == "me"
-    requests_mock.get(f"{J}/entity/organization", json={"rows": [{"id": "o1"}]})
+    http.get(f"{J}/entity/organization", json={"rows": [{"id": "o1"}]})
     assert jsonapi.organizations() == [{"id": "o1"}]
-    requests_mock.get(f"{J}/entity/customerorder/metadata", json={"states": [{"id": "s1", "name": "Новый"}]})
+    http.get(f"{J}/entity/customerorder/metadata", json={"states": [{"id": "s1", "name": "Новый"}]})
     assert jsonapi.order_states()[0]["name"] == "Новый"
-    requests_mock.get(f"{J}/entity/saleschannel", json={"rows": [{"id": "c1"}]})
+    http.get(f"{J}/entity/saleschannel", json={"rows": [{"id": "c1"}]})
     assert jsonapi.sales_channels() == [{"id": "c1"}]
-    requests_mock.get(f"{J}/entity/counterparty/cp1", json={"id": "cp1"})
+    http.get(f"{J}/entity/counterparty/cp1", json={"id": "cp1"})
     assert jsonapi.get_counterparty("cp1") == {"id": "cp1"}
-    check_headers(requests_mock.last_request, auth)
+    check_headers(http.last_request, auth)
 
 
-def test_create_counterparty_with_owner(requests_mock, jsonapi):
-    requests_mock.post(f"{J}/entity/counterparty", json={"id": "new"})
+def test_create_counterparty_with_owner(http, jsonapi):
+    http.post(f"{J}/entity/counterparty", json={"id": "new"})
     assert jsonapi.create_counterparty("+375297111222", "+375297111222", owner_id="e1")["id"] == "new"
-    body = requests_mock.last_request.json()
+    body = http.last_request.json()
     assert body["name"] == "+375297111222" and body["phone"] == "+375297111222"
     assert body["owner"]["meta"] == {"href": f"{J}/entity/employee/e1", "type": "employee",
                                      "mediaType": "application/json"}
     jsonapi.create_counterparty("x", "+1")
-    assert "owner" not in requests_mock.last_request.json()
+    assert "owner" not in http.last_request.json()
 
 
-def test_create_customer_order(requests_mock, jsonapi):
-    requests_mock.post(f"{J}/entity/customerorder", json={"id": "ord"})
+def test_create_customer_order(http, jsonapi):
+    http.post(f"{J}/entity/customerorder", json={"id": "ord"})
     jsonapi.create_customer_order("org", "cp", state_id="st", sales_channel_id="ch", owner_id="e1",
                                   description="Звонок")
-    body = requests_mock.last_request.json()
+    body = http.last_request.json()
     assert body["organization"]["meta"]["href"] == f"{J}/entity/organization/org"
     assert body["agent"]["meta"]["href"] == f"{J}/entity/counterparty/cp"
     assert body["state"]["meta"]["href"] == f"{J}/entity/customerorder/metadata/states/st"
@@ -112,19 +113,19 @@ def _cp(name, phone, persons=(), owner=None):
     return row
 
 
-def test_find_by_phone_normalises_and_checks_contact_persons(requests_mock, jsonapi):
-    requests_mock.get(f"{J}/entity/counterparty", json={"rows": [
+def test_find_by_phone_normalises_and_checks_contact_persons(http, jsonapi):
+    http.get(f"{J}/entity/counterparty", json={"rows": [
         _cp("near-miss", "+375 29 711-12-23"),
         _cp("via-person", "", [("Ольга", "8 (029) 711-12-22")]),
         _cp("direct", "80297111222; 8 017 123 45 67", owner="e9"),
     ]})
     found = jsonapi.find_counterparty_by_phone("+375297111222", "BY")
     assert found["id"] == "via-person" and found["matched_by"] == "contact_person"
-    assert requests_mock.last_request.qs == {"search": ["297111222"], "limit": ["50"], "expand": ["contactpersons"]}
-    requests_mock.get(f"{J}/entity/counterparty", json={"rows": [_cp("direct", "80297111222", owner="e9")]})
+    assert http.last_request.qs == {"search": ["297111222"], "limit": ["50"], "expand": ["contactpersons"]}
+    http.get(f"{J}/entity/counterparty", json={"rows": [_cp("direct", "80297111222", owner="e9")]})
     found = jsonapi.find_counterparty_by_phone("+375297111222", "BY")
     assert found["matched_by"] == "phone" and found["owner_href"].endswith("/employee/e9")
-    requests_mock.get(f"{J}/entity/counterparty", json={"rows": [_cp("near-miss", "+375297111223")]})
+    http.get(f"{J}/entity/counterparty", json={"rows": [_cp("near-miss", "+375297111223")]})
     assert jsonapi.find_counterparty_by_phone("+375297111222", "BY") is None
 
 
@@ -143,8 +144,8 @@ ERRORS = [
 
 
 @pytest.mark.parametrize("status,body,headers,retryable,wait", ERRORS)
-def test_errors_and_retry_policy(requests_mock, phone, status, body, headers, retryable, wait):
-    requests_mock.post(f"{P}/call", status_code=status, json=body, headers=headers)
+def test_errors_and_retry_policy(http, phone, status, body, headers, retryable, wait):
+    http.post(f"{P}/call", status_code=status, json=body, headers=headers)
     with pytest.raises(MoySkladError) as info:
         phone.create_call({})
     err = info.value
@@ -164,17 +165,17 @@ def test_errors_and_retry_policy(requests_mock, phone, status, body, headers, re
         assert isinstance(job_error, Retry) and job_error.after is None  # the queue's own backoff
 
 
-def test_55008_explanation(requests_mock, phone):
-    requests_mock.get(f"{P}/employee", status_code=403, json={"errors": [{"error": "x", "code": 55008}]})
+def test_55008_explanation(http, phone):
+    http.get(f"{P}/employee", status_code=403, json={"errors": [{"error": "x", "code": 55008}]})
     with pytest.raises(MoySkladError) as info:
         phone.employees()
     assert "Phone API is not enabled" in info.value.explanation
 
 
-@pytest.mark.parametrize("exc", [requests.ConnectionError("refused"), requests.ConnectTimeout("slow"),
-                                 requests.ReadTimeout("slow")])
-def test_network_errors_are_retryable(requests_mock, phone, exc):
-    requests_mock.get(f"{P}/employee", exc=exc)
+@pytest.mark.parametrize("exc", [NetworkError("ConnectionError", False), NetworkError("ConnectTimeout", False),
+                                 NetworkError("ReadTimeout", True), NetworkError("ConnectionError", True)])
+def test_network_errors_are_retryable(http, phone, exc):
+    http.get(f"{P}/employee", exc=exc)
     with pytest.raises(MoySkladError) as info:
         phone.employees()
     assert info.value.network and info.value.status == 0
@@ -182,30 +183,25 @@ def test_network_errors_are_retryable(requests_mock, phone, exc):
     assert "did not answer" in info.value.explanation
 
 
-def test_non_json_answer(requests_mock, phone):
-    requests_mock.get(f"{P}/employee", text="<html>gateway</html>", status_code=200)
+def test_non_json_answer(http, phone):
+    http.get(f"{P}/employee", text="<html>gateway</html>", status_code=200)
     with pytest.raises(MoySkladError, match="not JSON"):
         phone.employees()
 
 
-def test_timeouts_are_always_set():
-    seen = {}
-
-    class Session(requests.Session):
-        def request(self, *a, **kw):
-            seen.update(kw)
-            raise requests.ConnectionError("stop")
-
-    with pytest.raises(MoySkladError):
-        PhoneApi(P, KEY, session=Session(), timeout=(1, 2)).employees()
-    assert seen["timeout"] == (1, 2) and seen["allow_redirects"] is False
+def test_timeouts_are_always_set(http):
+    http.get(f"{P}/employee", json={"employees": []})
+    PhoneApi(P, KEY, timeout=(1, 2)).employees()
+    assert http.last_request.timeout == (1, 2)
+    PhoneApi(P, KEY).employees()
+    assert http.last_request.timeout == (3.05, 10.0)
 
 
-def test_exchange_callback_gets_each_request(requests_mock):
+def test_exchange_callback_gets_each_request(http):
     records = []
     api = PhoneApi(P, KEY, on_exchange=records.append)
-    requests_mock.post(f"{P}/call", json={"id": "c1"})
-    requests_mock.put(f"{P}/call/c1", status_code=503)
+    http.post(f"{P}/call", json={"id": "c1"})
+    http.put(f"{P}/call/c1", status_code=503)
     api.create_call({"externalId": "1"})
     with pytest.raises(MoySkladError):
         api.update_call("c1", {"endTime": "x"})

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-import requests
+from msapp.moysklad.transport import NetworkError
 
 RETRY_CODES = {1065, 1073, 1095, 1049, 1074}  # concurrent modification, parallel/rate limits, maintenance
 AUTH_MESSAGES = {
@@ -46,7 +46,8 @@ class MoySkladError(Exception):
         return AUTH_MESSAGES.get(self.status, self.message)
 
     @classmethod
-    def from_response(cls, resp: requests.Response, api: str) -> MoySkladError:
+    def from_response(cls, resp, api: str) -> MoySkladError:
+        """From an answer (`transport.Answer`): its errors' codes and texts, and when to try again."""
         codes, messages = [], []
         try:
             body = resp.json()
@@ -88,7 +89,7 @@ class RetryPolicy:
             if exc.network or exc.status >= 500 or exc.status == 429:
                 return True
             return any(code in RETRY_CODES for code in exc.codes)
-        return isinstance(exc, (requests.ConnectionError, requests.Timeout))
+        return isinstance(exc, NetworkError)
 
     def wait(self, exc: BaseException) -> Optional[float]:
         if isinstance(exc, MoySkladError):

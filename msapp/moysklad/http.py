@@ -1,22 +1,18 @@
-"""The transport both clients share: one `requests.Session` per thread (kept connections, no cookies),
-the headers MoySklad requires, connect and read timeouts, limits, metrics and the exchange log."""
+"""What both clients share around the transport (transport.py): the headers MoySklad requires, timeouts,
+limits, the breaker, metrics and the exchange log."""
 from __future__ import annotations
 
-import functools
 import json
 import os
-import threading
 import time
 from collections.abc import Callable
-from http.cookiejar import DefaultCookiePolicy
 from typing import Any, Optional, Protocol
-
-import requests
-from requests.adapters import HTTPAdapter
 
 from msapp import metrics
 from msapp.moysklad.errors import MoySkladError
 from msapp.moysklad.limiter import Limiter
+from msapp.moysklad.transport import NetworkError, Transport, env_proxy
+from msapp.moysklad.transport import default as default_transport
 
 ACCEPT = "application/json;charset=utf-8"
 DEFAULT_TIMEOUT = (3.05, 10.0)
@@ -32,35 +28,7 @@ class Breaker(Protocol):
 
     def after(self, enterprise: str, api: str, error: Optional[MoySkladError]) -> None: ...
 
-_local = threading.local()
 _ENCODE = json.JSONEncoder(ensure_ascii=False).encode  # one encoder: json.dumps with options builds one per call
-
-
-def thread_session() -> requests.Session:
-    """One requests.Session per thread (sessions are not thread-safe; connections are reused).
-
-    The environment is read once, not per request: with `trust_env` requests stats ~/.netrc and scans the
-    proxy variables on every call (3 % of the service's CPU per event). Proxies still follow
-    HTTP(S)_PROXY / NO_PROXY per MoySklad URL (`env_proxies`), and a CA bundle REQUESTS_CA_BUNDLE /
-    CURL_CA_BUNDLE, as requests would have taken them."""
-    session = getattr(_local, "session", None)
-    if session is None:
-        session = requests.Session()
-        # Keep no cookies: one session serves every enterprise, and a cookie set for one enterprise's
-        # credentials must never ride along with another's.
-        session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
-        session.trust_env = False
-        session.verify = _ca_bundle()
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=8, max_retries=0)
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
-        _local.session = session
-    return session
-
-
-def _ca_bundle():
-    """The CA bundle requests would verify MoySklad's certificate against (True: requests' own)."""
-    return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
 
 
 class ApiClient:
@@ -70,7 +38,7 @@ class ApiClient:
 
     def __init__(self, base_url: str, *, enterprise: str = "-", limiter: Optional[Limiter] = None,
                  timeout: tuple = DEFAULT_TIMEOUT, on_exchange: Optional[Exchange] = None,
-                 max_wait: float = 2.0, session: Optional[requests.Session] = None,
+                 max_wait: float = 2.0, transport: Optional[Transport] = None,
                  breaker: Optional[Breaker] = None, gate: bool = True):
         self.base_url = base_url.rstrip("/")
         self.enterprise = enterprise
@@ -78,7 +46,7 @@ class ApiClient:
         self.timeout = timeout
         self.on_exchange = on_exchange
         self.max_wait = max_wait
-        self._session = session
+        self.transport = transport or default_transport()
         self.breaker = breaker
         self.gate = gate  # False: ask even while the breaker is open (an admin's connection test)
 
@@ -96,22 +64,19 @@ class ApiClient:
         if self.breaker is not None and self.gate:
             self.breaker.before(self.enterprise, self.api)  # raises BreakerOpen while MoySklad is down
         url = self.base_url + path
-        session = self._session or thread_session()
         started = time.monotonic()
         record = {"api": self.api, "event": event or f"{method} {path}", "method": method, "path": path,
                   "params": params, "request": body}
         if self.limiter is not None:
             with self.limiter.slot(self.enterprise, self.api, self.max_wait):
-                return self._send(session, method, url, headers, data, params, record, started)
-        return self._send(session, method, url, headers, data, params, record, started)
+                return self._send(method, url, headers, data, params, record, started)
+        return self._send(method, url, headers, data, params, record, started)
 
-    def _send(self, session, method, url, headers, data, params, record, started):
+    def _send(self, method, url, headers, data, params, record, started):
         try:
-            resp = session.request(method, url, headers=headers, data=data, params=params, timeout=self.timeout,
-                                   allow_redirects=False,
-                                   proxies=env_proxies(self.base_url) if self._session is None else None)
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            err = MoySkladError(0, type(exc).__name__, api=self.api, network=True)
+            resp = self.transport.send(method, url, headers, data, self.timeout, params, env_proxy(self.base_url))
+        except NetworkError as exc:
+            err = MoySkladError(0, exc.kind, api=self.api, network=True)
             self._done(record, started, "network", error=err)
             raise err from None
         if resp.status_code >= 300:
@@ -141,12 +106,6 @@ class ApiClient:
             record.update(status=status, response=response, outcome=outcome,
                           latency_ms=round(latency * 1000, 1), error=str(error) if error else None)
             self.on_exchange(record)
-
-
-@functools.lru_cache(maxsize=64)
-def env_proxies(base_url: str) -> dict:
-    """The proxies the environment names for this base URL (NO_PROXY honoured), read once."""
-    return requests.utils.get_environ_proxies(base_url)
 
 
 def _safe_json(resp) -> Any:

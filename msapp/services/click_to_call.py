@@ -13,8 +13,6 @@ import logging
 from datetime import timedelta
 from typing import Any, Optional
 
-import requests
-import urllib3
 from sqlalchemy import select
 
 from msapp.clock import utcnow
@@ -22,6 +20,9 @@ from msapp.db.models import Enterprise, Job
 from msapp.errors import ApiError, ValidationFailed
 from msapp.extensions import db
 from msapp.moysklad.formats import is_extension, to_e164
+from msapp.moysklad.http import USER_AGENT
+from msapp.moysklad.transport import NetworkError, Transport
+from msapp.moysklad.transport import default as default_transport
 from msapp.queue.jobs import JobContext, Permanent
 from msapp.redact import redact_url
 from msapp.services import click_guard as guard
@@ -181,11 +182,13 @@ class Originate:
     click younger than MS_CLICK_MAX_AGE.
     """
 
-    def __init__(self, originate_url: str, configs, max_age: float = 30.0, timeout: tuple = (3.05, 10.0)):
+    def __init__(self, originate_url: str, configs, max_age: float = 30.0, timeout: tuple = (3.05, 10.0),
+                 transport: Optional[Transport] = None):
         self.url = originate_url
         self.configs = configs
         self.max_age = max_age
         self.timeout = timeout
+        self.transport = transport or default_transport()
 
     def __call__(self, job: JobContext) -> None:
         src, dest = job.payload.get("src"), job.payload.get("dest")
@@ -210,17 +213,15 @@ class Originate:
             raise Permanent("enterprise secret is not set")
         params = {"code": src, "phone": dest, "clientId": secret}
         try:
-            resp = requests.get(self.url, params=params, timeout=self.timeout, allow_redirects=False)
-        except requests.RequestException as exc:
-            if never_sent(exc):  # nothing reached the PBX: safe to try again
-                _journal(job, logged, None,
-                                 f"PBX not reached ({type(exc).__name__}); will try again")
-                raise PbxUnreachable(f"PBX not reached: {type(exc).__name__}") from None
+            resp = self.transport.send("GET", self.url, {"User-Agent": USER_AGENT}, None, self.timeout, params)
+        except NetworkError as exc:
+            if not exc.sent:  # nothing reached the PBX: safe to try again
+                _journal(job, logged, None, f"PBX not reached ({exc.kind}); will try again")
+                raise PbxUnreachable(f"PBX not reached: {exc.kind}") from None
             _journal(job, logged, None,
-                             f"outcome unknown ({type(exc).__name__}): the PBX may have started the call; "
-                             "not repeated")
-            raise Permanent(f"originate outcome unknown ({type(exc).__name__}); not repeated") from None
-        body = resp.text[:500]
+                     f"outcome unknown ({exc.kind}): the PBX may have started the call; not repeated")
+            raise Permanent(f"originate outcome unknown ({exc.kind}); not repeated") from None
+        body = resp.content[:500].decode("utf-8", "replace")
         if resp.status_code >= 300:
             _journal(job, logged, {"status": resp.status_code, "body": body},
                              f"PBX answered {resp.status_code}; not repeated")
@@ -244,14 +245,3 @@ def _journal(job: JobContext, request: dict, response: Optional[dict], error: Op
     """One journal row, committed at once: a failing job's transaction is rolled back, its story must not be."""
     exchange_log.add(job.enterprise_number, "originate", request, response, error)
     db.session.commit()
-
-
-def never_sent(exc: requests.RequestException) -> bool:
-    """True only when the error proves no byte of the request reached the PBX: the connection was refused
-    or never established (DNS, connect timeout). A read timeout or a dropped connection is no such proof."""
-    if isinstance(exc, requests.ConnectTimeout):
-        return True
-    if not isinstance(exc, requests.ConnectionError) or not exc.args:
-        return False
-    reason = getattr(exc.args[0], "reason", None)  # urllib3's MaxRetryError names its cause
-    return isinstance(reason, urllib3.exceptions.NewConnectionError)
