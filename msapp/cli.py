@@ -78,7 +78,7 @@ def migrate_cmd():
 @main.command()
 def serve():
     """Serve HTTP with waitress and run the worker pool until SIGTERM."""
-    from msapp.queue.jobs import release_orphans
+    from msapp.queue import release_orphans
     from msapp.web.server import make_server
 
     app = _app()
@@ -198,7 +198,7 @@ def enterprise_show(number):
     import json
 
     from msapp.redact import mask_tail
-    from msapp.services.config import public_view
+    from msapp.services.config_schema import public_view
     from msapp.state import ms
 
     ent = ms().configs.enterprise(number)
@@ -236,7 +236,7 @@ def enterprise_configure(number, json_config):
     """Merge a JSON object into the ms config, e.g. '{"enabled": true}' ('-' reads stdin)."""
     import json
 
-    from msapp.services.config import public_view
+    from msapp.services.config_schema import public_view
     from msapp.state import ms
 
     raw = sys.stdin.read() if json_config == "-" else json_config

@@ -50,8 +50,8 @@ def mask_tail(value: str | None, keep: int = 4) -> str:
 
 
 # Every pattern above needs one of these words (case-insensitive): text without any of them has nothing
-# to redact, and most journal strings (numbers, extensions, ids) are such text. Three regex passes per
-# string were 5 % of the service's CPU per event.
+# to redact, and most journal strings (numbers, extensions, ids) are such text: one cheap test instead of
+# three regex passes per string.
 _TRIGGERS = ("token", "webhook", "authorization", "cookie", "integration_code", "password", "secret", "clientid")
 
 

@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 from flask import current_app
 
-from msapp.queue.jobs import JobQueue, WorkerPool
+from msapp.queue import JobQueue, WorkerPool
 from msapp.services.config import ConfigStore
 from msapp.settings import Settings
 

@@ -188,10 +188,10 @@ def statement_work(stmt, values: dict, keys: tuple | None = None) -> int:
     """What running `stmt` (through rawsql, as the product does) costs the database, rolled back: SQLite,
     its virtual machine's steps; PostgreSQL, the rows every node of its plan produced (EXPLAIN ANALYZE),
     sub-plans and their loops included. A cost that grows with a table's size shows here, untimed."""
-    from msapp.db import rawsql
+    from msapp.db import compiled
 
     dialect = db.engine.dialect
-    prepared = rawsql._STATEMENTS.get(stmt, keys, dialect)  # keys: the columns an UPDATE sets
+    prepared = compiled._STATEMENTS.get(stmt, keys, dialect)  # keys: the columns an UPDATE sets
     params = prepared.parameters(values)
     fairy = db.engine.raw_connection()
     try:

@@ -9,9 +9,9 @@ from msapp import clock
 from msapp.db.models import Enterprise, IntegrationLog
 from msapp.extensions import db
 from msapp.moysklad.transport import NetworkError
-from msapp.queue.jobs import JobContext, Permanent
+from msapp.queue import JobContext, Permanent
 from msapp.services.click_to_call import Originate, PbxUnreachable
-from msapp.services.config import webhook_hash
+from msapp.services.config_schema import webhook_hash
 
 URL = "http://pbx.local:8018/api/makecallexternal"
 SECRET_URL = "http://admin:pbx-pass@pbx.local:8018/api/makecallexternal?key=sekrit"

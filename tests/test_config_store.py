@@ -4,7 +4,7 @@ from sqlalchemy import select
 from msapp.db.models import Enterprise, WebhookKey
 from msapp.errors import ApiError, ValidationFailed
 from msapp.extensions import db
-from msapp.services.config import normalize, public_view, upgrade_legacy
+from msapp.services.config_schema import normalize, public_view, upgrade_legacy
 from msapp.state import ms
 
 

@@ -6,10 +6,10 @@ from datetime import timedelta
 import pytest
 
 from msapp.clock import utcnow
-from msapp.db import rawsql
+from msapp.db import compiled, rawsql
 from msapp.db.models import Job
 from msapp.extensions import db
-from msapp.queue.jobs import Defer, JobQueue, Permanent, Retry, WorkerPool, backoff, release_orphans
+from msapp.queue import Defer, JobQueue, Permanent, Retry, WorkerPool, backoff, release_orphans
 from msapp.state import ms
 from tests.conftest import dispose, make_app, statement_work
 
@@ -564,7 +564,7 @@ def test_a_claim_reads_its_jobs_subject_with_it(ctx, monkeypatch):
     add(kind="test", key="other", payload={"call_id": "f5e15329-54a0-4e5f"})  # not a call's id: never cast
     add(kind="call.sync", key="bad", payload={"call_id": "1; DROP"})
     sent, real = [], rawsql.Tx._send
-    monkeypatch.setattr(rawsql.Tx, "_send", lambda self, sql, params: sent.append(rawsql.expanded(sql)) or
+    monkeypatch.setattr(rawsql.Tx, "_send", lambda self, sql, params: sent.append(compiled.expanded(sql)) or
                         real(self, sql, params))
     first = ms().queue.claim()
     assert first.kind == "call.sync" and first.subject["id"] == call_id and first.subject["unique_id"] == "s-1"
@@ -627,7 +627,7 @@ def _claim_in(app):
 
 def _claim_work() -> int:
     """What one claim costs the database (`statement_work`), rolled back."""
-    from msapp.queue.jobs import _claim_statements, _pg_array
+    from msapp.queue.claims import _claim_statements, _pg_array
 
     now, name = utcnow(), db.engine.dialect.name
     return statement_work(_claim_statements(name, {})[False], {

@@ -6,7 +6,7 @@ import pytest
 
 from msapp.moysklad import JsonApi, MoySkladError, PhoneApi, RetryPolicy
 from msapp.moysklad.transport import NetworkError
-from msapp.queue.jobs import Permanent, Retry
+from msapp.queue import Permanent, Retry
 
 P = "https://ms.test/api/phone/1.0"
 J = "https://ms.test/api/remap/1.2"

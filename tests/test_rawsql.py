@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import DBAPIError
 
-from msapp.db import rawsql
+from msapp.db import compiled, rawsql
 from msapp.db.models import Call, IntegrationLog, Job
 from msapp.extensions import db
 from tests.conftest import dispose, make_app
@@ -119,7 +119,7 @@ def test_a_statements_constants_reach_the_database_as_written(ctx):
                 tx.later(stmt, {"_u": unique_id, "_why": "100% %(x)s"})
                 row = tx.first(read, {"_u": unique_id})
             assert row == {"record_url": odd, "last_error": "100% %(x)s", "sequence": 1, "notify": True}
-    prepared = rawsql._STATEMENTS.get(stmt, None, db.engine.dialect)
+    prepared = compiled._STATEMENTS.get(stmt, None, db.engine.dialect)
     if db.engine.dialect.name == "postgresql":
         # the constants ("ringing", 1, the URL) are in the SQL; updated_at is the model's onupdate
         assert prepared.names == ["_why", "updated_at", "_u"]
@@ -207,7 +207,7 @@ def test_sqlite_timestamps_are_written_as_sqlalchemy_writes_them(value):
 
     dialect = sqlite.dialect()
     impl = DateTime().dialect_impl(dialect)
-    assert rawsql.bind_processor(impl, dialect)(value) == impl.bind_processor(dialect)(value)
+    assert compiled.bind_processor(impl, dialect)(value) == impl.bind_processor(dialect)(value)
 
 
 def _prepared_here(tx) -> set:
@@ -235,14 +235,14 @@ def test_postgresql_prepares_each_statement_once_per_connection(pg_ctx, monkeypa
                                      keys=rawsql.columns_of(new_call())))
                 tx.execute(journal, {"event_type": "x", "request_data": {"доб": ["150"]}})
                 names = _prepared_here(tx)
-    first = rawsql._STATEMENTS.get(stmt, rawsql.columns_of(new_call()), db.engine.dialect)
-    log_row = rawsql._STATEMENTS.get(journal, ("event_type", "request_data"), db.engine.dialect)
+    first = compiled._STATEMENTS.get(stmt, rawsql.columns_of(new_call()), db.engine.dialect)
+    log_row = compiled._STATEMENTS.get(journal, ("event_type", "request_data"), db.engine.dialect)
     assert {first.name, log_row.name} <= names
     assert sent[0].startswith("INSERT INTO ms_calls") and "INSERT INTO integration_logs" in sent[1]
     assert sent[2] == first.execute and sent[3] == f"{log_row.execute};\nCOMMIT"
     assert sent[4:] == sent[2:4] and len(sent) == 6  # the third: the same two round trips, nothing PREPAREd again
     assert [r["extensions"] for r in rows] == [["150", "151"]] * 3 and {r["start_time"] for r in rows} == {WHEN}
-    assert rawsql.expanded(sent[3]) == f"{log_row.sql};\nCOMMIT"
+    assert compiled.expanded(sent[3]) == f"{log_row.sql};\nCOMMIT"
     assert db.session.execute(select(LOGS.c.request_data)).scalars().all() == [{"доб": ["150"]}] * 3
 
 
@@ -256,8 +256,8 @@ def test_a_statement_the_server_cannot_prepare_runs_as_plain_sql(pg_ctx):
         for _ in range(3):
             with rawsql.transaction(write=False) as tx:
                 assert tx.first(stmt, {"x": "a'b"}) == {"x": False}
-    name = rawsql._STATEMENTS.get(stmt, None, db.engine.dialect).name
-    assert name in rawsql._STATEMENTS.refused and name not in rawsql._STATEMENTS.server
+    name = compiled._STATEMENTS.get(stmt, None, db.engine.dialect).name
+    assert name in compiled._STATEMENTS.refused and name not in compiled._STATEMENTS.server
 
 
 @pytest.mark.postgres
@@ -271,7 +271,7 @@ def test_a_prepared_statement_gone_fails_once_and_is_prepared_again(pg_ctx):
             with rawsql.transaction(write=False) as tx:
                 tx.first(stmt, {"_u": "x"})
         with rawsql.transaction(write=False) as tx:
-            assert rawsql._STATEMENTS.get(stmt, None, db.engine.dialect).name in _prepared_here(tx)
+            assert compiled._STATEMENTS.get(stmt, None, db.engine.dialect).name in _prepared_here(tx)
             tx.dbapi.cursor().execute("DEALLOCATE ALL")
         with pytest.raises(DBAPIError, match="does not exist") as caught:
             with rawsql.transaction(write=False) as tx:
@@ -280,7 +280,7 @@ def test_a_prepared_statement_gone_fails_once_and_is_prepared_again(pg_ctx):
         assert caught.value.connection_invalidated
         with rawsql.transaction(write=False) as tx:
             assert tx.first(stmt, {"_u": "x"}) == {"n": 0}
-            assert rawsql._STATEMENTS.get(stmt, None, db.engine.dialect).name in _prepared_here(tx)
+            assert compiled._STATEMENTS.get(stmt, None, db.engine.dialect).name in _prepared_here(tx)
 
 
 @pytest.mark.postgres

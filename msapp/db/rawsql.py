@@ -1,208 +1,35 @@
-"""Hot-path statements run straight on the driver connection.
+"""Hot-path statements (an event's transaction, a job's claim, progress and finish) run on the driver
+connection, through public APIs only: SQLAlchemy compiles each statement once per dialect and set of
+columns written (from the models), and this module binds values with SQLAlchemy's own type processors,
+fills Python-side column defaults as SQLAlchemy would, and reads rows back with its result processors.
+What it skips is SQLAlchemy's per-execution machinery, most of an event's CPU (docs/benchmarks.md).
 
-SQLAlchemy's execution of one statement (execution context, parameter processing, result wrapping)
-costs about 100-150 µs of CPU; the driver's own `cursor.execute` about 10-20 µs. On the paths every PBX
-event takes (the event's transaction, a job's claim, progress and finish) that difference was most of
-the service's CPU per event (docs/benchmarks.md). Here only that per-statement machinery is skipped:
+- PostgreSQL: a statement's constants are written into its SQL and the caller's values bound by
+  position; each statement is PREPAREd once per connection at an idle moment (`Tx.ready`) and run by
+  `EXECUTE` (`MS_PG_PREPARE=0` turns that off behind a pooler in transaction mode); statements whose
+  result nobody reads (`Tx.later`) go to the server with the next statement or the commit.
+- SQLite: every statement runs at once (`later` included); writers queue on the process's writer lock.
+- Transactions: `transaction()` is one of its own on a pooled connection; `write()` joins the session's
+  transaction when the thread's session has one open; `session_tx()` / `Tx.of()` run inside a session's
+  or a Connection's transaction, which its owner commits.
+- Driver errors are re-raised as SQLAlchemy's `DBAPIError`, and a lost connection is invalidated, so
+  the 503 when the database is down and the pool's reconnect work as for any statement.
 
-- the SQL is still SQLAlchemy's, compiled once per statement (and per set of columns written) from the
-  models, for the engine's dialect;
-- values are converted by SQLAlchemy's own type processors for that dialect (JSON is serialized by the
-  engine's serializer; SQLite's naive datetimes are written by `isoformat`, SQLAlchemy's very text at a
-  fifth of the cost), rows are converted back by them, and Python-side column defaults (`default=`,
-  `onupdate=`) are filled in as SQLAlchemy would;
-- on PostgreSQL a statement's own constants are written into its SQL when it is prepared, and the
-  caller's values are bound by position (psycopg2 binds on the client, 1-2 µs per parameter);
-- on PostgreSQL each statement is also PREPAREd once per connection (`ready()`, at the idle moments a
-  transaction or a claim begins) and then run by `EXECUTE name(values)`: the server parsed and planned
-  every statement on every execution, a quarter of its CPU per PBX event (docs/benchmarks.md);
-- transactions: `transaction()` is one of its own on a pooled connection (BEGIN IMMEDIATE on SQLite,
-  queued on the process's writer lock like every writer); `write()` joins the session's transaction
-  when the thread's session has one open; `session_tx()` / `Tx.of()` run inside a session's or a
-  Connection's transaction, which its owner commits;
-- on PostgreSQL, statements whose result nobody reads (`Tx.later`) go to the server together with the
-  next statement or the commit: one round trip for several;
-- driver errors are re-raised as SQLAlchemy's `DBAPIError`, and a lost connection is invalidated, so
-  error handling (the 503 when the database is down, the pool's reconnect) works as before.
-
-Never mix it with the ORM on one row in one transaction: the session does not see what ran here.
+The session does not see what ran here: never write one row both ways in one transaction.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
 import threading
 from contextlib import contextmanager
-from datetime import datetime
 from typing import Optional
 
-from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.dialects import sqlite
 
+from msapp.db.compiled import _STATEMENTS, PREPARED, Prepared, expanded
 from msapp.extensions import db
 
-_PYFORMAT = re.compile(r"%\((\w+)\)s")
 log = logging.getLogger("msapp.rawsql")
-PREPARED = "ms_prepared"  # a pooled PostgreSQL connection's info: names PREPAREd on it (absent: never prepare)
-
-
-class Prepared:
-    """One statement compiled for one dialect: its SQL, how to bind values, how to read rows."""
-
-    def __init__(self, stmt, dialect, column_keys: Optional[list] = None):
-        compiled = stmt.compile(dialect=dialect, column_keys=column_keys)
-        self.sql = compiled.string
-        constants: dict = {}
-        # PostgreSQL: the statement as the server keeps it (`name`, `prepare`) and how it is then run
-        self.name = self.prepare = self.execute = None
-        if compiled.positional:
-            self.names = list(compiled.positiontup)
-        else:  # psycopg2's pyformat: its constants written into the SQL, the rest sent as `%s` from a tuple
-            constants = _constants(compiled, dialect)
-            self.sql = _PYFORMAT.sub(lambda m: constants.get(m.group(1), "%s"), self.sql)
-            self.names = [name for name in _PYFORMAT.findall(compiled.string) if name not in constants]
-            self.name = "ms_" + hashlib.blake2b(self.sql.encode(), digest_size=10).hexdigest()
-            self.prepare = f"PREPARE {self.name} AS {_numbered(self.sql)}"
-            self.execute = f"EXECUTE {self.name}" + (f"({', '.join(['%s'] * len(self.names))})" if self.names else "")
-        self.constants = frozenset(constants)
-        # what is bound per execution (the constants above are not: nothing to default or convert)
-        self.defaults = {k: v for k, v in compiled.construct_params(_check=False).items() if k not in constants}
-        self.binds = {}
-        for name, bind in compiled.binds.items():  # by compiled name: `status_1` for a constant
-            if name in constants:
-                continue
-            proc = bind_processor(bind.type.dialect_impl(dialect), dialect)
-            if proc is not None:
-                self.binds[name] = proc
-        # columns whose Python-side default SQLAlchemy would compute before executing (utcnow, False, ...)
-        self.prefetch = [(col.key, col.default) for col in compiled.insert_prefetch]
-        self.prefetch += [(col.key, col.onupdate) for col in compiled.update_prefetch]
-        self.columns = [entry[0] for entry in compiled._result_columns]
-        self.readers = [entry[3].dialect_impl(dialect).result_processor(dialect, None)
-                        for entry in compiled._result_columns]
-        self._renamed: dict = {}
-
-    def parameters(self, values: dict):
-        if self.constants and not self.constants.isdisjoint(values):  # it would be ignored: say so
-            raise ValueError(f"values for constants of the statement: {sorted(self.constants & set(values))}")
-        params = {**self.defaults, **values}
-        for key, default in self.prefetch:
-            if key not in values:
-                params[key] = default.arg if default.is_scalar else default.arg(None)
-        for key, proc in self.binds.items():
-            if key in params:
-                params[key] = proc(params[key])
-        return tuple(params[name] for name in self.names)
-
-    def row(self, raw: tuple) -> dict:
-        return {name: (value if read is None or value is None else read(value))
-                for name, read, value in zip(self.columns, self.readers, raw)}
-
-
-def _numbered(sql: str) -> str:
-    """psycopg2's SQL (`%s` a value, `%%` a percent sign) as the server's: `$1`, `$2`, ... and `%`."""
-    count = 0
-
-    def number(match) -> str:
-        nonlocal count
-        if match.group() == "%%":
-            return "%"
-        count += 1
-        return f"${count}"
-
-    return re.sub(r"%%|%s", number, sql)
-
-
-def _constants(compiled, dialect) -> dict:
-    """The SQL literal of each bind parameter that is a constant of the statement (`status == "pending"`,
-    `attempts + 1`, `.values(status="running")`: SQLAlchemy's anonymous parameters, which no caller can
-    name) and whose type can be written as one. psycopg2 binds client-side, 1-2 µs per parameter: most
-    of a claim's cost of sending was its constants."""
-    found = {}
-    for name, bind in compiled.binds.items():
-        if not bind.unique or bind.callable is not None or bind.value is None or bind.expanding:
-            continue
-        write = bind.type.dialect_impl(dialect).literal_processor(dialect)
-        if write is not None and isinstance(bind.value, (str, int)):  # bool is an int
-            found[name] = write(bind.value)
-    return found
-
-
-def bind_processor(impl, dialect):
-    """The type's bind processor for the dialect; on SQLite, a naive datetime written by `isoformat`: the
-    same text as SQLAlchemy's storage format (`YYYY-MM-DD HH:MM:SS.ffffff`), which it %-formats from a dict
-    at five times the cost, and a dozen timestamps go with every event."""
-    slow = impl.bind_processor(dialect)
-    if dialect.name != "sqlite" or not isinstance(impl, sqlite.DATETIME) or \
-            impl._storage_format != sqlite.DATETIME._storage_format:
-        return slow
-
-    def fast(value):
-        if type(value) is datetime and value.tzinfo is None:
-            return value.isoformat(" ", "microseconds")
-        return slow(value)  # a date, an aware datetime, None, or what it refuses
-
-    return fast
-
-
-class Statements:
-    """Prepared statements by statement, dialect and set of columns written (every engine of one
-    dialect here comes from create_app, with the same JSON serializer)."""
-
-    def __init__(self):
-        self._prepared: dict = {}
-        self._lock = threading.Lock()
-        self.server: dict = {}  # PostgreSQL: PREPARE text by name, of every statement the server can keep
-        self.refused: set = set()  # names the server would not PREPARE (run as plain SQL)
-        self.texts: dict = {}  # the SQL of each name, for `expanded`
-
-    def get(self, stmt, keys: Optional[tuple], dialect) -> Prepared:
-        cache_key = (id(stmt), dialect.name, keys)
-        found = self._prepared.get(cache_key)
-        if found is None:
-            found = Prepared(stmt, dialect, list(keys) if keys is not None else None)
-            with self._lock:
-                self._prepared[cache_key] = (found, stmt)  # holding stmt keeps its id() unique
-                if found.name is not None and found.name not in self.refused:
-                    self.server[found.name] = found.prepare
-                    self.texts[found.name] = found.sql
-        else:
-            found = found[0]
-        return found
-
-    def to_prepare(self) -> list:
-        with self._lock:
-            return list(self.server.items())
-
-    def refuse(self, name: str, exc: Exception) -> None:
-        with self._lock:
-            self.refused.add(name)
-            text = self.server.pop(name, None)
-        log.warning("statement %s not prepared, run as plain SQL: %s (%s)", name, str(exc).strip(), text)
-
-
-_STATEMENTS = Statements()
-_EXECUTE = re.compile(r"EXECUTE (ms_[0-9a-f]+)(\(.*?\))?(?=;|$)", re.S)
-
-
-def prepare_on(engine) -> None:
-    """PostgreSQL: statements run on `engine`'s connections are PREPAREd on each (`Tx.ready`)."""
-    event.listen(engine, "connect", _new_connection)
-
-
-def prepares(engine) -> bool:
-    return event.contains(engine, "connect", _new_connection)
-
-
-def _new_connection(_dbapi_conn, record) -> None:
-    record.info[PREPARED] = set()  # nothing PREPAREd on it yet
-
-
-def expanded(sql: str) -> str:
-    """`sql` as sent, each `EXECUTE name(...)` written as the statement it runs (errors, tests)."""
-    return _EXECUTE.sub(lambda m: _STATEMENTS.texts.get(m.group(1), m.group()), sql)
 
 
 class Tx:

@@ -102,7 +102,7 @@ class RetryPolicy:
     def as_job_error(self, exc: MoySkladError) -> Exception:
         """Translate for the job queue: Retry (after MoySklad's wait, else the queue's backoff; the job
         lives until the retry horizon), or Permanent."""
-        from msapp.queue.jobs import Permanent, Retry
+        from msapp.queue import Permanent, Retry
 
         if not self.retryable(exc):
             return Permanent(str(exc))

@@ -58,31 +58,48 @@ def env_proxy(url: str) -> Optional[str]:
 
 
 class Transport:
+    """Keep-alive connection pools by scheme, host, port and proxy, shared by every thread."""
+
     def __init__(self, maxsize: int = 8):
         self.maxsize = maxsize
-        self._managers: dict = {}
+        self._pools: dict = {}  # (scheme, host, port, proxy) -> (pool, whether paths go as absolute URLs)
+        self._timeouts: dict = {}
         self._lock = threading.Lock()
 
-    def _manager(self, proxy: Optional[str]):
-        manager = self._managers.get(proxy)
-        if manager is None:
+    def _pool(self, url: str, proxy: Optional[str]) -> tuple:
+        parts = urlsplit(url)
+        key = (parts.scheme, parts.hostname, parts.port, proxy)
+        found = self._pools.get(key)
+        if found is None:
             with self._lock:
-                manager = self._managers.get(proxy)
-                if manager is None:
-                    kw = dict(num_pools=16, maxsize=self.maxsize, retries=False, cert_reqs="CERT_REQUIRED",
+                found = self._pools.get(key)
+                if found is None:
+                    kw = dict(num_pools=4, maxsize=self.maxsize, retries=False, cert_reqs="CERT_REQUIRED",
                               ca_certs=ca_bundle())
                     manager = urllib3.ProxyManager(proxy, **kw) if proxy else urllib3.PoolManager(**kw)
-                    self._managers[proxy] = manager
-        return manager
+                    pool = manager.connection_from_url(url)
+                    # through a plain-http proxy the request line carries the whole URL
+                    found = (pool, bool(proxy) and parts.scheme == "http")
+                    self._pools[key] = found
+        return found
+
+    def _timeout(self, timeout) -> urllib3.Timeout:
+        found = self._timeouts.get(timeout)
+        if found is None:
+            connect, read = timeout if isinstance(timeout, tuple) else (timeout, timeout)
+            found = self._timeouts[timeout] = urllib3.Timeout(connect=connect, read=read)
+        return found
 
     def send(self, method: str, url: str, headers: dict, body: Optional[bytes], timeout: tuple,
              params: Optional[dict] = None, proxy: Optional[str] = None) -> Answer:
         if params:
             url = f"{url}{'&' if '?' in url else '?'}{urlencode(params)}"
-        connect, read = timeout if isinstance(timeout, tuple) else (timeout, timeout)
+        pool, absolute = self._pool(url, proxy)
+        path_at = url.find("/", url.find("//") + 2)
+        target = url if absolute else (url[path_at:] if path_at >= 0 else "/")
         try:
-            resp = self._manager(proxy).urlopen(method, url, body=body, headers=headers, redirect=False,
-                                                timeout=urllib3.Timeout(connect=connect, read=read))
+            resp = pool.urlopen(method, target, body=body, headers=headers, redirect=False, retries=False,
+                                assert_same_host=False, timeout=self._timeout(timeout))
         except NewConnectionError as exc:  # refused, unreachable, DNS (a subclass of the connect timeout)
             raise NetworkError("ConnectionError", False, exc.__class__.__name__) from None
         except ConnectTimeoutError:

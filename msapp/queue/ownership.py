@@ -34,7 +34,7 @@ from typing import Optional
 from sqlalchemy import text
 
 from msapp.clock import utcnow
-from msapp.db import rawsql
+from msapp.db import compiled
 from msapp.extensions import db
 
 log = logging.getLogger("msapp.ownership")
@@ -155,8 +155,8 @@ class PgOwnership:
                      {"w": self.worker_id, "k": self.lock_key, "h": socket.gethostname()[:200], "p": os.getpid(),
                       "n": now})
         conn.commit()
-        if rawsql.prepares(db.engine):  # the claims run here: PREPAREd once, as on the pool's connections
-            conn.connection.info[rawsql.PREPARED] = set()
+        if compiled.prepares(db.engine):  # the claims run here: PREPAREd once, as on the pool's connections
+            conn.connection.info[compiled.PREPARED] = set()
         self._conn = conn
         self.owned = {}
         self.draining = set()

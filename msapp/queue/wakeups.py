@@ -1,17 +1,13 @@
 """Wake-ups between processes sharing PostgreSQL (LISTEN/NOTIFY).
 
-The PBX sends each call's events to one host, and ownership (msapp/ownership.py) may give that call's
-enterprise to another process: the job such an event queued waited for the owner's idle poll (0.5 s),
-the first card's tail with several processes; so did a click-to-call from MoySklad, a missed-call task
-or a directory refresh queued by a process that does not own its enterprise. So every transaction that
+A job may be queued by one process and owned (queue/ownership.py) by another. Every transaction that
 queues a job due now also sends a NOTIFY naming the job's bucket on this deployment's channel
 (`JobQueue.enqueue`; PostgreSQL delivers it at the commit, never for a rolled-back transaction); every
 process LISTENs on a connection of its own and wakes one of its workers when the bucket is one it owns.
 It is sent only while other processes are alive (alone, the local notify is enough). A process that
 runs no workers (`MS_WORKERS=0`: HTTP only) owns no bucket and is seen by no other, so it announces
-every job it queues (`announce_only`): without it, the process working them, believing itself alone,
-ran each worker's next job at its idle poll (2 jobs a second per worker). Nothing depends on it: a lost
-notification costs at most the idle poll.
+every job it queues (`announce_only`). Nothing depends on it: a lost notification costs at most the
+owner's idle poll.
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from msapp.errors import ApiError
 from msapp.extensions import db
 from msapp.moysklad import BreakerOpen, MoySkladError, RateLimited
 from msapp.moysklad.formats import is_extension, to_moysklad_time
-from msapp.queue.jobs import JobContext
+from msapp.queue import JobContext
 from msapp.services import click_guard, exchange_log
 from msapp.services.moysklad_clients import MoySkladClients
 from msapp.services.tasks import Tasks

@@ -33,7 +33,7 @@ from msapp.errors import ApiError
 from msapp.moysklad import BreakerOpen, MoySkladError, RateLimited, RetryPolicy
 from msapp.moysklad.formats import to_moysklad_time
 from msapp.moysklad.http import id_from_href, meta
-from msapp.queue.jobs import Defer, JobContext, Subject
+from msapp.queue import Defer, JobContext, Subject
 from msapp.redact import redact_text
 from msapp.services import exchange_log
 from msapp.services.customers import Customers
@@ -86,7 +86,7 @@ class Snapshot:
         return self.extensions[0] if self.extensions else None
 
 
-# What a sync reads first: its call, read by the claim that takes the job (msapp/jobs.py, Subject).
+# What a sync reads first: its call, read by the claim that takes the job (queue/claims.py, Subject).
 SUBJECT = Subject(Call.__table__, "call_id", tuple(Snapshot.__dataclass_fields__))
 
 

@@ -23,11 +23,11 @@ from msapp.moysklad.formats import is_extension, to_e164
 from msapp.moysklad.http import USER_AGENT
 from msapp.moysklad.transport import NetworkError, Transport
 from msapp.moysklad.transport import default as default_transport
-from msapp.queue.jobs import JobContext, Permanent
+from msapp.queue import JobContext, Permanent
 from msapp.redact import redact_url
 from msapp.services import click_guard as guard
 from msapp.services import exchange_log
-from msapp.services.config import webhook_hash
+from msapp.services.config_schema import webhook_hash
 from msapp.services.directory import RECHECK_SECONDS, DirectoryUnavailable
 
 log = logging.getLogger("msapp.click_to_call")

@@ -14,7 +14,7 @@ from typing import Optional
 
 from msapp import metrics
 from msapp.moysklad import BreakerOpen, MoySkladError, RateLimited, RetryPolicy
-from msapp.queue.jobs import JobContext
+from msapp.queue import JobContext
 from msapp.services.moysklad_clients import MoySkladClients
 
 log = logging.getLogger("msapp.customers")

@@ -30,7 +30,7 @@ from msapp.db.models import Enterprise, Job
 from msapp.errors import ApiError
 from msapp.extensions import db
 from msapp.moysklad import BreakerOpen, MoySkladError, RateLimited
-from msapp.queue.jobs import ACTIVE, Defer, JobContext
+from msapp.queue import ACTIVE, Defer, JobContext
 from msapp.redact import redact_text
 from msapp.services import exchange_log
 

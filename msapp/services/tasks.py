@@ -31,7 +31,7 @@ from msapp.extensions import db
 from msapp.moysklad import MoySkladError, RateLimited, RetryPolicy
 from msapp.moysklad.formats import to_moysklad_time
 from msapp.moysklad.http import id_from_href
-from msapp.queue.jobs import ACTIVE, Defer, JobContext
+from msapp.queue import ACTIVE, Defer, JobContext
 from msapp.services import exchange_log
 
 log = logging.getLogger("msapp.tasks")

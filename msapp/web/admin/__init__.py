@@ -25,7 +25,7 @@ from msapp.errors import ValidationFailed
 from msapp.extensions import db
 from msapp.redact import mask_tail
 from msapp.services import click_guard
-from msapp.services.config import NOTIFY_MODES, ORDER_MODES, SIGNATURE_MODES, public_view
+from msapp.services.config_schema import NOTIFY_MODES, ORDER_MODES, SIGNATURE_MODES, public_view
 from msapp.state import ms
 from msapp.web.admin import auth, forms
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify, request
 
 from msapp.errors import ApiError
-from msapp.services.config import public_view
+from msapp.services.config_schema import public_view
 from msapp.state import ms
 from msapp.web.admin import auth
 from msapp.web.http_utils import json_body
