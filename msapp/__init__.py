@@ -75,7 +75,8 @@ def create_app(config: Optional[Mapping[str, str]] = None) -> Flask:
     configs = ConfigStore(settings.phone_api_url, settings.public_url)
     breakers = Breakers(queue)
     clients = MoySkladClients(settings, breakers)
-    customers = Customers(clients)
+    directory = Directory(app, clients, configs, queue, settings.lookup_timeout)
+    customers = Customers(clients, directory)
     tasks = Tasks(clients, configs, customers, queue)
     queue.register(SYNC_KIND, CallSync(clients, configs, customers, tasks), max_attempts=12,
                    subject=callflow.SUBJECT)
@@ -85,7 +86,6 @@ def create_app(config: Optional[Mapping[str, str]] = None) -> Flask:
     # a saved config may carry a fixed key: the refused-key pause ends, the next request tells
     configs.on_saved.append(lambda number: breakers.close(number, why="config saved", kind=("auth", "crm")))
     queue.register(TEST_POPUP_KIND, lambda job: admin_service.hide_test_popup(configs, job), max_attempts=5)
-    directory = Directory(app, clients, configs, queue, settings.lookup_timeout)
     admin_service = AdminService(clients, customers, queue, directory)
     queue.register(REFRESH_KIND, directory.refresh_job, max_attempts=3)
     queue.start_hooks += [exchange_log.discard, callflow.discard_progress]

@@ -4,6 +4,7 @@ import time
 import pytest
 import requests
 
+from tests.conftest import ADMIN_TOKEN
 from tests.service_harness import Service
 
 pytestmark = pytest.mark.e2e
@@ -120,3 +121,19 @@ def test_disabled_enterprise_answers_not_found(svc, sandbox):
     mark = len(sandbox.state.log)
     assert get(svc, "customer-by-phone", "80297111222").json() == {"found": False}
     assert json_requests(sandbox, mark) == []
+
+
+def test_routing_and_the_click_guard_read_one_employee_list(svc, sandbox):
+    """One directory: once it is refreshed, the dialplan's responsible extension and the click guard both
+    see the new extension at once (routing once kept its own list for 10 minutes)."""
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    assert get(svc, "responsible-extension", "80297111222").json()["extension"] == "151"
+    sandbox.state.accounts["demo"].employee(PETROVA)["extension"] = "159"
+    r = requests.post(f"{svc.url}/ms-admin/api/employees/0367", headers=admin, timeout=10)
+    assert sorted(e["extension"] for e in r.json()["employees"]) == ["150", "152", "159"]
+    assert get(svc, "responsible-extension", "80297111222").json() == {"extension": "159", "manager_id": PETROVA}
+    assert get(svc, "customer-by-phone", "80297111222").json()["owner"]["extension"] == "159"
+    click = {"srcNumber": "159", "destNumber": "+375297111222", "uid": "petrova@demo"}
+    assert requests.post(svc.webhook_url(), json=click, timeout=10).status_code == 200
+    assert requests.post(svc.webhook_url(), json={**click, "srcNumber": "151", "destNumber": "+375297111333"},
+                         timeout=10).status_code == 403

@@ -18,6 +18,7 @@ from msapp.moysklad import BreakerOpen, MoySkladError, RateLimited
 from msapp.moysklad.formats import is_extension, to_moysklad_time
 from msapp.queue import JobContext
 from msapp.services import click_guard, exchange_log
+from msapp.services.directory import DirectoryUnavailable
 from msapp.services.moysklad_clients import MoySkladClients
 from msapp.services.tasks import Tasks
 
@@ -71,7 +72,7 @@ def _timed(fn):
 
 
 class AdminService:
-    def __init__(self, clients: MoySkladClients, customers, queue, directory=None):
+    def __init__(self, clients: MoySkladClients, customers, queue, directory):
         self.clients = clients
         self.customers = customers
         self.queue = queue
@@ -92,11 +93,9 @@ class AdminService:
                   "json": {k: v for k, v in jsonapi.items() if k != "value"}, "employees": []}
         if phone["ok"]:
             result["phone"]["message"] = f"Ключ принят, сотрудников с добавочными: {len(phone['value'])}"
-            self.clients.cache.set((number, "employees"), phone["value"], 600)
-            people = self._people(number, cfg)
-            result["employees"] = self._named(phone["value"], people)
-            if self.directory is not None:  # click-to-call is checked against this list from now on
-                self.directory.store(number, phone["value"], people)
+            # the one list routing, lookups, owners and click-to-call read from now on
+            listing = self.directory.store(number, phone["value"], self._people(number, cfg))
+            result["employees"] = self._shown(listing.employees)
         if jsonapi["ok"]:
             who = (jsonapi["value"] or {}).get("name") or (jsonapi["value"] or {}).get("uid") or "?"
             result["json"]["message"] = f"Токен принят (пользователь: {who})"
@@ -108,25 +107,25 @@ class AdminService:
         if not cfg.get("api_token"):
             return None
         try:
-            return self.customers.cached_list(number, cfg, "json_employees", lambda api: api.employees())
+            return self.clients.json(number, cfg, timeout=QUICK, gate=False).employees()
         except (MoySkladError, RateLimited, ApiError):
             return None
 
     @staticmethod
-    def _named(employees: list, people: Optional[list]) -> list:
-        names = {p.get("id"): p.get("name") for p in people or []}
-        return [{"id": e["id"], "extension": e["extension"], "name": names.get(e["id"]) or "—",
+    def _shown(employees: list) -> list:
+        return [{"id": e["id"], "extension": e["extension"], "name": e.get("name") or "—",
                  "href": f"https://online.moysklad.ru/app/#employee/edit?id={e['id']}"}
                 for e in sorted(employees, key=lambda e: e["extension"])]
 
     def employees(self, number: str, cfg: dict, refresh: bool = False) -> list:
+        """The directory's employees with extensions; `refresh`: fetched from MoySklad and stored first."""
         db.session.rollback()
-        if refresh:
-            self.clients.forget(number, "employees")
-            self.clients.forget(number, "json_employees")
-        rows = self._named(self.clients.employees(number, cfg, refresh=refresh), self._people(number, cfg))
+        try:
+            listing = self.directory.fetch(number, cfg) if refresh else self.directory.get(number, cfg)
+        except DirectoryUnavailable as exc:
+            raise ApiError(503, f"MoySklad's employee list is unavailable, try again: {exc}") from None
         self._done()
-        return rows
+        return self._shown(listing.employees)
 
     def lists(self, number: str, cfg: dict, refresh: bool = False) -> dict:
         """Organizations, customer-order states and sales channels for the order settings."""
@@ -152,16 +151,15 @@ class AdminService:
         db.session.rollback()
         out = {"employees": [], "error": None, "loaded": refresh}
         if refresh:
-            self.clients.forget(number, "json_employees")
-            try:
-                people = self.customers.cached_list(number, cfg, "json_employees", lambda api: api.employees())
+            try:  # every MoySklad user may be the fallback, with an extension or not: asked on request only
+                people = self.clients.json(number, cfg, timeout=QUICK, gate=False).employees()
                 out["employees"] = sorted(({"id": p.get("id"), "name": p.get("name") or p.get("uid") or p.get("id")}
                                            for p in people if not p.get("archived")), key=lambda e: e["name"])
             except (MoySkladError, RateLimited, ApiError) as exc:
                 out["error"] = explain(exc)
             self._done()
             return out
-        listing = self.directory.read(number) if self.directory is not None else None
+        listing = self.directory.read(number)
         if listing is not None:
             out["employees"] = sorted(({"id": e["id"], "name": f"{e.get('name') or e['id']} (доб. {e['extension']})"}
                                        for e in listing.employees), key=lambda e: e["name"])

@@ -15,6 +15,7 @@ from typing import Optional
 from msapp import metrics
 from msapp.moysklad import BreakerOpen, MoySkladError, RateLimited, RetryPolicy
 from msapp.queue import JobContext
+from msapp.services.directory import DirectoryUnavailable
 from msapp.services.moysklad_clients import MoySkladClients
 
 log = logging.getLogger("msapp.customers")
@@ -24,8 +25,9 @@ _ID = re.compile(r"[0-9a-fA-F-]{8,64}")
 
 
 class Customers:
-    def __init__(self, clients: MoySkladClients):
+    def __init__(self, clients: MoySkladClients, directory):
         self.clients = clients
+        self.directory = directory  # services.directory.Directory: the one list of employees
         self.policy = RetryPolicy()
 
     # -- lookups (shared with the dialplan routes) ----------------------------------------------
@@ -58,8 +60,14 @@ class Customers:
     def _actions(snap, cfg: dict) -> dict:
         return cfg.get("incoming_call_actions" if snap.incoming else "outgoing_call_actions") or {}
 
-    def _owner_extension(self, snap) -> Optional[str]:
-        return snap.answered_extension if snap.incoming else snap.caller
+    def _owner(self, number: str, cfg: dict, snap) -> Optional[dict]:
+        """The employee who answered (incoming) or called (outgoing), from the directory. No list at all
+        is a Phone API failure of the call's own: it waits and tries again."""
+        extension = snap.answered_extension if snap.incoming else snap.caller
+        try:
+            return self.directory.employee(number, cfg, extension=extension)
+        except DirectoryUnavailable as exc:
+            raise MoySkladError(0, f"employee list unavailable: {exc}", api="phone", network=True) from None
 
     def _give_up(self, exc: MoySkladError, job: JobContext, what: str, snap) -> bool:
         """True when the step should be abandoned rather than retried: a permanent error, a few
@@ -93,7 +101,7 @@ class Customers:
             if not wants_customer:
                 save(snap, customer_checked=True)
                 return
-            owner = self.clients.employee_for_extension(number, cfg, self._owner_extension(snap))
+            owner = self._owner(number, cfg, snap)
             save(snap, customer_attempted=True)
             created = self._api(snap, cfg).create_counterparty(
                 snap.phone, snap.phone, owner_id=owner["id"] if owner else None, external_code=code,
@@ -140,7 +148,7 @@ class Customers:
                 log.error("call %s: no organization in MoySklad, order not created", snap.unique_id)
                 save(snap, order_id="")
                 return
-            owner = self.clients.employee_for_extension(number, cfg, self._owner_extension(snap))
+            owner = self._owner(number, cfg, snap)
             save(snap, order_attempted=True)
             order = api.create_customer_order(
                 organization, snap.counterparty_id, state_id=settings.get("order_state"),

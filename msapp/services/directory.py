@@ -105,6 +105,19 @@ class Directory:
         except (MoySkladError, RateLimited, ApiError) as exc:
             raise DirectoryUnavailable(f"the employee list could not be fetched: {exc}") from None
 
+    def employee(self, number: str, cfg: dict, *, extension: Optional[str] = None,
+                 employee_id: Optional[str] = None) -> Optional[dict]:
+        """One employee of the enterprise (`{"id", "extension", "uid", "name"}`) by extension or by MoySklad
+        id, from the stored list (fetched once, bounded, when there is none); None if no such employee.
+        Raises DirectoryUnavailable when no list can be had. Routing, lookups, customers' owners, the
+        admin and the click guard all read this one list."""
+        if not extension and not employee_id:
+            return None
+        for e in self.get(number, cfg).employees:
+            if (extension and e.get("extension") == extension) or (employee_id and e.get("id") == employee_id):
+                return e
+        return None
+
     # -- fetching --------------------------------------------------------------------------------
     def _fetch_in_app(self, number: str, cfg: dict) -> Listing:
         with self.app.app_context():

@@ -18,6 +18,7 @@ from msapp.moysklad import MoySkladError, RateLimited
 from msapp.moysklad.formats import to_e164
 from msapp.moysklad.http import id_from_href
 from msapp.services import exchange_log
+from msapp.services.directory import DirectoryUnavailable
 
 log = logging.getLogger("msapp.lookups")
 NOT_FOUND = {"found": False}
@@ -79,18 +80,16 @@ class Lookups:
                 db.session.remove()
 
     def _owner(self, number: str, cfg: dict, owner_href: Optional[str]) -> Optional[dict]:
+        """The customer's owner with the extension and name the directory knows (none: no extension)."""
         owner_id = id_from_href(owner_href)
         if not owner_id:
             return None
         try:
-            employees = self.clients.employees(number, cfg)
-        except (MoySkladError, RateLimited):  # the Phone API is down: the stored directory knows extensions
-            listing = self.directory.read(number) if self.directory is not None else None
-            employees = listing.employees if listing else []
-        extension = next((e["extension"] for e in employees if e["id"] == owner_id), None)
-        people = self.customers.cached_list(number, cfg, "json_employees", lambda api: api.employees())
-        name = next((p.get("name") for p in people if p.get("id") == owner_id), None)
-        return {"id": owner_id, "name": name, "extension": extension}
+            employee = self.directory.employee(number, cfg, employee_id=owner_id)
+        except DirectoryUnavailable:
+            employee = None
+        employee = employee or {}
+        return {"id": owner_id, "name": employee.get("name"), "extension": employee.get("extension")}
 
 
 def split_name(name: Optional[str]) -> tuple:

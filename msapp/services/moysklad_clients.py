@@ -9,8 +9,6 @@ from msapp.services import exchange_log
 from msapp.services.cache import TTLCache
 from msapp.settings import Settings
 
-EMPLOYEES_TTL = 600.0
-
 
 class MoySkladClients:
     def __init__(self, settings: Settings, breakers=None):
@@ -39,22 +37,6 @@ class MoySkladClients:
                    timeout=timeout or (3.05, 10.0), breaker=self.breakers, gate=gate,
                    on_exchange=exchange_log.exchange_writer(number, context) if log else None)
 
-    def employees(self, number: str, cfg: dict, refresh: bool = False) -> list[dict]:
-        """Phone API employees with extensions (cached 10 minutes)."""
-        key = (number, "employees")
-        if not refresh:
-            cached = self.cache.get(key)
-            if cached is not None:
-                return cached
-        rows = self.phone(number, cfg).employees()
-        self.cache.set(key, rows, EMPLOYEES_TTL)
-        return rows
-
-    def employee_for_extension(self, number: str, cfg: dict, extension: Optional[str]) -> Optional[dict]:
-        if not extension:
-            return None
-        return next((e for e in self.employees(number, cfg) if e["extension"] == extension), None)
-
     def forget(self, number: str, kind: Optional[str] = None) -> None:
-        """Drop cached answers of one enterprise (all, or one kind such as "employees" or "customer")."""
+        """Drop cached answers of one enterprise (all, or one kind such as "organizations" or "customer")."""
         self.cache.drop(lambda k: k[0] == number and (kind is None or k[1] == kind))
