@@ -5,6 +5,7 @@ from datetime import timedelta
 
 import pytest
 
+from msapp import clock
 from msapp.clock import utcnow
 from msapp.db import compiled, rawsql
 from msapp.db.models import Job
@@ -12,6 +13,15 @@ from msapp.extensions import db
 from msapp.queue import Defer, JobQueue, Permanent, Retry, WorkerPool, backoff, release_orphans
 from msapp.state import ms
 from tests.conftest import dispose, make_app, statement_work
+
+
+def wait_until(predicate, timeout=5.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return False
 
 
 def job(job_id):
@@ -155,14 +165,12 @@ def test_unknown_kind_is_dead(ctx):
 
 
 def test_expired_lease_is_taken_again_and_late_finish_is_ignored(ctx):
-    # a lease of 1 s: with 0.2 s a busy moment of this shared box between the two claims once let the
-    # rescuer take the job before the test had the lease expire
-    crashed = JobQueue(lease_seconds=1.0, worker_id="crashed")
+    crashed = JobQueue(lease_seconds=60, worker_id="crashed")
     rescuer = JobQueue(lease_seconds=30, worker_id="rescuer")
     jid = add()
     taken = crashed.claim()
     assert taken.id == jid and rescuer.claim() is None
-    time.sleep(1.1)
+    clock.advance(61)  # the crashed process's lease runs out
     again = rescuer.claim()
     assert again.id == jid and again.attempts == 2
     crashed.complete(taken)  # the "dead" process wakes up: its finish must not count
@@ -383,17 +391,19 @@ def test_a_job_behind_one_running_here_wakes_no_worker_and_runs_when_it_ends(ctx
     q.register("test", handler)
     pool = WorkerPool(ctx, q, 2, idle_poll=2.5)  # an idle poll longer than the test waits
     pool.start()
-    claims, real = [], q.claim
+    resting, real_wait = [], q.wait
+    monkeypatch.setattr(q, "wait", lambda *a: resting.append(1) or real_wait(*a))
+    signalled, real_notify = [], q._wakeup.notify
+    monkeypatch.setattr(q._wakeup, "notify", lambda *a: signalled.append(1) or real_notify(*a))
     try:
-        time.sleep(0.2)  # both workers have claimed once and found nothing: now idle until a notify
+        assert wait_until(lambda: len(resting) >= 2)  # both workers claimed, found nothing, and rest
         add(key="call-1", payload={"n": 0})
         q.notify(key="call-1")
         assert started.wait(5)
-        monkeypatch.setattr(q, "claim", lambda *a: claims.append(1) or real(*a))
+        signalled.clear()
         add(key="call-1", payload={"n": 1})
         q.notify(key="call-1")
-        time.sleep(0.3)
-        assert claims == []  # the idle worker slept on
+        assert signalled == []  # that notify woke no idle worker: the busy one takes the job when back
         gate.set()
         deadline = time.time() + 1
         while done != [0, 1] and time.time() < deadline:
@@ -658,7 +668,7 @@ def test_an_expired_lease_is_taken_before_the_waiting_backlog(ctx):
     crashed = JobQueue(lease_seconds=0.2, worker_id="crashed")
     lost = add(key="lost")
     assert crashed.claim().id == lost
-    time.sleep(0.3)
+    clock.advance(1)  # its lease runs out
     later = [add(key=f"waiting-{i}") for i in range(3)]
     rescuer = JobQueue(lease_seconds=30, worker_id="rescuer")
     assert [rescuer.claim().id for _ in range(4)] == [lost, *later]
@@ -675,19 +685,18 @@ def test_a_backlog_announced_by_no_notify_drains_without_idle_polls(ctx, monkeyp
     pool = WorkerPool(ctx, q, 1, idle_poll=2.5)  # an idle poll longer than the test waits
     claims, real = [], q.claim
     monkeypatch.setattr(q, "claim", lambda *a: claims.append(1) or real(*a))
+    resting, real_wait = threading.Event(), q.wait
+    monkeypatch.setattr(q, "wait", lambda *a: (resting.set() if len(done) == 10 else None) or real_wait(*a))
     try:
         pool.start()
-        deadline = time.time() + 2
-        while len(done) < 10 and time.time() < deadline:
-            time.sleep(0.01)
+        assert resting.wait(2)  # all ten ran, and the worker went to rest
         assert done == list(range(10))
-        time.sleep(0.3)
-        assert len(claims) == 10  # the last claim said no more were due: the worker rests, no empty claim
+        assert len(claims) == 10  # the last claim said no more were due: it rested without an empty claim
     finally:
         pool.stop()
 
 
-def test_a_backlog_that_has_to_wait_is_not_rushed(ctx):
+def test_a_backlog_that_has_to_wait_is_not_rushed(ctx, monkeypatch):
     """A job deferred (an open breaker, our own pacing) or failed says the jobs due behind it would wait
     too: its worker rests as before rather than claim and defer each of them at once."""
     q, runs = ms().queue, []
@@ -700,9 +709,11 @@ def test_a_backlog_that_has_to_wait_is_not_rushed(ctx):
     for n in range(5):
         add(key=f"waiting-{n}", payload={"n": n})
     pool = WorkerPool(ctx, q, 1, idle_poll=2.5)
+    resting, real_wait = threading.Event(), q.wait
+    monkeypatch.setattr(q, "wait", lambda *a: (resting.set() if runs else None) or real_wait(*a))
     try:
         pool.start()
-        time.sleep(0.5)
+        assert resting.wait(5)  # the worker ran one job and went to rest
         assert runs == [0]
     finally:
         pool.stop()
