@@ -22,6 +22,7 @@ import sys
 
 import click
 
+from msapp.tools.bench.common import environment
 from msapp.tools.bench.event_path import measure
 from msapp.tools.bench.outages import measure_failover, measure_outage, report_failover
 from msapp.tools.bench.queue_runs import measure_backlog, measure_prune, measure_prune_ack, report_backlog
@@ -101,7 +102,8 @@ def report(results: list, event_path_only: bool = False) -> str:
 @click.option("--json-out", type=click.Path(dir_okay=False), help="Also write the raw figures as JSON")
 def bench(dbs, pg_url, calls, soak, enterprises, rate, ack_seconds, latency_ms, workers, processes, outage,
           failover, prune, backlog, waiting, event_path, json_out):
-    """Measure the section 10 figures against the sandbox and print them as a Markdown table."""
+    """Measure the figures of docs/design.md 10 against the sandbox and print them as a Markdown table."""
+    click.echo(f"versions: {environment()}")
     kinds = list(dbs) or (["sqlite", "postgresql"] if pg_url else ["sqlite"])
     if "postgresql" in kinds and not pg_url:
         raise click.UsageError("postgresql needs --pg-url or MS_BENCH_DATABASE_URL")
@@ -167,4 +169,4 @@ def bench(dbs, pg_url, calls, soak, enterprises, rate, ack_seconds, latency_ms, 
 def _write_json(path, results: list) -> None:
     if path:
         with open(path, "w", encoding="utf-8") as fh:
-            json.dump(results, fh, indent=2)
+            json.dump({"versions": environment(), "results": results}, fh, indent=2)

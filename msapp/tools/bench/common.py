@@ -304,3 +304,28 @@ def _ack_latency(env: Env, rate: float, seconds: float, tag: str = "ack") -> dic
     drain = env.wait_idle()
     return {"ack_events": len(latencies), "ack_rate": rate, "ack_p50_ms": round(_pct(latencies, 50) * 1000, 2),
             "ack_p99_ms": round(_pct(latencies, 99) * 1000, 2), "ack_drain_s": round(drain, 1)}
+
+
+VERSIONED = ("flask", "werkzeug", "sqlalchemy", "psycopg2-binary", "urllib3", "waitress", "phonenumbers")
+
+
+def environment() -> str:
+    """The interpreter, the versions of the packages on the event path, and the lock they came from."""
+    import hashlib
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "?"
+
+    lock = os.path.join(os.path.dirname(__file__), "..", "..", "..", "requirements", "run.lock")
+    try:
+        with open(lock, "rb") as fh:
+            digest = hashlib.sha256(fh.read()).hexdigest()[:12]
+    except OSError:
+        digest = "none"
+    packages = ", ".join(f"{name} {installed(name)}" for name in VERSIONED)
+    return f"Python {platform.python_version()}; {packages}; requirements/run.lock sha256 {digest}"
