@@ -137,6 +137,20 @@ def test_write_joins_an_open_session_transaction(ctx):
     assert db.session.execute(select(CALLS.c.status)).scalar_one() == "ended"
 
 
+def test_a_later_statement_waits_for_the_next_one_or_the_flush_on_both_databases(ctx):
+    """A caller that commits a session transaction without `send_pending` loses its `later` writes: on
+    SQLite as on PostgreSQL, so the SQLite tests catch a missing flush too."""
+    tx = rawsql.session_tx()
+    tx.later(insert(CALLS), new_call(unique_id="lost"), keys=rawsql.columns_of(new_call()))
+    db.session.commit()  # no send_pending: the insert never went
+    assert db.session.scalar(select(CALLS.c.id).where(CALLS.c.unique_id == "lost")) is None
+    tx = rawsql.session_tx()
+    tx.later(insert(CALLS), new_call(unique_id="kept"), keys=rawsql.columns_of(new_call()))
+    assert tx.first(select(CALLS.c.unique_id).where(CALLS.c.unique_id == "kept")) == {"unique_id": "kept"}
+    db.session.commit()  # the select took the kept insert with it, first
+    assert db.session.scalar(select(CALLS.c.id).where(CALLS.c.unique_id == "kept")) is not None
+
+
 def test_sqlite_refuses_a_second_writer_in_one_thread(sqlite_ctx):
     db.session.add(Call(**new_call()))
     db.session.flush()  # the session now holds BEGIN IMMEDIATE

@@ -40,7 +40,7 @@ class Tx:
         self.dialect = dialect
         self._on_lost = on_lost
         self.prepared = prepared  # PostgreSQL: the names PREPAREd on this connection (None: never here)
-        self._batch = dialect.name == "postgresql"  # SQLite runs in-process: nothing to save by waiting
+        self._batch = dialect.name == "postgresql"  # kept statements share one round trip
         self._pending: list = []
         # PostgreSQL on a connection in autocommit (`transaction`): psycopg2 would send BEGIN in a round
         # trip of its own before the first statement and COMMIT in another; here BEGIN rides with the
@@ -93,9 +93,10 @@ class Tx:
     def _cursor(self, stmt, values: Optional[dict], keys: Optional[tuple]):
         prepared = _STATEMENTS.get(stmt, keys, self.dialect)
         params = prepared.parameters(values or {})
-        if self._pending:  # the kept statements first, in the same round trip; the cursor shows this one
+        if self._pending and self._batch:  # the kept statements first, in the same round trip
             self._pending.append((self._text(prepared), params))
             return self._send(*self._joined()), prepared
+        self.send_pending()
         return self._send(self._text(prepared), params), prepared
 
     def _send(self, sql: str, params):
@@ -119,19 +120,23 @@ class Tx:
         return cursor
 
     def later(self, stmt, values: Optional[dict] = None, keys: Optional[tuple] = None) -> None:
-        """Run DML whose result nobody reads. PostgreSQL: it waits and goes to the server together with
-        the next statement or the commit (one round trip for several); SQLite: at once."""
-        if not self._batch:
-            self.run(stmt, values, keys)
-            return
+        """Run DML whose result nobody reads: it waits and goes with the next statement or the commit (on
+        PostgreSQL in the same round trip). The same on both databases, so a caller that commits without
+        `send_pending` loses the write on SQLite too, where the tests see it."""
         prepared = _STATEMENTS.get(stmt, keys, self.dialect)
         self._pending.append((self._text(prepared), prepared.parameters(values or {})))
 
     def send_pending(self) -> None:
-        """Send the statements `later` kept, as one multi-statement execute (psycopg2 binds client-side:
-        their positional parameters, one after the other)."""
-        if self._pending:
+        """Send the statements `later` kept: on PostgreSQL as one multi-statement execute (psycopg2 binds
+        client-side: their positional parameters, one after the other); on SQLite one by one."""
+        if not self._pending:
+            return
+        if self._batch:
             self._send(*self._joined()).close()
+            return
+        items, self._pending = self._pending, []
+        for sql, params in items:
+            self._send(sql, params).close()
 
     def commit(self) -> None:
         """Explicit mode: the statements still kept and COMMIT, in one round trip."""
