@@ -447,11 +447,16 @@ def test_an_event_reaching_another_process_wakes_the_owner_at_once(pg_schema, tm
                 with app.app_context():
                     owner.tick()
         numbers = [next(f"E{n}" for n in range(10_000) if bucket_of(f"E{n}") in set(o.claimable())) for o in owners]
+        # process 0's too, in another bucket: its notifications tell themselves apart from numbers[0]'s
+        marker = next(f"M{n}" for n in range(10_000) if bucket_of(f"M{n}") in set(owners[0].claimable())
+                      and bucket_of(f"M{n}") != bucket_of(numbers[0]))
         with apps[0].app_context():
-            for number in numbers:
+            for number in [*numbers, marker]:
                 db.session.add(Enterprise(number=number, name=number, integrations_config={}))
             db.session.commit()
             listener = Listener(ms().queue, owners[0], db.engine.url)
+        heard, real_wake = [], listener._wake
+        listener._wake = lambda payloads: heard.extend(payloads) or real_wake(payloads)
         threading.Thread(target=listener.run, args=(stop,), daemon=True).start()
         assert listener.listening.wait(10)
         woken = apps[0].extensions["ms"].queue
@@ -475,15 +480,26 @@ def test_an_event_reaching_another_process_wakes_the_owner_at_once(pg_schema, tm
             ms().queue.enqueue("test", "click", {}, enterprise_number=numbers[0])
             ms().queue.enqueue("test", "later", {}, enterprise_number=numbers[0], delay=60)  # not due: silent
             db.session.commit()
-        deadline = time.time() + 5
-        while woken.generation == before + 1 and time.time() < deadline:
-            time.sleep(0.01)
-        time.sleep(0.3)
-        assert woken.generation == before + 2
+        assert wait_until(lambda: woken.generation >= before + 2)
+        mine, theirs = str(bucket_of(numbers[0])), str(bucket_of(marker))
+
+        def quiet_until_marked(start: int, uid: str) -> bool:
+            """Nothing of numbers[0]'s bucket heard since `start`: PostgreSQL delivers notifications in
+            commit order, so once a marker sent after the silent step is heard, anything it sent was too."""
+            event_in_process_1(marker, uid)
+            assert wait_until(lambda: theirs in heard[start:])
+            return mine not in heard[start:]
+
+        start = len(heard)
+        with apps[1].app_context():  # a job not due yet: silent
+            ms().queue.enqueue("test", "later-2", {}, enterprise_number=numbers[0], delay=60)
+            db.session.commit()
+        assert quiet_until_marked(start, "marker-1")
+        live, start = owners[1].live, len(heard)
         owners[1].live = [owners[1].worker_id]  # alone: no NOTIFY at all
         event_in_process_1(numbers[0], "alone")
-        time.sleep(0.3)
-        assert woken.generation == before + 2
+        owners[1].live = live
+        assert quiet_until_marked(start, "marker-2")
     finally:
         stop.set()
         for owner in owners:
