@@ -25,6 +25,8 @@ from typing import Optional
 import phonenumbers
 from phonenumbers import PhoneNumberType
 from sqlalchemy import func, insert, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from msapp import metrics
 from msapp.clock import utcnow
@@ -226,11 +228,11 @@ def start_cooldown(number: str, address: str, cfg: dict, now: datetime) -> Optio
     if refused <= allowed:
         return None
     until = now + timedelta(minutes=int(limits.get("cooldown_minutes") or COOLDOWN_MINUTES))
-    row = db.session.get(ClickCooldown, (number, address))
-    if row is None:
-        db.session.add(ClickCooldown(enterprise_number=number, address=address, started_at=now, until=until))
-    else:
-        row.started_at, row.until = now, until
+    # an upsert: two processes refusing the same address at once both start (or prolong) one cool-down
+    ins = (pg_insert if db.engine.dialect.name == "postgresql" else sqlite_insert)(ClickCooldown.__table__)
+    db.session.execute(ins.values(enterprise_number=number, address=address, started_at=now, until=until)
+                       .on_conflict_do_update(index_elements=["enterprise_number", "address"],
+                                              set_={"started_at": now, "until": until}))
     record(number, None, None, None, "alert", "cooldown", now=now, address=address)
     return refused
 
