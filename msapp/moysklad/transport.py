@@ -51,10 +51,10 @@ def ca_bundle() -> str:
 @functools.lru_cache(maxsize=64)
 def env_proxy(url: str) -> Optional[str]:
     """The proxy the environment names for this URL's scheme and host (NO_PROXY honoured), or None."""
-    parts = urlsplit(url)
-    if urllib.request.proxy_bypass_environment(parts.hostname or "", urllib.request.getproxies_environment()):
+    parts, proxies = urlsplit(url), urllib.request.getproxies_environment()
+    if urllib.request.proxy_bypass_environment(parts.hostname or "", proxies):
         return None
-    return urllib.request.getproxies_environment().get(parts.scheme)
+    return proxies.get(parts.scheme)
 
 
 class Transport:

@@ -94,22 +94,14 @@ class AdminService:
         if phone["ok"]:
             result["phone"]["message"] = f"Ключ принят, сотрудников с добавочными: {len(phone['value'])}"
             # the one list routing, lookups, owners and click-to-call read from now on
-            listing = self.directory.store(number, phone["value"], self._people(number, cfg))
+            listing = self.directory.store(number, phone["value"],
+                                           self.directory.people(number, cfg, timeout=QUICK, gate=False))
             result["employees"] = self._shown(listing.employees)
         if jsonapi["ok"]:
             who = (jsonapi["value"] or {}).get("name") or (jsonapi["value"] or {}).get("uid") or "?"
             result["json"]["message"] = f"Токен принят (пользователь: {who})"
         self._done()
         return result
-
-    def _people(self, number: str, cfg: dict) -> Optional[list]:
-        """JSON API employees (names, logins), or None without a token or when the JSON API fails."""
-        if not cfg.get("api_token"):
-            return None
-        try:
-            return self.clients.json(number, cfg, timeout=QUICK, gate=False).employees()
-        except (MoySkladError, RateLimited, ApiError):
-            return None
 
     @staticmethod
     def _shown(employees: list) -> list:

@@ -42,7 +42,6 @@ BLOCKED_TYPES = {
     PhoneNumberType.UAN: "UAN",
 }
 MINUTE, HOUR, DAY = timedelta(minutes=1), timedelta(hours=1), timedelta(days=1)
-WINDOW = MINUTE
 REFUSED_BODY = "click refused"
 
 
@@ -54,6 +53,10 @@ class Limit:
     per_extension: bool
     reason: str
     text: str  # for the 429's error
+
+    def cap(self, cfg: dict) -> int:
+        """This limit in the enterprise's config, else its default."""
+        return int((cfg.get("click_to_call") or {}).get(self.key) or self.default)
 
 
 # Defaults no honest office reaches; they bound what a leaked URL can cost in a day.
@@ -152,7 +155,6 @@ def check_caller(listing: Listing, src: str, uid: str) -> Optional[dict]:
 def check_rate(number: str, src: str, cfg: dict, now: datetime) -> dict:
     """Refuse a click over any limit of LIMITS (429 with Retry-After); else the queued clicks counted
     per limit key, this one not included. The caller holds the enterprise's row lock."""
-    limits = cfg.get("click_to_call") or {}
     clicks = Click.__table__
     columns = []
     for limit in LIMITS:
@@ -166,7 +168,7 @@ def check_rate(number: str, src: str, cfg: dict, now: datetime) -> dict:
     counts = {}
     for i, limit in enumerate(LIMITS):
         count, oldest = int(row[2 * i] or 0), row[2 * i + 1]
-        cap = int(limits.get(limit.key) or limit.default)
+        cap = limit.cap(cfg)
         if count >= cap:
             raise Refused(429, limit.reason, f"at most {cap} {limit.text}",
                           "srcNumber" if limit.per_extension else None, _retry_after(oldest, now, limit.window))
@@ -174,7 +176,7 @@ def check_rate(number: str, src: str, cfg: dict, now: datetime) -> dict:
     return counts
 
 
-def _retry_after(oldest: Optional[datetime], now: datetime, window: timedelta = MINUTE) -> int:
+def _retry_after(oldest: Optional[datetime], now: datetime, window: timedelta) -> int:
     if oldest is None:
         return 1
     return max(1, math.ceil((oldest + window - now).total_seconds()))
@@ -183,12 +185,11 @@ def _retry_after(oldest: Optional[datetime], now: datetime, window: timedelta = 
 def volume_alerts(number: str, src: str, cfg: dict, counts: dict, now: datetime) -> list:
     """Limits this accepted click took over half their cap, with no alert yet in their window: each is
     recorded (an `alert` row of ms_clicks) and returned as (limit, count, cap) for the journal."""
-    limits = cfg.get("click_to_call") or {}
     raised = []
     for limit in LIMITS:
         if limit.window == MINUTE:
             continue  # a minute's burst is the minute limit's business; hours and days show a leak
-        cap = int(limits.get(limit.key) or limit.default)
+        cap = limit.cap(cfg)
         count = counts.get(limit.key, 0) + 1
         if count * 2 <= cap:
             continue

@@ -1,9 +1,9 @@
 """Click-to-call (docs/design.md 5.2, 5.3): MoySklad's webhook becomes one durable originate job; the
 worker asks the PBX to ring the extension and dial the number.
 
-The signature recipe of `Lognex-Content-MD5` is undocumented (docs/moysklad.md 1.9): every
-candidate recipe public integrations use is accepted; `signature_mode` decides whether a mismatch is ignored, logged or
-rejected. Only validated digits and E.164 numbers ever reach the PBX, as URL query values.
+The signature recipe of `Lognex-Content-MD5` is undocumented (docs/moysklad.md 1.9): every candidate
+recipe public integrations use is accepted; `signature_mode` decides whether a mismatch is ignored,
+logged or rejected. Only validated digits and E.164 numbers ever reach the PBX, as URL query values.
 """
 from __future__ import annotations
 
@@ -209,7 +209,7 @@ class Originate:
             raise Permanent(f"destination no longer allowed: {refusal.error}") from None
         if not secret:
             _journal(job, logged, None,
-                             "the enterprise has no secret (clientId): set it with ./ms.sh enterprise set-secret")
+                     "the enterprise has no secret (clientId): set it with ./ms.sh enterprise set-secret")
             raise Permanent("enterprise secret is not set")
         params = {"code": src, "phone": dest, "clientId": secret}
         try:
@@ -224,7 +224,7 @@ class Originate:
         body = resp.content[:500].decode("utf-8", "replace")
         if resp.status_code >= 300:
             _journal(job, logged, {"status": resp.status_code, "body": body},
-                             f"PBX answered {resp.status_code}; not repeated")
+                     f"PBX answered {resp.status_code}; not repeated")
             raise Permanent(f"PBX originate answered {resp.status_code}")
         _journal(job, logged, {"status": resp.status_code, "body": body})
 

@@ -131,16 +131,22 @@ class Directory:
         logins are added when a token is set and it answers (else the previous logins are kept)."""
         try:
             phone_rows = self.clients.phone(number, cfg, **client_kw).employees()
-            people = None
-            if cfg.get("api_token"):
-                try:
-                    people = self.clients.json(number, cfg, **client_kw).employees()
-                except (MoySkladError, RateLimited) as exc:
-                    log.warning("employee logins of %s not refreshed: %s", number, redact_text(str(exc)))
+            people = self.people(number, cfg, **client_kw)
         finally:
             exchange_log.flush()
             db.session.commit()
         return self.store(number, phone_rows, people)
+
+    def people(self, number: str, cfg: dict, **client_kw) -> Optional[list]:
+        """The JSON API's employees (names, logins) to store with the Phone API list, or None without a
+        token or when the JSON API cannot answer (`store` then keeps the logins it had)."""
+        if not cfg.get("api_token"):
+            return None
+        try:
+            return self.clients.json(number, cfg, **client_kw).employees()
+        except (MoySkladError, RateLimited, ApiError) as exc:
+            log.warning("employee logins of %s not refreshed: %s", number, redact_text(str(exc)))
+            return None
 
     def store(self, number: str, phone_rows: list, people: Optional[list]) -> Listing:
         """Save the Phone API employees, with logins and names from the JSON API rows. Without those
