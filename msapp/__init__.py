@@ -19,7 +19,7 @@ from msapp.errors import ApiError
 from msapp.extensions import db, migrate
 from msapp.queue import JobQueue, WorkerPool
 from msapp.redact import JsonText
-from msapp.services import callflow, click_to_call, exchange_log
+from msapp.services import callflow, click_to_call
 from msapp.services.admin import TEST_POPUP_KIND, AdminService
 from msapp.services.breakers import Breakers
 from msapp.services.callflow import CallSync
@@ -88,8 +88,6 @@ def create_app(config: Optional[Mapping[str, str]] = None) -> Flask:
     queue.register(TEST_POPUP_KIND, lambda job: admin_service.hide_test_popup(configs, job), max_attempts=5)
     admin_service = AdminService(clients, customers, queue, directory)
     queue.register(REFRESH_KIND, directory.refresh_job, max_attempts=3)
-    queue.start_hooks += [exchange_log.discard, callflow.discard_progress]
-    queue.flush_hooks += [callflow.flush_progress, exchange_log.flush]
     pool = WorkerPool(app, queue, settings.workers)
     if not settings.is_sqlite:  # several processes may share PostgreSQL: buckets of enterprises each
         from msapp.queue.ownership import PgOwnership

@@ -653,12 +653,12 @@ def _claim_in(app):
 
 def _claim_work() -> int:
     """What one claim costs the database (`statement_work`), rolled back."""
-    from msapp.queue.claims import _claim_statements, _pg_array
+    from msapp.queue.claims import claim_statements, pg_array
 
     now, name = utcnow(), db.engine.dialect.name
-    return statement_work(_claim_statements(name, {})[False], {
+    return statement_work(claim_statements(name, {}).take, {
         "_now": now, "_by": "w", "_lease": now + timedelta(seconds=60), "_retaken": "r",
-        "_busy": _pg_array([]) if name == "postgresql" else "[]"})
+        "_busy": pg_array([]) if name == "postgresql" else "[]"})
 
 
 def test_a_claims_cost_does_not_grow_with_the_backlog(ctx):

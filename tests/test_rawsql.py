@@ -54,7 +54,7 @@ def test_what_rawsql_writes_the_orm_reads_alike(ctx):
     # and the other way round: an ORM write read back through rawsql
     db.session.add(Call(**new_call(unique_id="r-2", external_id="r-2", extensions=["доб. 7"])))
     db.session.commit()
-    with rawsql.transaction(write=False) as tx:
+    with rawsql.transaction(atomic=False) as tx:
         back = tx.first(select(CALLS).where(CALLS.c.unique_id == bindparam("_u")), {"_u": "r-2"})
     assert back["extensions"] == ["доб. 7"] and back["start_time"] == WHEN and back["answer_sent"] is False
 
@@ -64,7 +64,7 @@ def test_cyrillic_json_is_stored_as_text_and_defaults_are_filled(ctx):
            "request_data": {"comment": "Входящий звонок"}, "response_data": None, "status": "success",
            "error_message": None}
     with rawsql.transaction() as tx:
-        tx.execute(insert(LOGS), row)
+        tx.later(insert(LOGS), row, rawsql.columns_of(row))
     stored = db.session.execute(select(LOGS.c.request_data.cast(db.Text))).scalar_one()
     assert "Входящий звонок" in stored
     db.session.commit()
@@ -112,7 +112,7 @@ def test_a_statements_constants_reach_the_database_as_written(ctx):
         .values(record_url=odd, sequence=CALLS.c.sequence + 1, last_error=bindparam("_why"))
     read = select(CALLS.c.record_url, CALLS.c.last_error, CALLS.c.sequence, CALLS.c.notify) \
         .where(CALLS.c.unique_id == bindparam("_u"), CALLS.c.notify.is_(True))
-    with rawsql.pinned():  # the second time on PostgreSQL: PREPAREd (the server's `$1` and `%`), by EXECUTE
+    with rawsql.held_connection():  # the second time on PostgreSQL: PREPAREd (the server's `$1` and `%`), by EXECUTE
         for unique_id in ("r-1", "r-2"):
             with rawsql.transaction() as tx:
                 tx.run(insert(CALLS), new_call(unique_id=unique_id), keys=rawsql.columns_of(new_call()))
@@ -127,37 +127,44 @@ def test_a_statements_constants_reach_the_database_as_written(ctx):
             prepared.parameters({"_u": "r-1", "_why": "x", "status_1": "answered"})
 
 
-def test_write_joins_an_open_session_transaction(ctx):
-    """A worker step that left ORM work open: rawsql.write() commits it together with its own writes."""
+@pytest.mark.parametrize("open_work", ["new object", "flushed write"])
+def test_a_transaction_joins_the_session_when_it_has_work_open(ctx, open_work):
+    """A worker step that left ORM work open (on SQLite a flushed write holds BEGIN IMMEDIATE: a second
+    writer in the thread would wait for itself): the transaction is the session's; both commit together."""
     db.session.add(Call(**new_call()))
-    with rawsql.write() as tx:
+    if open_work == "flushed write":
+        db.session.flush()
+    with rawsql.transaction() as tx:
         tx.later(update(CALLS).where(CALLS.c.unique_id == bindparam("_u")), {"status": "ended", "_u": "r-1"},
                  keys=("status",))
     db.session.rollback()  # nothing left to roll back: both are committed
     assert db.session.execute(select(CALLS.c.status)).scalar_one() == "ended"
 
 
-def test_a_later_statement_waits_for_the_next_one_or_the_flush_on_both_databases(ctx):
-    """A caller that commits a session transaction without `send_pending` loses its `later` writes: on
-    SQLite as on PostgreSQL, so the SQLite tests catch a missing flush too."""
-    tx = rawsql.session_tx()
-    tx.later(insert(CALLS), new_call(unique_id="lost"), keys=rawsql.columns_of(new_call()))
-    db.session.commit()  # no send_pending: the insert never went
-    assert db.session.scalar(select(CALLS.c.id).where(CALLS.c.unique_id == "lost")) is None
-    tx = rawsql.session_tx()
-    tx.later(insert(CALLS), new_call(unique_id="kept"), keys=rawsql.columns_of(new_call()))
-    assert tx.first(select(CALLS.c.unique_id).where(CALLS.c.unique_id == "kept")) == {"unique_id": "kept"}
-    db.session.commit()  # the select took the kept insert with it, first
-    assert db.session.scalar(select(CALLS.c.id).where(CALLS.c.unique_id == "kept")) is not None
+def test_a_later_statement_goes_with_the_next_one_or_the_commit_on_both_databases(ctx):
+    """`later` waits for the next statement (which sees its write) or the commit, on SQLite as on
+    PostgreSQL; a block that raises writes none of it."""
+    with rawsql.transaction() as tx:
+        tx.later(insert(CALLS), new_call(unique_id="kept"), keys=rawsql.columns_of(new_call()))
+        assert tx.first(select(CALLS.c.unique_id).where(CALLS.c.unique_id == "kept")) == {"unique_id": "kept"}
+        tx.later(insert(CALLS), new_call(unique_id="at-commit"), keys=rawsql.columns_of(new_call()))
+    with pytest.raises(RuntimeError, match="the block failed"):
+        with rawsql.transaction() as tx:
+            tx.later(insert(CALLS), new_call(unique_id="lost"), keys=rawsql.columns_of(new_call()))
+            raise RuntimeError("the block failed")
+    assert sorted(db.session.scalars(select(CALLS.c.unique_id))) == ["at-commit", "kept"]
 
 
-def test_sqlite_refuses_a_second_writer_in_one_thread(sqlite_ctx):
-    db.session.add(Call(**new_call()))
-    db.session.flush()  # the session now holds BEGIN IMMEDIATE
-    with pytest.raises(RuntimeError, match="would|holds a SQLite transaction"):
-        with rawsql.transaction():
+def test_a_transaction_on_a_given_connection_runs_in_autocommit(ctx):
+    """The queue's claim runs on a connection it owns: each statement its own transaction."""
+    with pytest.raises(ValueError, match="autocommit"):
+        with rawsql.transaction(connection=object()):
             pass
-    db.session.rollback()
+    with db.engine.connect() as conn:
+        with rawsql.transaction(atomic=False, connection=conn) as tx:
+            tx.run(insert(CALLS), new_call(unique_id="own"), keys=rawsql.columns_of(new_call()))
+        assert not conn.in_transaction()
+    assert db.session.scalars(select(CALLS.c.unique_id)).all() == ["own"]
 
 
 @pytest.mark.postgres
@@ -177,19 +184,19 @@ def test_pinned_transactions_share_one_connection_and_give_it_back(ctx):
     """A job's transactions (`pinned`) run on one pooled connection, each committed on its own; one begun
     inside another gets its own connection; at the end of the block the connection is back in the pool."""
     pool = db.engine.pool
-    with rawsql.pinned():
+    with rawsql.held_connection():
         with rawsql.transaction() as first:
             first.run(insert(CALLS), new_call(), keys=rawsql.columns_of(new_call()))
-            with rawsql.transaction(write=False) as inner:
+            with rawsql.transaction(atomic=False) as inner:
                 assert inner.dbapi is not first.dbapi
                 assert inner.first(select(db.func.count().label("n")).select_from(CALLS)) == {"n": 0}
-        with rawsql.transaction(write=False) as second:
+        with rawsql.transaction(atomic=False) as second:
             assert second.dbapi is first.dbapi
             assert second.first(select(db.func.count().label("n")).select_from(CALLS)) == {"n": 1}
         assert pool.checkedout() == 1
     assert pool.checkedout() == 0
     with pytest.raises(RuntimeError):  # a failure rolls back its transaction and keeps the connection usable
-        with rawsql.pinned():
+        with rawsql.held_connection():
             with rawsql.transaction() as tx:
                 tx.run(insert(CALLS), new_call(unique_id="r-2", external_id="r-2"),
                        keys=rawsql.columns_of(new_call()))
@@ -200,14 +207,14 @@ def test_pinned_transactions_share_one_connection_and_give_it_back(ctx):
 
 @pytest.mark.postgres
 def test_a_pinned_connection_lost_is_replaced_at_the_next_transaction(pg_ctx):
-    with rawsql.pinned():
+    with rawsql.held_connection():
         with pytest.raises(DBAPIError):
             with rawsql.transaction() as tx:
                 pid = tx.first(select(db.func.pg_backend_pid().label("pid")))["pid"]
                 with db.engine.connect() as other:
                     other.execute(select(db.func.pg_terminate_backend(pid)))
                 tx.first(select(CALLS.c.id))
-        with rawsql.transaction(write=False) as tx:
+        with rawsql.transaction(atomic=False) as tx:
             assert tx.first(select(db.func.pg_backend_pid().label("pid")))["pid"] != pid
     assert db.engine.pool.checkedout() == 0
 
@@ -242,12 +249,12 @@ def test_postgresql_prepares_each_statement_once_per_connection(pg_ctx, monkeypa
     stmt = insert(CALLS).returning(CALLS.c.id, CALLS.c.extensions, CALLS.c.start_time)
     journal = insert(LOGS)
     rows = []
-    with rawsql.pinned():
+    with rawsql.held_connection():
         for unique_id in ("p-1", "p-2", "p-3"):
             with rawsql.transaction() as tx:
                 rows.append(tx.first(stmt, new_call(unique_id=unique_id, external_id=unique_id),
                                      keys=rawsql.columns_of(new_call())))
-                tx.execute(journal, {"event_type": "x", "request_data": {"доб": ["150"]}})
+                tx.later(journal, {"event_type": "x", "request_data": {"доб": ["150"]}}, ("event_type", "request_data"))
                 names = _prepared_here(tx)
     first = compiled._STATEMENTS.get(stmt, rawsql.columns_of(new_call()), db.engine.dialect)
     log_row = compiled._STATEMENTS.get(journal, ("event_type", "request_data"), db.engine.dialect)
@@ -266,9 +273,9 @@ def test_a_statement_the_server_cannot_prepare_runs_as_plain_sql(pg_ctx):
     from sqlalchemy import String
 
     stmt = select(bindparam("x", type_=String).is_(None).label("x"))
-    with rawsql.pinned():
+    with rawsql.held_connection():
         for _ in range(3):
-            with rawsql.transaction(write=False) as tx:
+            with rawsql.transaction(atomic=False) as tx:
                 assert tx.first(stmt, {"x": "a'b"}) == {"x": False}
     name = compiled._STATEMENTS.get(stmt, None, db.engine.dialect).name
     assert name in compiled._STATEMENTS.refused and name not in compiled._STATEMENTS.server
@@ -280,19 +287,19 @@ def test_a_prepared_statement_gone_fails_once_and_is_prepared_again(pg_ctx):
     the transaction that meets it fails as with a lost connection (a 503: try again), the connection is
     replaced, and on the new one the statement is PREPAREd again."""
     stmt = select(db.func.count(CALLS.c.id).label("n")).where(CALLS.c.unique_id == bindparam("_u"))
-    with rawsql.pinned():
+    with rawsql.held_connection():
         for _ in range(2):
-            with rawsql.transaction(write=False) as tx:
+            with rawsql.transaction(atomic=False) as tx:
                 tx.first(stmt, {"_u": "x"})
-        with rawsql.transaction(write=False) as tx:
+        with rawsql.transaction(atomic=False) as tx:
             assert compiled._STATEMENTS.get(stmt, None, db.engine.dialect).name in _prepared_here(tx)
             tx.dbapi.cursor().execute("DEALLOCATE ALL")
         with pytest.raises(DBAPIError, match="does not exist") as caught:
-            with rawsql.transaction(write=False) as tx:
+            with rawsql.transaction(atomic=False) as tx:
                 tx.first(stmt, {"_u": "x"})
         assert "FROM ms_calls" in caught.value.statement  # the statement, not its EXECUTE
         assert caught.value.connection_invalidated
-        with rawsql.transaction(write=False) as tx:
+        with rawsql.transaction(atomic=False) as tx:
             assert tx.first(stmt, {"_u": "x"}) == {"n": 0}
             assert compiled._STATEMENTS.get(stmt, None, db.engine.dialect).name in _prepared_here(tx)
 
@@ -305,9 +312,9 @@ def test_ms_pg_prepare_0_prepares_nothing(pg_schema, tmp_path, monkeypatch):
     sent, real = [], rawsql.Tx._send
     monkeypatch.setattr(rawsql.Tx, "_send", lambda self, sql, params: sent.append(sql) or real(self, sql, params))
     try:
-        with app.app_context(), rawsql.pinned():
+        with app.app_context(), rawsql.held_connection():
             for _ in range(3):
-                with rawsql.transaction(write=False) as tx:
+                with rawsql.transaction(atomic=False) as tx:
                     assert tx.first(select(db.func.count(JOBS.c.id).label("n"))) == {"n": 0}
             assert not _prepared_here(tx) and not [sql for sql in sent if "EXECUTE" in sql]
     finally:
@@ -324,7 +331,7 @@ def test_a_journal_value_is_written_as_the_scan_encoded_it(ctx):
     response = {"status": 200, "headers": {"Lognex-Phone-Auth-Token": "k" * 40}}
     assert isinstance(redact.redact_for_json(request), redact.JsonText)
     with rawsql.transaction() as tx:
-        exchange_log.add("0367", "ms.phone.call.create", request, response, conn=tx)
+        exchange_log.add("0367", "ms.phone.call.create", request, response, tx=tx)
     row = db.session.execute(select(LOGS.c.request_data, LOGS.c.response_data)).one()
     assert row.request_data == request
     assert row.response_data == {"status": 200, "headers": {"Lognex-Phone-Auth-Token": redact.MASK}}

@@ -1,21 +1,21 @@
 """Hot-path statements (an event's transaction, a job's claim, progress and finish) run on the driver
 connection, through public APIs only: SQLAlchemy compiles each statement once per dialect and set of
-columns written (from the models), and this module binds values with SQLAlchemy's own type processors,
-fills Python-side column defaults as SQLAlchemy would, and reads rows back with its result processors.
-What it skips is SQLAlchemy's per-execution machinery, most of an event's CPU (docs/benchmarks.md).
+columns written (db/compiled.py); this module binds the values and runs it. What it skips is
+SQLAlchemy's per-execution machinery, most of an event's CPU (docs/benchmarks.md).
+
+One way to open a transaction: `transaction()`. It joins this thread's session when the session has
+work open (so ORM changes and these statements commit together), runs on a connection the caller owns
+when given one, and otherwise takes a pooled connection (the thread's held one inside
+`held_connection()`, which opens no transaction itself).
 
 - PostgreSQL: a statement's constants are written into its SQL and the caller's values bound by
   position; each statement is PREPAREd once per connection at an idle moment (`Tx.ready`) and run by
   `EXECUTE` (`MS_PG_PREPARE=0` turns that off behind a pooler in transaction mode); statements whose
   result nobody reads (`Tx.later`) go to the server with the next statement or the commit.
-- SQLite: every statement runs at once (`later` included); writers queue on the process's writer lock.
-- Transactions: `transaction()` is one of its own on a pooled connection; `write()` joins the session's
-  transaction when the thread's session has one open; `session_tx()` / `Tx.of()` run inside a session's
-  or a Connection's transaction, which its owner commits.
+- SQLite: writers queue on the process's writer lock (BEGIN IMMEDIATE); `later` statements wait for the
+  next statement or the commit there too, so a forgotten flush fails on both databases alike.
 - Driver errors are re-raised as SQLAlchemy's `DBAPIError`, and a lost connection is invalidated, so
   the 503 when the database is down and the pool's reconnect work as for any statement.
-
-The session does not see what ran here: never write one row both ways in one transaction.
 """
 from __future__ import annotations
 
@@ -47,16 +47,6 @@ class Tx:
         # first statement and COMMIT with the last batch.
         self.explicit = explicit
         self.begun = False
-
-    @classmethod
-    def of(cls, connection) -> Tx:
-        """The driver connection under a SQLAlchemy Connection, in its transaction (begun here if it has
-        none, so that the caller's `connection.commit()` commits what ran here)."""
-        if not connection.in_transaction():
-            connection.begin()
-        fairy = connection.connection
-        return cls(fairy.dbapi_connection, connection.dialect, connection.invalidate,
-                   prepared=fairy.info.get(PREPARED))
 
     def ready(self) -> None:
         """PREPARE on this connection the statements it does not have yet. Only on an idle connection in
@@ -170,16 +160,6 @@ class Tx:
         finally:
             cursor.close()
 
-    def execute(self, stmt, values: dict) -> None:
-        """`Connection.execute(stmt, values)` for an INSERT/UPDATE whose columns are the keys of `values`
-        (a journal row: nobody reads its result, so it goes `later`)."""
-        self.later(stmt, values, columns_of(values))
-
-
-def session_tx() -> Tx:
-    """The session's current transaction (begun if needed; the session commits it)."""
-    return Tx.of(db.session.connection())
-
 
 def _wrap(exc: Exception, dialect, sql: Optional[str] = None, params=None, lost: bool = False):
     return sa_exc.DBAPIError.instance(sql, params, exc, dialect.loaded_dbapi.Error, connection_invalidated=lost,
@@ -187,45 +167,100 @@ def _wrap(exc: Exception, dialect, sql: Optional[str] = None, params=None, lost:
 
 
 @contextmanager
-def transaction(write: bool = True):
-    """A transaction of its own on a pooled driver connection, without the session: committed at the end
-    of the block, rolled back if it raises. SQLite: BEGIN IMMEDIATE (queued on the process's writer lock,
-    as every writer). PostgreSQL: the connection in autocommit, BEGIN sent with the first statement and
-    COMMIT with the last batch (psycopg2 would spend a round trip on each). `write=False`: no BEGIN
-    (each statement is its own read)."""
+def transaction(atomic: bool = True, connection=None):
+    """A transaction for the hot path's statements: committed at the end of the block, rolled back if it
+    raises. Where it runs:
+
+    - this thread's session has work open (a transaction, or changes not flushed yet) and `atomic`: in
+      the session's transaction, the session's changes flushed first; both commit together at the end;
+    - `connection` given (a SQLAlchemy Connection its caller owns, such as the queue's ownership
+      connection): on it, in autocommit (`atomic` must be False);
+    - else on a pooled connection, the thread's held one inside `held_connection()`. SQLite: BEGIN
+      IMMEDIATE (queued on the process's writer lock). PostgreSQL: the connection in autocommit, BEGIN
+      sent with the first statement and COMMIT with the last batch (psycopg2 would spend a round trip
+      on each).
+
+    `atomic=False`: no BEGIN; each statement, or batch sent together, is a transaction of its own (reads;
+    a claim's one UPDATE)."""
+    if connection is not None:
+        if atomic:
+            raise ValueError("a transaction on the caller's connection runs in autocommit: atomic=False")
+        with _on_connection(connection) as tx:
+            yield tx
+        return
+    session = db.session() if db.session.registry.has() else None
+    if atomic and session is not None and (session.in_transaction() or session.new or session.dirty
+                                           or session.deleted):
+        with _in_session(session) as tx:
+            yield tx
+        return
+    with _pooled(atomic) as tx:
+        yield tx
+
+
+@contextmanager
+def _in_session(session):
+    try:
+        session.flush()  # the session's changes first: ours may depend on them (and it on ours, never)
+        connection = session.connection()
+        fairy = connection.connection
+        tx = Tx(fairy.dbapi_connection, connection.dialect, connection.invalidate, prepared=fairy.info.get(PREPARED))
+        yield tx
+        tx.send_pending()
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+
+
+@contextmanager
+def _on_connection(connection):
+    if connection.in_transaction():
+        connection.commit()
+    fairy = connection.connection
+    dbapi = fairy.dbapi_connection
+    dbapi.autocommit = True
+    try:
+        tx = Tx(dbapi, connection.dialect, connection.invalidate, prepared=fairy.info.get(PREPARED))
+        tx.ready()
+        yield tx
+        tx.send_pending()
+    finally:
+        if not connection.invalidated:
+            dbapi.autocommit = False
+
+
+@contextmanager
+def _pooled(atomic: bool):
     engine = db.engine
     dialect = engine.dialect
-    if write and dialect.name == "sqlite" and db.session.registry.has() and db.session().in_transaction():
-        # the session's own BEGIN IMMEDIATE would make this one wait for the busy timeout (30 s); a read
-        # (no BEGIN) does not wait for a writer under WAL
-        raise RuntimeError("rawsql.transaction() while this thread's session holds a SQLite transaction")
-    pin = getattr(_pinned, "on", False) and not getattr(_pinned, "busy", False)  # nested: a connection of its own
-    fairy = getattr(_pinned, "fairy", None) if pin else None
+    held = getattr(_held, "on", False) and not getattr(_held, "busy", False)  # nested: a connection of its own
+    fairy = getattr(_held, "fairy", None) if held else None
     if fairy is not None and fairy.dbapi_connection is None:  # invalidated by an earlier failure: a new one
-        _unpin()
+        _release()
         fairy = None
     if fairy is None:
         try:
             fairy = engine.raw_connection()
         except dialect.loaded_dbapi.Error as exc:  # the database is down: as SQLAlchemy's own connect says it
             raise _wrap(exc, dialect, lost=True) from exc
-        if pin:
-            _pinned.fairy = fairy
+        if held:
+            _held.fairy = fairy
     explicit = dialect.name == "postgresql"
     if explicit:
         fairy.dbapi_connection.autocommit = True  # client-side only: the connection is idle
-    tx = Tx(fairy.dbapi_connection, dialect, fairy.invalidate, explicit=explicit and write,
+    tx = Tx(fairy.dbapi_connection, dialect, fairy.invalidate, explicit=explicit and atomic,
             prepared=fairy.info.get(PREPARED))
-    if pin:
-        _pinned.busy = True
+    if held:
+        _held.busy = True
     try:
         tx.ready()
-        if write and dialect.name == "sqlite":
+        if atomic and dialect.name == "sqlite":
             fairy.dbapi_connection.begin_immediate()
         yield tx
         if tx.explicit:
             tx.commit()
-        else:  # SQLite; or a PostgreSQL read, each statement its own (autocommit)
+        else:  # SQLite; or PostgreSQL without `atomic`, each statement its own (autocommit)
             tx.send_pending()
             fairy.commit()
     except dialect.loaded_dbapi.Error as exc:  # BEGIN or COMMIT failed
@@ -238,31 +273,30 @@ def transaction(write: bool = True):
     finally:
         if explicit and fairy.dbapi_connection is not None:
             fairy.dbapi_connection.autocommit = False
-        if pin:
-            _pinned.busy = False
+        if held:
+            _held.busy = False
         else:
             fairy.close()  # back to the pool (or, invalidated, replaced by it)
 
 
-_pinned = threading.local()
+_held = threading.local()
 
 
 @contextmanager
-def pinned():
-    """Within the block every `transaction()` of this thread runs on one pooled connection, checked out
-    at its first use and returned at the end (a job's read, guards and outcome were a checkout and a
-    check-in each: a tenth of a worker's CPU). Between transactions the connection is idle (no
-    transaction open); a transaction begun inside another gets a connection of its own."""
-    _pinned.on = True
+def held_connection():
+    """Within the block this thread's pooled transactions (`transaction()`) run on one connection,
+    checked out at the first and returned at the end; it opens no transaction itself, and between
+    transactions the connection is idle. A transaction begun inside another gets a connection of its own."""
+    _held.on = True
     try:
         yield
     finally:
-        _pinned.on = False
-        _unpin()
+        _held.on = False
+        _release()
 
 
-def _unpin() -> None:
-    fairy, _pinned.fairy = getattr(_pinned, "fairy", None), None
+def _release() -> None:
+    fairy, _held.fairy = getattr(_held, "fairy", None), None
     if fairy is not None:
         fairy.close()
 
@@ -283,27 +317,6 @@ def _rollback(fairy, tx: Tx, lost: Optional[Exception]) -> None:
             fairy.rollback()
     except Exception as exc:  # noqa: BLE001 - the connection is gone: drop it, the pool opens another
         fairy.invalidate(exc)
-
-
-@contextmanager
-def write():
-    """Where a worker writes: the session's transaction if this thread's session has one open or changes
-    waiting to be flushed (its work then commits together with these writes, after it), else a
-    transaction of its own (`transaction`)."""
-    session = db.session()
-    if not (session.in_transaction() or session.new or session.dirty or session.deleted):
-        with transaction() as tx:
-            yield tx
-        return
-    try:
-        session.flush()  # the session's changes first: ours may depend on them (and it on ours, never)
-        tx = session_tx()
-        yield tx
-        tx.send_pending()
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
 
 
 def columns_of(values: dict) -> tuple:

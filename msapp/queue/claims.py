@@ -5,7 +5,7 @@ job is about (`Subject`) read after the job is locked.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import (
@@ -42,11 +42,34 @@ class Subject:
 
 
 
+@dataclass(frozen=True)
+class ClaimStatements:
+    """The claim of one dialect (see `claim_statements`). `take` takes and returns the first due job of
+    any bucket, `take_owned` one of the buckets bound as `_buckets`. PostgreSQL with subjects: `mark` /
+    `mark_owned` only note the id taken and `read` returns the job with its subject's row, each kind's
+    columns named with its prefix (`prefixes`). SQLite: `more` (whether another job is due) is read after
+    the claim."""
+
+    take: Any
+    take_owned: Any
+    mark: Any = None
+    mark_owned: Any = None
+    read: Any = None
+    prefixes: dict = field(default_factory=dict)
+    more: Any = None
+
+    def first(self, owned: bool):
+        """The statement to send first: `mark` when `read` follows it, else `take`."""
+        if self.read is not None:
+            return self.mark_owned if owned else self.mark
+        return self.take_owned if owned else self.take
+
+
 _JOB_COLUMNS = ("id", "kind", "key", "enterprise_number", "payload", "attempts", "max_attempts", "created_at",
                 "last_error")
 
 
-def _claim_statements(dialect: str, subjects: dict) -> dict:
+def claim_statements(dialect: str, subjects: dict) -> ClaimStatements:
     """The claim, built once per dialect and run through `rawsql`: one UPDATE that picks the first due
     job, takes it and returns it. A job whose lease expired (its process died) gets `_retaken` as its
     last error: RETURNING shows new values only (and SQLite's cannot name a FROM table), so that is how
@@ -84,7 +107,7 @@ def _claim_statements(dialect: str, subjects: dict) -> dict:
         not_busy = j.c.enterprise_number.not_in(listed("_busy"))
         owned = j.c.bucket.in_(listed("_buckets"))
     fits = [blocker.is_(None), or_(j.c.enterprise_number.is_(None), not_busy)]
-    found: dict = {"prefix": {}}
+    found: dict = {"prefixes": {}}
     # Whether another waiting job was due as this one was taken: its worker, back, claims again at once
     # instead of waiting for a notify (a backlog of retries, or of jobs released after an outage, comes
     # with none). One step of ix_ms_jobs_due past the job taken.
@@ -107,9 +130,10 @@ def _claim_statements(dialect: str, subjects: dict) -> dict:
             status="running", attempts=j.c.attempts + 1, locked_by=bindparam("_by"), lease_until=bindparam("_lease"),
             updated_at=bindparam("_now"),
             last_error=case((j.c.status == "running", bindparam("_retaken")), else_=j.c.last_error))
-        found[in_buckets] = take.returning(*(j.c[name] for name in _JOB_COLUMNS), *more)
+        suffix = "_owned" if in_buckets else ""
+        found["take" + suffix] = take.returning(*(j.c[name] for name in _JOB_COLUMNS), *more)
         if dialect == "postgresql" and subjects:  # the id taken, for `read`, until the claim commits
-            found["mark", in_buckets] = take.returning(func.set_config(_CLAIMED, cast(j.c.id, Text), True))
+            found["mark" + suffix] = take.returning(func.set_config(_CLAIMED, cast(j.c.id, Text), True))
     if dialect == "postgresql" and subjects:
         joined, columns = j, [*(j.c[name] for name in _JOB_COLUMNS), *more]
         for n, (kind, subject) in enumerate(sorted(subjects.items())):
@@ -119,10 +143,10 @@ def _claim_statements(dialect: str, subjects: dict) -> dict:
             row_id = case((and_(j.c.kind == kind, key.regexp_match("^[0-9]{1,9}$")), cast(key, Integer)))
             joined = joined.outerjoin(row, row.c.id == row_id)
             columns += [row.c[name].label(f"s{n}_{name}") for name in subject.columns]
-            found["prefix"][kind] = f"s{n}_"  # of its columns in `read`
+            found["prefixes"][kind] = f"s{n}_"  # of its columns in `read`
         taken = cast(func.nullif(func.current_setting(_CLAIMED, True), ""), Integer)
         found["read"] = select(*columns).select_from(joined).where(j.c.id == taken)
-    return found
+    return ClaimStatements(**found)
 
 
 def _first(dialect: str, *where):
@@ -137,12 +161,7 @@ def _first(dialect: str, *where):
 _CLAIMED = "ms.claimed_job"  # a setting local to the claim's transaction: the id it took
 
 
-_JOBS = Job.__table__
-_FINISH = update(_JOBS).where(_JOBS.c.id == bindparam("_id"), _JOBS.c.locked_by == bindparam("_by"),
-                              _JOBS.c.status == "running")
-
-
-def _pg_array(values: list) -> str:
+def pg_array(values: list) -> str:
     """A PostgreSQL array literal of ints or of enterprise numbers (letters, digits, '-', '_')."""
     return "{" + ",".join(f'"{v}"' if isinstance(v, str) else str(v) for v in values) + "}"
 

@@ -4,6 +4,8 @@ workers.py; the claim's SQL claims.py; what failures mean policy.py.
 Rules (docs/design.md 7):
 - `enqueue` adds a row to the caller's transaction (the session's, or a `rawsql.Tx`): the job exists
   exactly when the caller's commit does.
+- A job carries its unit of work (`JobContext.work`: the call's progress, its journal rows); it is
+  written in the transaction that records the job's outcome, whatever the outcome.
 - A job is claimed only when no earlier job with the same `key` is pending and no other one is running,
   so the jobs of one call run strictly in order, one at a time (also when an older dead job is retried
   from the admin). Dead jobs do not block their successors.
@@ -29,7 +31,7 @@ import threading
 import traceback
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Optional
 
@@ -48,9 +50,10 @@ from msapp import metrics
 from msapp.clock import utcnow
 from msapp.db import rawsql
 from msapp.db.models import Job
+from msapp.db.work import Work
 from msapp.extensions import db
 from msapp.queue import wakeups
-from msapp.queue.claims import Subject, _claim_statements, _pg_array
+from msapp.queue.claims import ClaimStatements, Subject, claim_statements, pg_array
 from msapp.queue.ownership import BUCKETS, bucket_of
 from msapp.queue.policy import Defer, Permanent, Retry, backoff
 from msapp.redact import redact_text
@@ -79,6 +82,7 @@ class JobContext:
     created_at: Optional[datetime] = None
     subject: Optional[dict] = None  # its kind's Subject row, read with the claim (None: none, or gone)
     more: bool = False  # another waiting job was due when this one was claimed
+    work: Work = field(default_factory=Work, compare=False, repr=False)  # written with the outcome
 
 
 Handler = Callable[[JobContext], Any]
@@ -101,9 +105,6 @@ class JobQueue:
         self.handlers: dict[str, tuple[Handler, int]] = {}
         self.subjects: dict[str, Subject] = {}
         self._claims: dict = {}  # claim statements by dialect (they depend on the subjects)
-        # Called before each run, and to add buffered rows to the transaction that records its outcome.
-        self.start_hooks: list[Callable[[], None]] = []
-        self.flush_hooks: list[Callable[[rawsql.Tx], None]] = []
         self._wakeup = threading.Condition()
         self._signals = 0  # notified jobs no claim has matched yet (see worth_claiming)
         self._running_keys: dict[str, int] = {}  # keys whose job a worker here runs now
@@ -135,13 +136,13 @@ class JobQueue:
                    run_at=now + timedelta(seconds=delay), created_at=now, updated_at=now)
         if tx is not None:
             tx.later(_INSERT_JOB_ONLY, row, keys=_JOB_KEYS)
-            if not delay:
-                wakeups.announce(self, tx, row["bucket"])
+            if not delay:  # on PostgreSQL it goes to the server with the insert: no round trip of its own
+                wakeups.announce(self, tx.later, row["bucket"])
             return None
-        tx = rawsql.session_tx()
-        if not delay:  # on PostgreSQL it goes to the server with the insert: no round trip of its own
-            wakeups.announce(self, tx, row["bucket"])
-        return tx.first(_INSERT_JOB, row, keys=_JOB_KEYS)["id"]
+        job_id = db.session.execute(_INSERT_JOB, row).scalar_one()
+        if not delay:
+            wakeups.announce(self, db.session.execute, row["bucket"])
+        return job_id
 
     def notify(self, everyone: bool = False, key: Optional[str] = None) -> None:
         """Wake one idle worker of this process (call after committing a new job); all when stopping.
@@ -204,7 +205,7 @@ class JobQueue:
         with self._claim_lock:  # threads of one process never race each other for the same rows
             owner = self.ownership
             if owner is None:
-                with rawsql.write() as tx:
+                with rawsql.transaction() as tx:
                     job = self._claim(tx, busy_enterprises, None)
                 self._claimed(job is not None)
                 return job
@@ -218,26 +219,17 @@ class JobQueue:
     def _claim_on(self, conn, busy: frozenset, buckets: frozenset) -> Optional[JobContext]:
         """The claim on the ownership's connection, in autocommit: the one UPDATE is its own transaction
         (one round trip; psycopg2 would add one for BEGIN and one for COMMIT)."""
-        if conn.in_transaction():
-            conn.commit()
-        dbapi = conn.connection.dbapi_connection
-        dbapi.autocommit = True
-        try:
-            tx = rawsql.Tx(dbapi, conn.dialect, conn.invalidate, prepared=conn.connection.info.get(rawsql.PREPARED))
-            tx.ready()
+        with rawsql.transaction(atomic=False, connection=conn) as tx:
             return self._claim(tx, busy, buckets)
-        finally:
-            if not conn.invalidated:
-                dbapi.autocommit = False
 
     def _claim(self, tx: rawsql.Tx, busy: frozenset, buckets: Optional[frozenset]) -> Optional[JobContext]:
         dialect = tx.dialect.name
         st = self._claims.get(dialect)
         if st is None:
-            st = self._claims[dialect] = _claim_statements(dialect, self.subjects)
+            st = self._claims[dialect] = claim_statements(dialect, self.subjects)
         now = utcnow()
         retaken = f"lease expired (its process stopped); taken again by {self.worker_id} at {now:%H:%M:%S.%f}"
-        as_list = _pg_array if dialect == "postgresql" else json.dumps
+        as_list = pg_array if dialect == "postgresql" else json.dumps
         params = {"_now": now, "_by": self.worker_id, "_lease": now + timedelta(seconds=self.lease_seconds),
                   "_retaken": retaken, "_busy": as_list(sorted(busy))}
         if buckets is not None and len(buckets) >= BUCKETS:
@@ -246,15 +238,15 @@ class JobQueue:
             if self._bucket_list[0] != buckets:  # they change at ownership ticks, not per claim
                 self._bucket_list = (buckets, as_list(sorted(buckets)))
             params["_buckets"] = self._bucket_list[1]
-        if "read" in st:  # PostgreSQL with subjects: take, then read with the subject, one round trip
-            tx.later(st["mark", buckets is not None], params)
-            job = tx.first(st["read"], {"_now": now})
+        if st.read is not None:  # PostgreSQL with subjects: take, then read with the subject, one round trip
+            tx.later(st.first(buckets is not None), params)
+            job = tx.first(st.read, {"_now": now})
         else:
-            job = tx.first(st[buckets is not None], params)
+            job = tx.first(st.first(buckets is not None), params)
         if job is None:
             return None
-        if "more" in st:
-            job["more"] = tx.first(st["more"], {"_now": now})["more"]
+        if st.more is not None:
+            job["more"] = tx.first(st.more, {"_now": now})["more"]
         if job["last_error"] == retaken:
             log.warning("job %s (%s) taken again after its lease expired", job["id"], job["kind"])
         payload = dict(job["payload"] or {})
@@ -262,28 +254,27 @@ class JobQueue:
                           job["max_attempts"], job["created_at"], self._subject(tx, st, job, payload),
                           bool(job["more"]))
 
-    def _subject(self, tx: rawsql.Tx, st: dict, job: dict, payload: dict) -> Optional[dict]:
+    def _subject(self, tx: rawsql.Tx, st: ClaimStatements, job: dict, payload: dict) -> Optional[dict]:
         subject = self.subjects.get(job["kind"])
         if subject is None:
             return None
-        if "read" in st:  # read with the claim, as s<n>_<column>
-            prefix = st["prefix"][job["kind"]]
+        if st.read is not None:  # read with the claim, as s<n>_<column>
+            prefix = st.prefixes[job["kind"]]
             row = {name: job[prefix + name] for name in subject.columns}
             return row if row.get("id") is not None else None
         key = payload.get(subject.key)
         return tx.first(subject.select, {"_id": key}) if isinstance(key, int) else None
 
-    def _finish(self, job_id: int, **values: Any) -> None:
-        """Record the job's outcome (only if this worker still holds it), with the journal rows its run
-        kept back (`flush_hooks`), in one transaction (the session's, when the handler left work open)."""
+    def _finish(self, job: JobContext, **values: Any) -> None:
+        """Record the job's outcome (only if this worker still holds it) with the job's unit of work, in one
+        transaction (the session's, when the handler left work open)."""
         values.setdefault("updated_at", utcnow())
-        with rawsql.write() as tx:
-            for hook in self.flush_hooks:
-                hook(tx)
-            tx.later(_FINISH, {**values, "_id": job_id, "_by": self.worker_id}, keys=rawsql.columns_of(values))
+        with rawsql.transaction() as tx:
+            job.work.write(tx)
+            tx.later(_FINISH, {**values, "_id": job.id, "_by": self.worker_id}, keys=rawsql.columns_of(values))
 
     def complete(self, job: JobContext) -> None:
-        self._finish(job.id, status="done", lease_until=None, locked_by=None)
+        self._finish(job, status="done", lease_until=None, locked_by=None)
 
     def fail(self, job: JobContext, exc: BaseException) -> str:
         """Record a failed run: reschedule, defer or mark dead. Returns the new status."""
@@ -294,11 +285,11 @@ class JobQueue:
         if past_horizon:
             error = f"gave up after the retry horizon ({self.retry_horizon}): {error}"[:2000]
         if isinstance(exc, Defer) and not past_horizon:
-            self._finish(job.id, status="pending", attempts=job.attempts - 1, lease_until=None,
+            self._finish(job, status="pending", attempts=job.attempts - 1, lease_until=None,
                          locked_by=None, run_at=now + timedelta(seconds=exc.after))
             return "pending"
         if isinstance(exc, Permanent) or past_horizon or (not outside and job.attempts >= job.max_attempts):
-            self._finish(job.id, status="dead", lease_until=None, locked_by=None, last_error=error)
+            self._finish(job, status="dead", lease_until=None, locked_by=None, last_error=error)
             metrics.JOBS_DEAD.labels(job.kind).inc()
             log.error("job %s (%s, key %s) is dead after %s attempts: %s", job.id, job.kind, job.key,
                       job.attempts, error)
@@ -306,7 +297,7 @@ class JobQueue:
         wait = backoff(job.attempts)
         if isinstance(exc, Retry) and exc.after is not None:
             wait = exc.after * random.uniform(1.0, 1.1)
-        self._finish(job.id, status="pending", lease_until=None, locked_by=None, last_error=error,
+        self._finish(job, status="pending", lease_until=None, locked_by=None, last_error=error,
                      run_at=now + timedelta(seconds=wait))
         metrics.JOB_RETRIES.labels(job.kind).inc()
         log.info("job %s (%s) attempt %s failed, retry in %.2fs: %s", job.id, job.kind, job.attempts,
@@ -330,13 +321,11 @@ class JobQueue:
 
     def run_one(self, job: JobContext) -> str:
         """Run the handler of a claimed job and record the outcome. Returns the job's new status."""
-        with rawsql.pinned():  # the job's transactions share one pooled connection
+        with rawsql.held_connection():  # the job's transactions share one pooled connection
             return self._run(job)
 
     def _run(self, job: JobContext) -> str:
         entry = self.handlers.get(job.kind)
-        for hook in self.start_hooks:
-            hook()
         try:
             if entry is None:
                 raise Permanent(f"no handler for job kind {job.kind!r}")

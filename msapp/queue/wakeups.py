@@ -29,17 +29,17 @@ def channel(bucket_class: int) -> str:
     return f"ms_jobs_{bucket_class}"
 
 
-def announce(queue, tx, bucket: Optional[int]) -> None:
-    """In a transaction (`tx`, rawsql) that queues a job: tell the other live processes (sent `later`: with
-    the job's insert on PostgreSQL)."""
+def announce(queue, run, bucket: Optional[int]) -> None:
+    """In a transaction that queues a job: tell the other live processes, by `run(statement, values)` in
+    that transaction (a rawsql `Tx.later`: sent with the job's insert; or the session's `execute`)."""
     owner = queue.ownership
     if bucket is None:
         return
     if owner is not None:  # set only once connected: its bucket class is known
         if not owner.alone:
-            tx.later(NOTIFY, {"_channel": channel(owner.bucket_class), "_payload": str(bucket)})
+            run(NOTIFY, {"_channel": channel(owner.bucket_class), "_payload": str(bucket)})
     elif queue.announce_to is not None:
-        tx.later(NOTIFY, {"_channel": queue.announce_to, "_payload": str(bucket)})
+        run(NOTIFY, {"_channel": queue.announce_to, "_payload": str(bucket)})
 
 
 def announce_only(queue, conn) -> None:

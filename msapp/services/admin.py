@@ -12,12 +12,13 @@ from sqlalchemy import Text, and_, cast, func, or_, select
 
 from msapp.clock import utcnow
 from msapp.db.models import Call, Enterprise, IntegrationLog, Job
+from msapp.db.work import Work
 from msapp.errors import ApiError
 from msapp.extensions import db
 from msapp.moysklad import BreakerOpen, MoySkladError, RateLimited
 from msapp.moysklad.formats import is_extension, to_moysklad_time
 from msapp.queue import JobContext
-from msapp.services import click_guard, exchange_log
+from msapp.services import click_guard
 from msapp.services.directory import DirectoryUnavailable
 from msapp.services.moysklad_clients import MoySkladClients
 from msapp.services.tasks import Tasks
@@ -78,29 +79,32 @@ class AdminService:
         self.queue = queue
         self.directory = directory
 
-    def _done(self) -> None:
-        exchange_log.flush()
+    @staticmethod
+    def _done(work: Work) -> None:
+        """The request's journal rows, with what it left in the session."""
+        work.commit()
         db.session.commit()
 
     def test_connection(self, number: str, cfg: dict) -> dict:
         """Phone API key and JSON API token, each with its latency, and the employees with extensions."""
         db.session.rollback()  # no transaction held while MoySklad is asked
         self.clients.forget(number)
+        work = Work()
         # the admin asks MoySklad itself even while a breaker is open; a good answer closes it
-        phone = _timed(lambda: self.clients.phone(number, cfg, timeout=QUICK, gate=False).employees())
-        jsonapi = _timed(lambda: self.clients.json(number, cfg, timeout=QUICK, gate=False).current_employee())
+        phone = _timed(lambda: self.clients.phone(number, cfg, work, timeout=QUICK, gate=False).employees())
+        jsonapi = _timed(lambda: self.clients.json(number, cfg, work, timeout=QUICK, gate=False).current_employee())
         result = {"phone": {k: v for k, v in phone.items() if k != "value"},
                   "json": {k: v for k, v in jsonapi.items() if k != "value"}, "employees": []}
         if phone["ok"]:
             result["phone"]["message"] = f"Ключ принят, сотрудников с добавочными: {len(phone['value'])}"
             # the one list routing, lookups, owners and click-to-call read from now on
             listing = self.directory.store(number, phone["value"],
-                                           self.directory.people(number, cfg, timeout=QUICK, gate=False))
+                                           self.directory.people(number, cfg, work, timeout=QUICK, gate=False))
             result["employees"] = self._shown(listing.employees)
         if jsonapi["ok"]:
             who = (jsonapi["value"] or {}).get("name") or (jsonapi["value"] or {}).get("uid") or "?"
             result["json"]["message"] = f"Токен принят (пользователь: {who})"
-        self._done()
+        self._done(work)
         return result
 
     @staticmethod
@@ -116,7 +120,7 @@ class AdminService:
             listing = self.directory.fetch(number, cfg) if refresh else self.directory.get(number, cfg)
         except DirectoryUnavailable as exc:
             raise ApiError(503, f"MoySklad's employee list is unavailable, try again: {exc}") from None
-        self._done()
+        db.session.commit()
         return self._shown(listing.employees)
 
     def lists(self, number: str, cfg: dict, refresh: bool = False) -> dict:
@@ -126,15 +130,16 @@ class AdminService:
             for kind in ("organizations", "states", "saleschannels"):
                 self.clients.forget(number, kind)
         out = {"organizations": [], "states": [], "saleschannels": [], "error": None}
+        work = Work()
         try:
             for kind, fetch in (("organizations", lambda api: api.organizations()),
                                 ("states", lambda api: api.order_states()),
                                 ("saleschannels", lambda api: api.sales_channels())):
                 out[kind] = [{"id": r.get("id"), "name": r.get("name")}
-                             for r in self.customers.cached_list(number, cfg, kind, fetch)]
+                             for r in self.customers.cached_list(number, cfg, kind, fetch, work)]
         except (MoySkladError, RateLimited, ApiError) as exc:
             out["error"] = explain(exc)
-        self._done()
+        self._done(work)
         return out
 
     def employee_choices(self, number: str, cfg: dict, refresh: bool = False) -> dict:
@@ -143,13 +148,14 @@ class AdminService:
         db.session.rollback()
         out = {"employees": [], "error": None, "loaded": refresh}
         if refresh:
+            work = Work()
             try:  # every MoySklad user may be the fallback, with an extension or not: asked on request only
-                people = self.clients.json(number, cfg, timeout=QUICK, gate=False).employees()
+                people = self.clients.json(number, cfg, work, timeout=QUICK, gate=False).employees()
                 out["employees"] = sorted(({"id": p.get("id"), "name": p.get("name") or p.get("uid") or p.get("id")}
                                            for p in people if not p.get("archived")), key=lambda e: e["name"])
             except (MoySkladError, RateLimited, ApiError) as exc:
                 out["error"] = explain(exc)
-            self._done()
+            self._done(work)
             return out
         listing = self.directory.read(number)
         if listing is not None:
@@ -163,14 +169,15 @@ class AdminService:
             raise ApiError(400, "extension must be digits", "extension")
         db.session.rollback()
         external_id = f"ms-test-{uuid.uuid4().hex[:12]}"
-        call = self.clients.phone(number, cfg, timeout=QUICK).create_call({
+        work = Work()
+        call = self.clients.phone(number, cfg, work, timeout=QUICK).create_call({
             "externalId": external_id, "number": TEST_NUMBER, "isIncoming": True,
             "startTime": to_moysklad_time(utcnow()), "comment": "Тестовая карточка звонка из ms",
             "events": [{"eventType": "SHOW", "extension": extension, "sequence": 1}]})
         self.queue.enqueue(TEST_POPUP_KIND, f"test-popup:{number}:{external_id}",
                            {"call_id": call.get("id"), "extension": extension}, enterprise_number=number,
                            delay=TEST_POPUP_SECONDS, max_attempts=5)
-        self._done()
+        self._done(work)
         return {"shown": True, "extension": extension, "hide_after_seconds": TEST_POPUP_SECONDS}
 
     def hide_test_popup(self, configs, job: JobContext) -> None:
@@ -180,7 +187,7 @@ class AdminService:
             return
         cfg = configs.of(ent)
         db.session.commit()
-        self.clients.phone(job.enterprise_number, cfg).update_call(job.payload["call_id"], {
+        self.clients.phone(job.enterprise_number, cfg, job.work).update_call(job.payload["call_id"], {
             "endTime": to_moysklad_time(utcnow()),
             "events": [{"eventType": "HIDE", "extension": job.payload["extension"], "sequence": 2}]})
 

@@ -19,7 +19,6 @@ the job in flight, and a create whose answer was lost is probed by externalId be
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Optional
@@ -29,18 +28,18 @@ from sqlalchemy import bindparam, update
 from msapp import metrics
 from msapp.db import rawsql
 from msapp.db.models import Call
+from msapp.db.work import Work
 from msapp.errors import ApiError
 from msapp.moysklad import BreakerOpen, MoySkladError, RateLimited, RetryPolicy
 from msapp.moysklad.formats import to_moysklad_time
 from msapp.moysklad.http import id_from_href, meta
 from msapp.queue import Defer, JobContext, Subject
 from msapp.redact import redact_text
-from msapp.services import exchange_log
 from msapp.services.customers import Customers
 from msapp.services.moysklad_clients import MoySkladClients
 
 log = logging.getLogger("msapp.callflow")
-_UPDATE_CALL = update(Call.__table__).where(Call.__table__.c.id == bindparam("_id"))
+UPDATE_CALL = update(Call.__table__).where(Call.__table__.c.id == bindparam("_id"))
 RESULT_WORDS = {"answered": "принят", "missed": "пропущен", "busy": "занято"}
 
 
@@ -76,6 +75,8 @@ class Snapshot:
     order_attempted: bool = False
     order_id: Optional[str] = None
     task_queued: bool = False
+    # the job's unit of work: this call's progress and the journal of its exchanges go there (not a column)
+    work: Work = field(default_factory=Work, compare=False, repr=False)
 
     @property
     def incoming(self) -> bool:
@@ -87,7 +88,7 @@ class Snapshot:
 
 
 # What a sync reads first: its call, read by the claim that takes the job (queue/claims.py, Subject).
-SUBJECT = Subject(Call.__table__, "call_id", tuple(Snapshot.__dataclass_fields__))
+SUBJECT = Subject(Call.__table__, "call_id", tuple(name for name in Snapshot.__dataclass_fields__ if name != "work"))
 
 
 def card_mode(snap: Snapshot, cfg: dict) -> str:
@@ -139,11 +140,11 @@ class CallSync:
     def __call__(self, job: JobContext) -> None:
         row = job.subject
         if row is None:  # not read with the claim (or the call is gone): read it, in a short transaction
-            with rawsql.transaction(write=False) as tx:  # never hold a transaction across a MoySklad request
+            with rawsql.transaction(atomic=False) as tx:  # never hold a transaction across a MoySklad request
                 row = tx.first(SUBJECT.select, {"_id": job.payload.get("call_id")})
         if row is None:
             return
-        snap = Snapshot(**row)
+        snap = Snapshot(**row, work=job.work)
         try:  # the per-process cache the event path uses (a write elsewhere is seen within 2 s)
             cfg = self.configs.read_fast(snap.enterprise_number)
         except ApiError:  # the enterprise was deleted
@@ -168,7 +169,7 @@ class CallSync:
 
     # -- the steps --------------------------------------------------------------------------------
     def sync(self, snap: Snapshot, cfg: dict, job: JobContext) -> None:
-        phone = self.clients.phone(snap.enterprise_number, cfg, context={"unique_id": snap.unique_id})
+        phone = self.clients.phone(snap.enterprise_number, cfg, snap.work, context={"unique_id": snap.unique_id})
         mode = card_mode(snap, cfg)
         if snap.ms_call_id is None and snap.create_attempted:
             self._probe(snap, phone)
@@ -294,46 +295,20 @@ class CallSync:
         self._save(snap, answer_sent=True)
 
     def _save(self, snap: Snapshot, **values) -> None:
-        """Record progress (and mirror it in the snapshot).
+        """Record progress in the job's unit of work (and mirror it in the snapshot).
 
-        What a request did is kept and committed with the job's outcome (`flush_progress`), or with an
-        earlier commit: one write transaction per job, not one per step. Lost with the process, it only
-        makes the job run again, which each step survives because its guard (`AT_ONCE`: written before
-        a request whose answer may be lost, or a job queued here) is committed at once, with everything
-        kept before it."""
+        Progress is written with the job's outcome, or with an earlier commit: one write transaction per
+        job, not one per step. Lost with the process, it only makes the job run again, which each step
+        survives because its guard (`AT_ONCE`: written before a request whose answer may be lost, or a job
+        queued here) is committed at once, with everything kept before it."""
         for name, value in values.items():
             if hasattr(snap, name):
                 setattr(snap, name, value)
-        kept = _progress()
-        kept[snap.id] = {**kept.get(snap.id, {}), **values}
-        if AT_ONCE.isdisjoint(values):
-            return
-        with rawsql.write() as tx:
-            flush_progress(tx)
-            exchange_log.flush(tx)
+        snap.work.update(UPDATE_CALL, snap.id, values)
+        if not AT_ONCE.isdisjoint(values):
+            snap.work.commit()
 
 
 # Progress committed before going on: a step's guard against repeating a request whose answer was lost,
 # and tasks' mark of the job it queued in the session (the commit that makes the job visible).
 AT_ONCE = frozenset({"create_attempted", "customer_attempted", "order_attempted", "task_queued"})
-_kept = threading.local()
-
-
-def _progress() -> dict:
-    rows = getattr(_kept, "rows", None)
-    if rows is None:
-        rows = _kept.rows = {}
-    return rows
-
-
-def flush_progress(tx) -> None:
-    """Write this thread's kept progress in `tx` (a rawsql.Tx; a job's outcome, or an AT_ONCE save)."""
-    rows = _progress()
-    for call_id, values in rows.items():
-        tx.later(_UPDATE_CALL, {**values, "_id": call_id}, keys=rawsql.columns_of(values))
-    rows.clear()
-
-
-def discard_progress() -> None:
-    """A job starts: nothing kept from before (its outcome was not recorded; that job runs again)."""
-    _progress().clear()

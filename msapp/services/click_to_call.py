@@ -242,6 +242,5 @@ class Originate:
 
 
 def _journal(job: JobContext, request: dict, response: Optional[dict], error: Optional[str] = None) -> None:
-    """One journal row, committed at once: a failing job's transaction is rolled back, its story must not be."""
-    exchange_log.add(job.enterprise_number, "originate", request, response, error)
-    db.session.commit()
+    """One journal row, written with the job's outcome (a failure too)."""
+    exchange_log.add(job.enterprise_number, "originate", request, response, error, work=job.work)

@@ -64,7 +64,7 @@ class ConfigStore:
         hit = self._fast.get(number)
         if hit is not None and hit[0] > now:
             return hit[1]
-        with rawsql.transaction(write=False) as tx:  # a read of its own: leaves the session alone
+        with rawsql.transaction(atomic=False) as tx:  # a read of its own: leaves the session alone
             raw = tx.first(_SELECT_CONFIG, {"_number": number})
         if raw is None:
             raise ApiError(404, "unknown enterprise", "enterprise_number")

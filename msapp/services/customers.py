@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Optional
 
 from msapp import metrics
+from msapp.db.work import Work
 from msapp.moysklad import BreakerOpen, MoySkladError, RateLimited, RetryPolicy
 from msapp.queue import JobContext
 from msapp.services.directory import DirectoryUnavailable
@@ -31,30 +32,31 @@ class Customers:
         self.policy = RetryPolicy()
 
     # -- lookups (shared with the dialplan routes) ----------------------------------------------
-    def find(self, number: str, cfg: dict, e164: str, **client_kw) -> Optional[dict]:
-        """The counterparty with this phone, or None; cached (hits 10 min, misses 1 min)."""
+    def find(self, number: str, cfg: dict, e164: str, work: Optional[Work], **client_kw) -> Optional[dict]:
+        """The counterparty with this phone, or None; cached (hits 10 min, misses 1 min). A request to
+        MoySklad is journaled in `work`."""
         key = (number, "customer", e164)
         cached = self.clients.cache.get(key, default=KeyError)
         if cached is not KeyError:
             return cached
-        found = self.clients.json(number, cfg, **client_kw).find_counterparty_by_phone(
+        found = self.clients.json(number, cfg, work, **client_kw).find_counterparty_by_phone(
             e164, cfg.get("default_region") or "BY")
         self.clients.cache.set(key, found, HIT_TTL if found else MISS_TTL)
         return found
 
-    def cached_list(self, number: str, cfg: dict, kind: str, fetch: Callable) -> list:
+    def cached_list(self, number: str, cfg: dict, kind: str, fetch: Callable, work: Optional[Work]) -> list:
         """A JSON API list of one enterprise (organizations, employees...), cached 10 minutes."""
         key = (number, kind)
         rows = self.clients.cache.get(key)
         if rows is None:
-            rows = fetch(self.clients.json(number, cfg))
+            rows = fetch(self.clients.json(number, cfg, work))
             self.clients.cache.set(key, rows, LIST_TTL)
         return rows
 
     # -- around the end of a call ---------------------------------------------------------------
     def _api(self, snap, cfg: dict):
         """The JSON API client for one call's steps: its exchanges are journaled with the call's unique_id."""
-        return self.clients.json(snap.enterprise_number, cfg, context={"unique_id": snap.unique_id})
+        return self.clients.json(snap.enterprise_number, cfg, snap.work, context={"unique_id": snap.unique_id})
 
     @staticmethod
     def _actions(snap, cfg: dict) -> dict:
@@ -92,7 +94,7 @@ class Customers:
         number = snap.enterprise_number
         code = f"ms-call-{number}-{snap.unique_id}"
         try:
-            found = self.find(number, cfg, snap.phone, context={"unique_id": snap.unique_id})
+            found = self.find(number, cfg, snap.phone, snap.work, context={"unique_id": snap.unique_id})
             if found is None and snap.customer_attempted:
                 found = self._api(snap, cfg).find_by_external_code("counterparty", code)
             if found is not None:
@@ -143,7 +145,7 @@ class Customers:
                 if found is not None:
                     save(snap, order_id=found.get("id"))
                     return
-            organization = settings.get("organization") or self._first_organization(number, cfg)
+            organization = settings.get("organization") or self._first_organization(number, cfg, snap.work)
             if organization is None:
                 log.error("call %s: no organization in MoySklad, order not created", snap.unique_id)
                 save(snap, order_id="")
@@ -152,7 +154,7 @@ class Customers:
             save(snap, order_attempted=True)
             order = api.create_customer_order(
                 organization, snap.counterparty_id, state_id=settings.get("order_state"),
-                sales_channel_id=self._sales_channel(number, cfg, settings.get("order_source")),
+                sales_channel_id=self._sales_channel(number, cfg, settings.get("order_source"), snap.work),
                 owner_id=owner["id"] if owner else None, external_code=code,
                 description=f"Заказ по звонку {snap.phone}")
         except BreakerOpen as exc:
@@ -171,13 +173,13 @@ class Customers:
         metrics.ORDERS_CREATED.inc()
         save(snap, order_id=order.get("id") or "")
 
-    def _first_organization(self, number: str, cfg: dict) -> Optional[str]:
-        rows = self.cached_list(number, cfg, "organizations", lambda api: api.organizations())
+    def _first_organization(self, number: str, cfg: dict, work: Work) -> Optional[str]:
+        rows = self.cached_list(number, cfg, "organizations", lambda api: api.organizations(), work)
         return rows[0]["id"] if rows else None
 
-    def _sales_channel(self, number: str, cfg: dict, source: Optional[str]) -> Optional[str]:
+    def _sales_channel(self, number: str, cfg: dict, source: Optional[str], work: Work) -> Optional[str]:
         """An id as given; a name (the old service stored names) is looked up among the sales channels."""
         if not source or _ID.fullmatch(source):
             return source or None
-        rows = self.cached_list(number, cfg, "saleschannels", lambda api: api.sales_channels())
+        rows = self.cached_list(number, cfg, "saleschannels", lambda api: api.sales_channels(), work)
         return next((r["id"] for r in rows if (r.get("name") or "").strip().lower() == source.strip().lower()), None)

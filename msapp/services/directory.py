@@ -27,12 +27,12 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from msapp.clock import utcnow
 from msapp.db.models import Directory as DirectoryRow
 from msapp.db.models import Enterprise, Job
+from msapp.db.work import Work
 from msapp.errors import ApiError
 from msapp.extensions import db
 from msapp.moysklad import BreakerOpen, MoySkladError, RateLimited
 from msapp.queue import ACTIVE, Defer, JobContext
 from msapp.redact import redact_text
-from msapp.services import exchange_log
 
 log = logging.getLogger("msapp.directory")
 REFRESH_KIND = "directory.refresh"
@@ -129,21 +129,22 @@ class Directory:
     def fetch(self, number: str, cfg: dict, **client_kw) -> Listing:
         """Ask MoySklad for the employees and store them. The Phone API list is required; the JSON API
         logins are added when a token is set and it answers (else the previous logins are kept)."""
+        work = Work()
         try:
-            phone_rows = self.clients.phone(number, cfg, **client_kw).employees()
-            people = self.people(number, cfg, **client_kw)
+            phone_rows = self.clients.phone(number, cfg, work, **client_kw).employees()
+            people = self.people(number, cfg, work, **client_kw)
         finally:
-            exchange_log.flush()
+            work.commit()
             db.session.commit()
         return self.store(number, phone_rows, people)
 
-    def people(self, number: str, cfg: dict, **client_kw) -> Optional[list]:
+    def people(self, number: str, cfg: dict, work: Optional[Work], **client_kw) -> Optional[list]:
         """The JSON API's employees (names, logins) to store with the Phone API list, or None without a
         token or when the JSON API cannot answer (`store` then keeps the logins it had)."""
         if not cfg.get("api_token"):
             return None
         try:
-            return self.clients.json(number, cfg, **client_kw).employees()
+            return self.clients.json(number, cfg, work, **client_kw).employees()
         except (MoySkladError, RateLimited, ApiError) as exc:
             log.warning("employee logins of %s not refreshed: %s", number, redact_text(str(exc)))
             return None

@@ -302,7 +302,7 @@ def accept(ev: CallEvent, queue, log_event: str, body: dict) -> int:
         queued = new or not rearmed
         if queued:
             queue.enqueue(SYNC_KIND, key, {"call_id": row["id"]}, enterprise_number=ev.enterprise_number, tx=tx)
-        exchange_log.add(ev.enterprise_number, log_event, body, conn=tx)
+        exchange_log.add(ev.enterprise_number, log_event, body, tx=tx)
     if queued:  # a re-armed job was announced when it was queued: waking a worker again finds nothing new
         queue.notify(key=key)  # nor does one while this call's previous job runs here
     metrics.EVENTS.labels(ev.event_type).inc()

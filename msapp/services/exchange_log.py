@@ -1,7 +1,6 @@
 """integration_logs: one row per inbound event and per MoySklad exchange, secrets redacted."""
 from __future__ import annotations
 
-import threading
 from typing import Any, Optional
 
 from sqlalchemy import insert
@@ -9,6 +8,8 @@ from sqlalchemy import insert
 from msapp.clock import utcnow
 from msapp.db import rawsql
 from msapp.db.models import IntegrationLog
+from msapp.db.work import Work
+from msapp.extensions import db
 from msapp.redact import redact_for_json, redact_text
 
 _INSERT = insert(IntegrationLog.__table__)  # values bound at execution (hot path)
@@ -17,53 +18,36 @@ _KEYS = ("created_at", "enterprise_number", "error_message", "event_type", "inte
 
 
 def add(enterprise: Optional[str], event_type: str, request: Any = None, response: Any = None,
-        error: Optional[str] = None, conn=None) -> None:
-    """Add a log row to the current session (committed with the caller's transaction), or to `conn`."""
+        error: Optional[str] = None, *, work: Optional[Work] = None, tx: Optional[rawsql.Tx] = None,
+        conn=None) -> None:
+    """Journal one row: with `work` (written when it is), in `tx` (rawsql), in `conn` (a SQLAlchemy
+    Connection), or else in this thread's session; the caller commits."""
     row = dict(created_at=utcnow(), enterprise_number=enterprise, integration_type="ms", event_type=event_type[:100],
                request_data=redact_for_json(request), response_data=redact_for_json(response),
                status="error" if error else "success", error_message=redact_text(error)[:2000] if error else None)
-    if conn is not None:
+    if work is not None:
+        work.insert(_INSERT, row, _KEYS)
+    elif tx is not None:
+        tx.later(_INSERT, row, _KEYS)
+    elif conn is not None:
         conn.execute(_INSERT, row)
     else:
-        rawsql.session_tx().run(_INSERT, row, keys=_KEYS)
+        db.session.execute(_INSERT, row)
 
 
-_pending = threading.local()
+def recorder(work: Work, enterprise: str, context: Optional[dict] = None):
+    """An `on_exchange` callback for the clients: one journal row per MoySklad exchange, kept in `work`
+    (a job's is written with its outcome, so a request costs no write transaction of its own)."""
 
+    def record(exchange: dict) -> None:
+        request = {"method": exchange["method"], "path": exchange["path"], "params": exchange.get("params"),
+                   "body": exchange.get("request"), **(context or {})}
+        response = {"status": exchange.get("status"), "latency_ms": exchange.get("latency_ms"),
+                    "body": _trim(exchange.get("response"))}
+        add(enterprise, f"ms.{exchange['api']}.{exchange['event']}", request, response, exchange.get("error"),
+            work=work)
 
-def exchange_writer(enterprise: str, context: Optional[dict] = None):
-    """An `on_exchange` callback for the clients: keeps one row per MoySklad exchange for `flush()`.
-
-    Rows are not written at once: the caller writes them in the same commit as the progress they
-    describe (callflow's `_save`), or after the job ends either way (`JobQueue.run_one`), so a
-    request costs one write transaction, not two.
-    """
-
-    def write(record: dict) -> None:
-        request = {"method": record["method"], "path": record["path"], "params": record.get("params"),
-                   "body": record.get("request"), **(context or {})}
-        response = {"status": record.get("status"), "latency_ms": record.get("latency_ms"),
-                    "body": _trim(record.get("response"))}
-        rows = getattr(_pending, "rows", None)
-        if rows is None:
-            rows = _pending.rows = []
-        rows.append((enterprise, f"ms.{record['api']}.{record['event']}", request, response, record.get("error")))
-
-    return write
-
-
-def flush(tx=None) -> None:
-    """Add the exchanges kept by this thread to the session's transaction, or to `tx` (a rawsql.Tx); the
-    caller commits."""
-    rows = getattr(_pending, "rows", None)
-    if rows:
-        _pending.rows = []
-        for row in rows:
-            add(*row, conn=tx)
-
-
-def discard() -> None:
-    _pending.rows = []
+    return record
 
 
 def _trim(value: Any) -> Any:

@@ -12,12 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Optional
 
+from msapp.db.work import Work
 from msapp.errors import ApiError, ValidationFailed
 from msapp.extensions import db
 from msapp.moysklad import MoySkladError, RateLimited
 from msapp.moysklad.formats import to_e164
 from msapp.moysklad.http import id_from_href
-from msapp.services import exchange_log
 from msapp.services.directory import DirectoryUnavailable
 
 log = logging.getLogger("msapp.lookups")
@@ -58,9 +58,10 @@ class Lookups:
             return dict(NOT_FOUND)
 
     def _resolve(self, number: str, cfg: dict, e164: str) -> dict:
+        work = Work()  # the lookup's journal rows
         with self.app.app_context():
             try:
-                found = self.customers.find(number, cfg, e164, max_wait=self.deadline,
+                found = self.customers.find(number, cfg, e164, work, max_wait=self.deadline,
                                             timeout=(min(3.05, self.deadline), 10.0))
                 if found is None:
                     return dict(NOT_FOUND)
@@ -73,7 +74,7 @@ class Lookups:
                 return dict(NOT_FOUND)
             finally:
                 try:
-                    exchange_log.flush()
+                    work.commit()
                     db.session.commit()
                 except Exception:  # the journal must never break a lookup
                     db.session.rollback()

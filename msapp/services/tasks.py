@@ -27,6 +27,7 @@ from sqlalchemy import and_, exists, func, insert, select, update
 from msapp import metrics
 from msapp.clock import utcnow
 from msapp.db.models import Call, Enterprise, Job, MsTask
+from msapp.db.work import Work
 from msapp.extensions import db
 from msapp.moysklad import MoySkladError, RateLimited, RetryPolicy
 from msapp.moysklad.formats import to_moysklad_time
@@ -104,9 +105,9 @@ class Tasks:
             return  # tasks refused by this account (no CRM option) until its config is saved again
         try:
             if job.payload.get("event") == "missed":
-                self._missed(facts, cfg)
+                self._missed(facts, cfg, job.work)
             else:
-                self._reached(facts, cfg)
+                self._reached(facts, cfg, job.work)
         except RateLimited as exc:  # our pacing, or the JSON API's breaker: wait, no attempt
             raise Defer(max(exc.after, 0.5), str(exc)) from None
         except MoySkladError as exc:
@@ -114,9 +115,6 @@ class Tasks:
                 self._suspend(job.enterprise_number, exc)
                 return
             raise self.policy.as_job_error(exc) from None
-        finally:
-            exchange_log.flush()
-            db.session.commit()
 
     def _suspend(self, enterprise: str, exc: MoySkladError) -> None:
         reason = ("МойСклад отклонил создание задачи (403: нужна опция CRM тарифа, или нет прав): задачи по "
@@ -125,12 +123,12 @@ class Tasks:
         self.clients.breakers.trip(enterprise, "task", SUSPENDED, reason, SUSPEND_FOR)
 
     # -- open or extend -----------------------------------------------------------------------------
-    def _missed(self, call: dict, cfg: dict) -> None:
+    def _missed(self, call: dict, cfg: dict, work: Work) -> None:
         rules = cfg.get("missed_calls") or {}
         number, phone = call["enterprise_number"], call["phone"]
         if not call["counterparty_id"] and rules.get("only_known_customers"):
             return
-        api = self.clients.json(number, cfg, context={"unique_id": call["unique_id"]})
+        api = self.clients.json(number, cfg, work, context={"unique_id": call["unique_id"]})
         row = _open_row(number, phone)
         db.session.commit()
         if row is not None and row.task_id is None and row.create_attempted:
@@ -146,13 +144,14 @@ class Tasks:
             if any(m.get("unique_id") == call["unique_id"] for m in row.missed or []):
                 return  # this call is already in the task
             missed = list(row.missed or []) + [entry]
-            api.update_task(row.task_id, {"description": self._describe(number, cfg, call, missed, row.marker)})
+            api.update_task(row.task_id, {"description": self._describe(number, cfg, call, missed, row.marker, work)})
             self._set(row.id, missed=missed)
             return
-        assignee = self._assignee(number, cfg, call)
+        assignee = self._assignee(number, cfg, call, work)
         if assignee is None:
             exchange_log.add(number, "task.skipped", {"phone": phone, "unique_id": call["unique_id"]}, None,
-                             "задача не создана: у клиента нет ответственного и не выбран сотрудник по умолчанию")
+                             "задача не создана: у клиента нет ответственного и не выбран сотрудник по умолчанию",
+                             work=work)
             return
         if row is None:
             row_id = self._new_row(number, phone, call, assignee, entry)
@@ -160,7 +159,7 @@ class Tasks:
             db.session.commit()
         due = (call["end_time"] or utcnow()) + timedelta(minutes=int(rules.get("due_minutes") or 30))
         self._set(row.id, create_attempted=True)
-        task = api.create_task(self._describe(number, cfg, call, row.missed, row.marker), assignee,
+        task = api.create_task(self._describe(number, cfg, call, row.missed, row.marker, work), assignee,
                                agent_id=call["counterparty_id"], due=to_moysklad_time(due)[:19])
         self._set(row.id, task_id=task.get("id"))
         metrics.TASKS.labels("opened").inc()
@@ -190,28 +189,27 @@ class Tasks:
     def _set(self, row_id: int, **values) -> None:
         t = MsTask.__table__
         db.session.execute(update(t).where(t.c.id == row_id).values(updated_at=utcnow(), **values))
-        exchange_log.flush()
         db.session.commit()
 
-    def _assignee(self, number: str, cfg: dict, call: dict) -> Optional[str]:
+    def _assignee(self, number: str, cfg: dict, call: dict, work: Work) -> Optional[str]:
         rules = cfg.get("missed_calls") or {}
         fallback = rules.get("fallback_employee") or None
         if rules.get("assignee") == "employee" or not call["counterparty_id"]:
             return fallback
         owner = None
-        found = self.customers.find(number, cfg, call["phone"])
+        found = self.customers.find(number, cfg, call["phone"], work)
         if found is not None and found.get("id") == call["counterparty_id"] and found.get("owner_href"):
             owner = id_from_href(found["owner_href"])
         if owner is None:
-            cp = self.clients.json(number, cfg).get_counterparty(call["counterparty_id"])
+            cp = self.clients.json(number, cfg, work).get_counterparty(call["counterparty_id"])
             owner = id_from_href(((cp.get("owner") or {}).get("meta") or {}).get("href"))
         return owner or fallback
 
-    def _describe(self, number: str, cfg: dict, call: dict, missed: list, marker: str) -> str:
+    def _describe(self, number: str, cfg: dict, call: dict, missed: list, marker: str, work: Work) -> str:
         """What a manager reads: who called, when (the enterprise's local time), which extensions rang."""
         tz_name = cfg.get("timezone") or "Europe/Minsk"
         zone = ZoneInfo(tz_name)
-        who = self._name(number, cfg, call) or "неизвестный номер"
+        who = self._name(number, cfg, call, work) or "неизвестный номер"
         lines = [f"Перезвонить: {who}, {call['phone']}", f"Пропущенные звонки ({tz_name}):"]
         for item in missed:
             at = datetime.fromisoformat(item["at"]).replace(tzinfo=UTC).astimezone(zone)
@@ -220,22 +218,22 @@ class Tasks:
         lines.append(f"[{marker}]")  # finds this task again if the answer to its creation is lost
         return "\n".join(lines)
 
-    def _name(self, number: str, cfg: dict, call: dict) -> Optional[str]:
+    def _name(self, number: str, cfg: dict, call: dict, work: Work) -> Optional[str]:
         if not call["counterparty_id"]:
             return None
-        found = self.customers.find(number, cfg, call["phone"])
+        found = self.customers.find(number, cfg, call["phone"], work)
         if found is not None and found.get("id") == call["counterparty_id"]:
             return found.get("name")
         return None
 
     # -- close --------------------------------------------------------------------------------------
-    def _reached(self, call: dict, cfg: dict) -> None:
+    def _reached(self, call: dict, cfg: dict, work: Work) -> None:
         number, phone = call["enterprise_number"], call["phone"]
         row = _open_row(number, phone)
         db.session.commit()
         if row is None:
             return
-        api = self.clients.json(number, cfg, context={"unique_id": call["unique_id"]})
+        api = self.clients.json(number, cfg, work, context={"unique_id": call["unique_id"]})
         if row.task_id is None:
             found = api.find_open_task(row.marker) if row.create_attempted else None
             if found is None:
