@@ -21,6 +21,8 @@ from msapp.queue import JobQueue, WorkerPool
 from msapp.redact import JsonText
 from msapp.services import callflow, click_to_call
 from msapp.services.admin import TEST_POPUP_KIND, AdminService
+from msapp.services.analytics import Analytics
+from msapp.services.analytics_rollup import Rollup
 from msapp.services.breakers import Breakers
 from msapp.services.callflow import CallSync
 from msapp.services.config import ConfigStore
@@ -96,6 +98,7 @@ def create_app(config: Optional[Mapping[str, str]] = None) -> Flask:
     pool.every(60.0, directory.refresh_stale)
     pool.every(1.0, breakers.refresh)
     pool.every(60.0, Retention(settings.retention_days).prune)
+    pool.every(2.0, Rollup(configs).refresh)  # the analytics of calls that changed
     app.extensions["ms"] = MsState(
         settings=settings,
         queue=queue,
@@ -108,6 +111,7 @@ def create_app(config: Optional[Mapping[str, str]] = None) -> Flask:
         directory=directory,
         breakers=breakers,
         support=Support(configs, clients),
+        analytics=Analytics(directory),
     )
 
     from msapp.web.internal import bp as internal_bp

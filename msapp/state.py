@@ -24,6 +24,7 @@ class MsState:
     directory: Optional[Any] = None  # services.directory.Directory
     breakers: Optional[Any] = None  # services.breakers.Breakers
     support: Optional[Any] = None  # services.support.Support
+    analytics: Optional[Any] = None  # services.analytics.Analytics
     # a loopback peer sent X-Forwarded-For while MS_TRUSTED_PROXIES is unset (security.client_of)
     untrusted_proxy_seen: bool = False
 

@@ -54,7 +54,10 @@ class Call(db.Model):
     """One PBX call: what the PBX told us (desired state) and what MoySklad has been sent."""
 
     __tablename__ = "ms_calls"
-    __table_args__ = (UniqueConstraint("enterprise_number", "unique_id", name="uq_ms_calls_call"),)
+    __table_args__ = (UniqueConstraint("enterprise_number", "unique_id", name="uq_ms_calls_call"),
+                      # an enterprise's calls by time and by caller (analytics, the support desk; migration 0010)
+                      Index("ix_ms_calls_enterprise_start", "enterprise_number", "start_time"),
+                      Index("ix_ms_calls_enterprise_phone", "enterprise_number", "phone"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     enterprise_number: Mapped[str] = mapped_column(Text, nullable=False)
@@ -244,3 +247,49 @@ class ConfigChange(db.Model):
     at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow)
     by: Mapped[str] = mapped_column(Text, nullable=False)  # "admin <fingerprint>", "api", "cli", "service"
     fields: Mapped[list] = mapped_column(JSONType, nullable=False)
+
+
+class CallHour(db.Model):
+    """The analytics rollup: figures of one enterprise's ended calls that started in one UTC hour, recomputed
+    from ms_calls whenever one of them changes (services/analytics_rollup.py)."""
+
+    __tablename__ = "ms_call_hours"
+    __table_args__ = (UniqueConstraint("enterprise_number", "hour", name="uq_ms_call_hours"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    enterprise_number: Mapped[str] = mapped_column(Text, nullable=False)
+    hour: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+    # {"counts": {"in_answered": n, ...}, "waits": {"<seconds>": n}, "talk_s": s,
+    #  "employees": {"<ext>": [rung, answered, missed, talk_s, talked]}}
+    figures: Mapped[dict] = mapped_column(JSONType, nullable=False)
+
+
+class CallbackEpisode(db.Model):
+    """A missed caller (analytics): their missed calls until someone talked to them, and how soon."""
+
+    __tablename__ = "ms_callbacks"
+    __table_args__ = (Index("ix_ms_callbacks_period", "enterprise_number", "first_missed_at"),
+                      Index("ix_ms_callbacks_phone", "enterprise_number", "phone"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    enterprise_number: Mapped[str] = mapped_column(Text, nullable=False)
+    phone: Mapped[str] = mapped_column(Text, nullable=False)
+    first_missed_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)  # the first miss's start
+    ended_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)  # the first miss's end
+    misses: Mapped[int] = mapped_column(Integer, nullable=False)
+    unique_id: Mapped[str] = mapped_column(Text, nullable=False)  # of the first missed call
+    reached_at: Mapped[Optional[datetime]] = mapped_column(DateTime)
+    delay_s: Mapped[Optional[float]] = mapped_column(Float)
+    bucket: Mapped[str] = mapped_column(String(16), nullable=False)  # within_15m ... never
+    callback_by: Mapped[Optional[str]] = mapped_column(Text)  # the extension whose outgoing call reached them
+
+
+class AnalyticsMark(db.Model):
+    """An hour or a phone of an enterprise whose rollup must be recomputed (written by the event path)."""
+
+    __tablename__ = "ms_analytics_marks"
+
+    enterprise_number: Mapped[str] = mapped_column(Text, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8), primary_key=True)  # hour | phone
+    key: Mapped[str] = mapped_column(Text, primary_key=True)  # the hour (ISO, UTC) or the phone
+    marked_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)

@@ -22,7 +22,7 @@ from msapp.db.models import Call, Job
 from msapp.errors import ApiError, ValidationFailed
 from msapp.extensions import db
 from msapp.moysklad.formats import is_extension, parse_pbx_time, to_e164
-from msapp.services import exchange_log
+from msapp.services import analytics_rollup, exchange_log
 
 EVENT_TYPES = ("dial", "answer", "hangup", "log")
 CALL_STATUSES = {"answered": "answered", "missed": "missed", "busy": "busy", "noanswer": "missed",
@@ -192,6 +192,7 @@ def _statements(dialect: str) -> dict:
             "upsert": upsert,
             "update_call": update(calls).where(calls.c.id == bindparam("_id")),
             "rearm_job": None if dialect == "postgresql" else rearm,
+            "mark": analytics_rollup.mark_statement(dialect),
         }
     return found
 
@@ -234,8 +235,8 @@ def _upsert_call(ev: CallEvent, statements: dict, tx, now, key: str) -> dict:
 
 
 # what `merge` reads and writes, and `accept` needs of the call's row: the upsert returns only these
-_MERGED = ("id", "created_at", "direction", "extensions", "answered_extension", "start_time", "answer_time",
-           "end_time", "call_status", "record_url", "status")
+_MERGED = ("id", "created_at", "direction", "phone", "extensions", "answered_extension", "start_time",
+           "answer_time", "end_time", "call_status", "record_url", "status")
 
 
 def _merged(calls) -> list:
@@ -275,6 +276,17 @@ def merge(call, ev: CallEvent) -> None:
         call.status = "ended"
 
 
+def _mark_analytics(tx, mark, enterprise: str, row: dict, state, now) -> None:
+    """The call's hour (and the hour it was in, if its start moved) and its phone, in the event's transaction."""
+    hours = {analytics_rollup.hour_of(state.start_time)}
+    if row["call_status"] and row["start_time"]:
+        hours.add(analytics_rollup.hour_of(row["start_time"]))
+    keys = [("hour", hour.isoformat()) for hour in sorted(hours)] + [("phone", state.phone)]
+    for kind, key in keys:
+        tx.later(mark, {"enterprise_number": enterprise, "kind": kind, "key": key, "marked_at": now},
+                 analytics_rollup.MARK_KEYS)
+
+
 def accept(ev: CallEvent, queue, log_event: str, body: dict) -> int:
     """Store the event and queue (or re-arm) the call's sync job; commit. Returns the call's id.
 
@@ -293,6 +305,8 @@ def accept(ev: CallEvent, queue, log_event: str, body: dict) -> int:
         if changes:
             changes["updated_at"] = now
             tx.later(statements["update_call"], {**changes, "_id": row["id"]}, keys=rawsql.columns_of(changes))
+            if state.call_status:  # an ended call changed: its analytics are recomputed (analytics_rollup)
+                _mark_analytics(tx, statements["mark"], ev.enterprise_number, row, state, now)
         # Re-use a sync job still waiting for this call: it will read the state just merged. The UPDATE holds
         # that job's row until commit, so a worker cannot claim it and read the call before this change.
         # A call inserted just now has no job to re-use.

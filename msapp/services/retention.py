@@ -16,7 +16,18 @@ from sqlalchemy import and_, delete, select
 
 from msapp import metrics
 from msapp.clock import utcnow
-from msapp.db.models import AuthFailure, AuthLockout, Call, Click, ClickCooldown, IntegrationLog, Job, MsTask
+from msapp.db.models import (
+    AuthFailure,
+    AuthLockout,
+    Call,
+    CallbackEpisode,
+    CallHour,
+    Click,
+    ClickCooldown,
+    IntegrationLog,
+    Job,
+    MsTask,
+)
 from msapp.extensions import db
 
 log = logging.getLogger("msapp.retention")
@@ -28,12 +39,15 @@ BUDGET = 2.0  # seconds of pruning per tick at most; the rest waits for the next
 def _targets(cutoff) -> list:
     logs, jobs, calls, clicks, tasks = (IntegrationLog.__table__, Job.__table__, Call.__table__, Click.__table__,
                                         MsTask.__table__)
+    hours, callbacks = CallHour.__table__, CallbackEpisode.__table__
     return [
         ("integration_logs", logs, and_(logs.c.integration_type == "ms", logs.c.created_at < cutoff)),
         ("ms_jobs", jobs, and_(jobs.c.status.in_(("done", "dead")), jobs.c.updated_at < cutoff)),
         ("ms_calls", calls, and_(calls.c.status == "ended", calls.c.updated_at < cutoff)),
         ("ms_clicks", clicks, clicks.c.created_at < cutoff),
         ("ms_tasks", tasks, and_(tasks.c.state == "closed", tasks.c.updated_at < cutoff)),
+        ("ms_call_hours", hours, hours.c.hour < cutoff),
+        ("ms_callbacks", callbacks, callbacks.c.first_missed_at < cutoff),
     ]
 
 

@@ -8,9 +8,12 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from zoneinfo import ZoneInfo
 
 import click
 import requests
+
+from msapp.clock import utcnow
 
 DEMO_NUMBER = "0367"
 
@@ -60,6 +63,7 @@ def run_demo(port: int, sandbox_port: int, once: bool, pause: float) -> None:
     from msapp.db.models import Enterprise
     from msapp.db.schema import upgrade_database
     from msapp.extensions import db
+    from msapp.tools.demo_week import seed_week
     from msapp.tools.sandbox import SandboxServer
     from msapp.web.server import make_server, serve_in_thread
 
@@ -78,6 +82,8 @@ def run_demo(port: int, sandbox_port: int, once: bool, pause: float) -> None:
             "enabled": True, "integration_code": keys["phone_api_key"], "api_token": keys["json_api_token"],
             "incoming_call_actions": {"create_customers": True, "create_orders": "new_customer"},
             "missed_calls": {"create_task": True, "fallback_employee": "0a9c1f00-0000-4000-8000-000000000151"}})
+        seeded = seed_week(DEMO_NUMBER, utcnow(), ZoneInfo("Europe/Minsk"))
+        db.session.commit()
     server = make_server(app, "127.0.0.1", port, threads=8)
     serve_in_thread(server)
     app.extensions["ms"].pool.start()
@@ -85,6 +91,8 @@ def run_demo(port: int, sandbox_port: int, once: bool, pause: float) -> None:
     click.echo(f"service  {base}  (data in {data_dir})")
     click.echo(f"sandbox  {sandbox.url}")
     click.echo(f"watch the call cards and history: {sandbox.url}/sandbox/")
+    click.echo(f"analytics (a seeded demo week of {seeded} calls): "
+               f"{base}/ms-admin/analytics?enterprise_number={DEMO_NUMBER}")
     click.echo("playing calls:")
     play_calls(base, pause)
     deadline = time.time() + 30

@@ -26,6 +26,7 @@ from msapp.tools.bench.common import environment
 from msapp.tools.bench.event_path import measure
 from msapp.tools.bench.outages import measure_failover, measure_outage, report_failover
 from msapp.tools.bench.queue_runs import measure_backlog, measure_prune, measure_prune_ack, report_backlog
+from msapp.tools.bench.scale import measure_scale, report_scale
 
 
 def report_outage(results: list) -> str:
@@ -99,9 +100,11 @@ def report(results: list, event_path_only: bool = False) -> str:
               help="JOBS call syncs held an hour ahead in the queue throughout (an outage's backlog)")
 @click.option("--event-path", is_flag=True,
               help="Only the event path: the 202 at --rate, CPU per event ÷ per /healthz, and the knee")
+@click.option("--scale", type=click.IntRange(min=1000), default=None, metavar="CALLS",
+              help="Only a month of CALLS calls (one enterprise a third): the analytics read at that size")
 @click.option("--json-out", type=click.Path(dir_okay=False), help="Also write the raw figures as JSON")
 def bench(dbs, pg_url, calls, soak, enterprises, rate, ack_seconds, latency_ms, workers, processes, outage,
-          failover, prune, backlog, waiting, event_path, json_out):
+          failover, prune, backlog, waiting, event_path, scale, json_out):
     """Measure the figures of docs/design.md 10 against the sandbox and print them as a Markdown table."""
     click.echo(f"versions: {environment()}")
     kinds = list(dbs) or (["sqlite", "postgresql"] if pg_url else ["sqlite"])
@@ -112,6 +115,13 @@ def bench(dbs, pg_url, calls, soak, enterprises, rate, ack_seconds, latency_ms, 
     if soak:
         calls = 10_000
     results = []
+    if scale is not None:
+        for kind in kinds:
+            click.echo(f"scale run on {kind}: {scale} calls over 30 days...", err=True)
+            results.append(measure_scale(kind, pg_url, scale))
+        click.echo(report_scale(results))
+        _write_json(json_out, results)
+        return
     if prune is not None and rate != 200.0:
         click.echo("| database | rate | 202 p50 / p99, quiet | 202 p50 / p99, while pruning |")
         click.echo("|---|---|---|---|")

@@ -278,6 +278,34 @@ def calls_page():
     return render_template(template, ent=ent, cfg=ms().configs.of(ent), found=found, f=filters, error=error)
 
 
+ANALYTICS_ARGS = ("period", "from", "to", "grain")
+
+
+@bp.get("/analytics")
+def analytics_page():
+    """Charts and figures of one enterprise for a period (htmx partial on a period switch)."""
+    from msapp.services.analytics import sort_employees
+    from msapp.web.admin import charts
+
+    number = request.args.get("enterprise_number") or abort(404)
+    ent = ms().configs.enterprise(number)
+    cfg = ms().configs.of(ent)
+    args = {k: request.args[k][:16] for k in ANALYTICS_ARGS if request.args.get(k)}
+    sort = request.args.get("sort") or "rung"
+    report, error, drawn, employees = None, None, None, []
+    try:
+        report = ms().analytics.for_request(number, cfg, args)
+    except ValidationFailed as exc:
+        error = forms.in_russian(exc.errors)
+    if report is not None:
+        drawn = {"calls": charts.calls(report["series"]), "quality": charts.quality(report["series"]),
+                 "callbacks": charts.callbacks(report["callbacks"]), "heatmap": charts.heatmap(report["heatmap"])}
+        employees = sort_employees(report["employees"], sort)
+    template = "admin/_analytics.html" if is_htmx() else "admin/analytics.html"
+    return render_template(template, ent=ent, cfg=cfg, report=report, error=error, charts=drawn, args=args,
+                           args_no_sort=args, sort=sort, employees=employees)
+
+
 @bp.get("/calls/<number>/<path:unique_id>")
 def call_page(number, unique_id):
     ent = ms().configs.enterprise(number)
@@ -333,11 +361,13 @@ def localtime(value, tz_name: str = "Europe/Minsk", fmt: str = "%d.%m.%Y %H:%M:%
 
 
 def register(app) -> None:
+    from msapp.web.admin import charts
     from msapp.web.admin.api import bp as api_bp
 
     app.add_template_filter(localtime, "localtime")
     app.add_template_filter(pretty, "pretty")
     app.add_template_filter(isotime, "isotime")
+    app.add_template_filter(charts.duration, "duration")
 
     # Checked explicitly (auth.protect) for cookie-authenticated changes only; set before init_app,
     # which would otherwise default to checking every POST of every blueprint.

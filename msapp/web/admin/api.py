@@ -1,7 +1,7 @@
 """Admin JSON API for scripts (`Authorization: Bearer <MS_ADMIN_TOKEN>`) and the pages (session + CSRF)."""
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 
 from msapp.errors import ApiError
 from msapp.services.config_schema import public_view
@@ -48,6 +48,29 @@ def calls(number):
 def call(number, unique_id):
     """One call with its timeline, oldest first."""
     return jsonify(ms().support.timeline(number, unique_id))
+
+
+def _analytics(number: str) -> dict:
+    cfg = ms().configs.of(ms().configs.enterprise(number))
+    return ms().analytics.for_request(number, cfg, request.args)
+
+
+@bp.get("/analytics/<number>.csv")
+def analytics_csv(number):
+    """The analytics series and the employees as CSV (UTF-8 with BOM, for spreadsheets)."""
+    from msapp.services.analytics import as_csv
+
+    report = _analytics(number)
+    name = f"ms-analytics-{number}-{report['from']}-{report['to']}.csv"
+    return Response("\ufeff" + as_csv(report), mimetype="text/csv",
+                    headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+
+@bp.get("/analytics/<number>")
+def analytics(number):
+    """Every figure of the analytics page: `?period=today|yesterday|7d|30d` or `?from=&to=` (local dates),
+    `grain=hour|day`."""
+    return jsonify(_analytics(number))
 
 
 @bp.get("/config/<number>/history")

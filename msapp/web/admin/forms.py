@@ -59,6 +59,11 @@ _RUSSIAN = [
     (r"choose the employee who gets every task", "выберите сотрудника, которому ставить задачи"),
     (r"must be a date YYYY-MM-DD", "дата в виде ГГГГ-ММ-ДД"),
     (r"must be in or out", "входящие или исходящие"),
+    (r"must not be before from", "конец периода раньше начала"),
+    (r"a period is at most (\d+) days", r"период не длиннее \1 дней"),
+    (r"must be hour or day", "по часам или по дням"),
+    (r"hours are shown for at most 7 days", "по часам — не больше 7 дней"),
+    (r"must be one of today, yesterday, 7d, 30d", "сегодня, вчера, 7 или 30 дней"),
 ]
 
 

@@ -1,0 +1,257 @@
+"""The analytics rollup (docs/design.md 5.4), kept so that a month of a large enterprise is read in a few
+hundred rows: per enterprise and UTC hour, the figures of the ended calls that started in it
+(`ms_call_hours`), and per enterprise and phone, the missed callers' episodes (`ms_callbacks`).
+
+Both are recomputed from ms_calls, never added to, so they cannot drift from the calls: a PBX event that
+changes an ended call marks its hour and its phone (`MARK`, in the event's own transaction), and the
+ticker recomputes what is marked (`Rollup.refresh`); a mark made again while it is being recomputed stays
+for the next tick. `Rollup.rebuild` recomputes an enterprise from scratch (the migration marks every
+enterprise that has calls for it). A callback's bucket uses the enterprise's time zone when its phone was
+last recomputed.
+"""
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from typing import Optional
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import and_, bindparam, delete, func, select, tuple_
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from msapp.db.models import AnalyticsMark, Call, CallbackEpisode, CallHour
+from msapp.errors import ApiError
+from msapp.extensions import db
+
+log = logging.getLogger("msapp.analytics")
+HOUR = timedelta(hours=1)
+STATUSES = ("answered", "missed", "busy")
+COUNT_KEYS = tuple(f"{d}_{s}" for d in ("in", "out") for s in STATUSES)
+COLUMNS = (Call.unique_id, Call.direction, Call.phone, Call.extensions, Call.answered_extension, Call.start_time,
+           Call.answer_time, Call.end_time, Call.call_status)
+ENDED = Call.call_status.is_not(None)
+
+
+def mark_statement(dialect: str):
+    """The event path's mark (run by rawsql, values: enterprise_number, kind, key, marked_at)."""
+    table = AnalyticsMark.__table__
+    ins = (pg_insert if dialect == "postgresql" else sqlite_insert)(table)
+    return ins.on_conflict_do_update(index_elements=["enterprise_number", "kind", "key"],
+                                     set_={"marked_at": ins.excluded.marked_at})
+
+
+MARK_KEYS = ("enterprise_number", "key", "kind", "marked_at")
+
+
+def hour_of(moment: datetime) -> datetime:
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
+def hour_figures(calls: list) -> dict:
+    """The figures of some ended calls (dicts of `COLUMNS`): counts by direction and result, answer waits
+    (whole seconds -> calls), talk time, and per extension [rung, answered, missed, talk_s, talked]."""
+    counts = dict.fromkeys(COUNT_KEYS, 0)
+    waits: dict = defaultdict(int)
+    employees: dict = defaultdict(lambda: [0, 0, 0, 0.0, 0])
+    talk_total = 0.0
+    for c in calls:
+        counts[f"{c['direction']}_{c['call_status']}"] += 1
+        who = None
+        if c["direction"] == "in":
+            for ext in dict.fromkeys(c["extensions"] or []):
+                employees[ext][0] += 1
+                employees[ext][2] += c["call_status"] != "answered"
+            if c["call_status"] == "answered":
+                who = c["answered_extension"]
+                if who:
+                    employees[who][1] += 1
+                wait = answer_wait(c)
+                if wait is not None:
+                    waits[str(round(wait))] += 1
+        elif c["call_status"] == "answered":
+            who = caller(c)
+        talk = talk_of(c)
+        talk_total += talk
+        if who:
+            employees[who][3] = round(employees[who][3] + talk, 3)
+            employees[who][4] += 1
+    return {"counts": counts, "waits": dict(waits), "talk_s": round(talk_total, 3), "employees": dict(employees)}
+
+
+def answer_wait(call: dict) -> Optional[float]:
+    if call["answer_time"] and call["start_time"] and call["answer_time"] >= call["start_time"]:
+        return (call["answer_time"] - call["start_time"]).total_seconds()
+    return None
+
+
+def talk_of(call: dict) -> float:
+    if call["call_status"] != "answered" or not call["end_time"]:
+        return 0.0
+    began = call["answer_time"] or call["start_time"]
+    return max(0.0, (call["end_time"] - began).total_seconds()) if began else 0.0
+
+
+def caller(call: dict) -> Optional[str]:
+    return (call["extensions"] or [None])[0]
+
+
+def episodes_of(calls: list, zone: ZoneInfo) -> list:
+    """Missed callers' episodes over ended `calls` in start order: a missed or busy incoming call opens
+    one for its phone, later misses join it, and the first answered call with that phone starting after
+    the first miss ended closes it (docs/design.md 5.4)."""
+    open_by_phone: dict = {}
+    out = []
+    for c in calls:
+        phone = c["phone"]
+        if not phone:
+            continue
+        episode = open_by_phone.get(phone)
+        if c["direction"] == "in" and c["call_status"] != "answered":
+            if episode is None:
+                episode = open_by_phone[phone] = {
+                    "phone": phone, "first_missed_at": c["start_time"], "ended_at": c["end_time"] or c["start_time"],
+                    "unique_id": c["unique_id"], "misses": 0, "reached_at": None, "delay_s": None,
+                    "callback_by": None, "bucket": "never"}
+                out.append(episode)
+            episode["misses"] += 1
+        elif c["call_status"] == "answered" and episode is not None and c["start_time"] >= episode["ended_at"]:
+            delay = (c["start_time"] - episode["ended_at"]).total_seconds()
+            episode.update(reached_at=c["start_time"], delay_s=delay, bucket=_bucket(episode, c["start_time"], zone),
+                           callback_by=caller(c) if c["direction"] == "out" else None)
+            del open_by_phone[phone]
+    return out
+
+
+def _bucket(episode: dict, reached: datetime, zone: ZoneInfo) -> str:
+    delay = (reached - episode["ended_at"]).total_seconds()
+    if delay <= 15 * 60:
+        return "within_15m"
+    if delay <= 3600:
+        return "within_1h"
+    day = episode["ended_at"].replace(tzinfo=UTC).astimezone(zone).date()
+    return "same_day" if reached.replace(tzinfo=UTC).astimezone(zone).date() == day else "later"
+
+
+def _rows(query) -> list:
+    return [dict(row._mapping) for row in db.session.execute(query)]
+
+
+class Rollup:
+    def __init__(self, configs):
+        self.configs = configs  # services.config.ConfigStore: each enterprise's time zone
+
+    def _zone(self, number: str) -> Optional[ZoneInfo]:
+        try:
+            return ZoneInfo(self.configs.read_fast(number).get("timezone") or "Europe/Minsk")
+        except ApiError:  # the enterprise is gone
+            return None
+
+    def refresh(self, limit: int = 500) -> int:
+        """Ticker task: recompute what the event path marked (oldest marks first, at most `limit`), each
+        hour or phone in a transaction of its own. Returns how many marks were done."""
+        marks = db.session.execute(select(AnalyticsMark.__table__).order_by(AnalyticsMark.marked_at)
+                                   .limit(limit)).all()
+        db.session.commit()
+        done = 0
+        for mark in marks:
+            zone = self._zone(mark.enterprise_number)
+            if zone is not None:
+                if mark.kind == "hour":
+                    self._hour(mark.enterprise_number, datetime.fromisoformat(mark.key))
+                elif mark.kind == "phone":
+                    self._phone(mark.enterprise_number, mark.key, zone)
+                else:
+                    self.rebuild(mark.enterprise_number)
+            t = AnalyticsMark.__table__
+            # gone only if not marked again meanwhile (a later event: recomputed at the next tick)
+            db.session.execute(delete(t).where(and_(t.c.enterprise_number == mark.enterprise_number,
+                                                    t.c.kind == mark.kind, t.c.key == mark.key,
+                                                    t.c.marked_at == mark.marked_at)))
+            db.session.commit()
+            done += 1
+        return done
+
+    def _hour(self, number: str, hour: datetime) -> None:
+        calls = _rows(select(*COLUMNS).where(Call.enterprise_number == number, Call.start_time >= hour,
+                                             Call.start_time < hour + HOUR, ENDED))
+        self._lock(f"hour:{number}:{hour.isoformat()}")
+        t = CallHour.__table__
+        db.session.execute(delete(t).where(t.c.enterprise_number == number, t.c.hour == hour))
+        if calls:
+            _insert_hour(number, hour, calls)
+        db.session.commit()
+
+    def _phone(self, number: str, phone: str, zone: ZoneInfo) -> None:
+        calls = _rows(select(*COLUMNS).where(Call.enterprise_number == number, Call.phone == phone, ENDED)
+                      .order_by(Call.start_time, Call.id))
+        self._lock(f"phone:{number}:{phone}")
+        t = CallbackEpisode.__table__
+        db.session.execute(delete(t).where(t.c.enterprise_number == number, t.c.phone == phone))
+        episodes = episodes_of(calls, zone)
+        if episodes:
+            db.session.execute(t.insert(), [{"enterprise_number": number, **e} for e in episodes])
+        db.session.commit()
+
+    @staticmethod
+    def _lock(key: str) -> None:
+        """PostgreSQL: one process at a time recomputes a key (two would both delete, then both insert)."""
+        if db.engine.dialect.name == "postgresql":
+            db.session.execute(select(func.pg_advisory_xact_lock(func.hashtext(bindparam("k", key)))))
+
+    def rebuild(self, number: str, batch: int = 5000) -> None:
+        """Recompute an enterprise's whole rollup from its calls: read page by page (each page a short
+        transaction: on SQLite every transaction holds the writer lock), then written in one."""
+        zone = self._zone(number)
+        if zone is None:
+            return
+        hours, current, rows = [], None, []
+        for call in _pages(number, (Call.start_time, Call.id), batch):
+            hour = hour_of(call["start_time"])
+            if hour != current and rows:
+                hours.append((current, hour_figures(rows)))
+                rows = []
+            current = hour
+            rows.append(call)
+        if rows:
+            hours.append((current, hour_figures(rows)))
+        episodes, phone, calls = [], None, []
+        for call in _pages(number, (Call.phone, Call.start_time, Call.id), batch):
+            if call["phone"] != phone and calls:
+                episodes += episodes_of(calls, zone)
+                calls = []
+            phone = call["phone"]
+            calls.append(call)
+        episodes += episodes_of(calls, zone)
+        self._lock(f"rebuild:{number}")
+        t_hours, t_episodes = CallHour.__table__, CallbackEpisode.__table__
+        db.session.execute(delete(t_hours).where(t_hours.c.enterprise_number == number))
+        db.session.execute(delete(t_episodes).where(t_episodes.c.enterprise_number == number))
+        if hours:
+            db.session.execute(t_hours.insert(), [{"enterprise_number": number, "hour": h, "figures": f}
+                                                  for h, f in hours])
+        if episodes:
+            db.session.execute(t_episodes.insert(), [{"enterprise_number": number, **e} for e in episodes])
+        db.session.commit()
+
+
+def _pages(number: str, order: tuple, batch: int):
+    """The enterprise's ended calls in `order` (ending with the id), a page per transaction (keyset)."""
+    after = None
+    while True:
+        query = select(*COLUMNS, Call.id).where(Call.enterprise_number == number, ENDED)
+        if after is not None:
+            query = query.where(tuple_(*order) > tuple_(*after))
+        page = _rows(query.order_by(*order).limit(batch))
+        db.session.commit()
+        yield from page
+        if len(page) < batch:
+            return
+        last = page[-1]
+        after = tuple(last[column.key] for column in order)
+
+
+def _insert_hour(number: str, hour: datetime, calls: list) -> None:
+    db.session.execute(CallHour.__table__.insert().values(enterprise_number=number, hour=hour,
+                                                          figures=hour_figures(calls)))

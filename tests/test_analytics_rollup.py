@@ -1,0 +1,82 @@
+"""The analytics rollup (services/analytics_rollup.py) never drifts from the calls: what PBX events mark,
+the ticker recomputes, and the result equals a rebuild from scratch, through reordered, repeated and
+corrected events."""
+from sqlalchemy import select
+
+from msapp import clock
+from msapp.db.models import AnalyticsMark, CallbackEpisode, CallHour, Enterprise
+from msapp.extensions import db
+from msapp.services import events
+from msapp.services.analytics_rollup import Rollup
+
+P = "+375291112233"
+
+
+def play(app, *bodies):
+    for body in bodies:
+        body = {"enterprise_number": "0367", **body}
+        kind = "log" if body["event_type"] == "log" else None  # a CDR line comes by a route of its own
+        events.accept(events.parse(body, kind, {}), app.extensions["ms"].queue, "event.call-event", body)
+
+
+def snapshot(number="0367"):
+    hours = {h.hour: h.figures for h in db.session.execute(
+        select(CallHour.hour, CallHour.figures).where(CallHour.enterprise_number == number))}
+    t = CallbackEpisode.__table__
+    episodes = sorted(tuple(r) for r in db.session.execute(select(
+        t.c.phone, t.c.first_missed_at, t.c.ended_at, t.c.misses, t.c.unique_id, t.c.reached_at, t.c.delay_s,
+        t.c.bucket, t.c.callback_by).where(t.c.enterprise_number == number)))
+    db.session.commit()
+    return hours, episodes
+
+
+def test_what_events_mark_the_ticker_recomputes_as_a_rebuild_would(ctx):
+    db.session.add(Enterprise(number="0367", name="Co", integrations_config={}))
+    db.session.commit()
+    rollup = Rollup(ctx.extensions["ms"].configs)
+    a = {"unique_id": "a", "direction": "in", "phone": "+375291000001", "start_time": "2026-11-23 10:00:00"}
+    play(ctx, {**a, "event_type": "dial", "extensions": ["150", "151"]}, {**a, "event_type": "answer", "extension": "150"},
+         {**a, "event_type": "hangup", "call_status": "answered", "end_time": "2026-11-23 10:03:00"})
+    b = {"unique_id": "b", "direction": "in", "phone": P, "start_time": "2026-11-23 11:00:00"}
+    play(ctx, {**b, "event_type": "hangup", "call_status": "missed", "end_time": "2026-11-23 11:00:30"},
+         {**b, "event_type": "dial", "extensions": ["151"]})  # the hangup first: reordered
+    assert rollup.refresh() == 4 and rollup.refresh() == 0  # two hours, two phones
+    assert snapshot()[1][0][7] == "never"
+    c = {"unique_id": "c", "direction": "out", "phone": P, "extension": "151", "start_time": "2026-11-23 11:10:00"}
+    play(ctx, {**c, "event_type": "dial"}, {**c, "event_type": "answer"},
+         {**c, "event_type": "hangup", "call_status": "answered", "end_time": "2026-11-23 11:12:00"},
+         {**c, "event_type": "hangup", "call_status": "answered", "end_time": "2026-11-23 11:12:00"})  # repeated
+    # a correction: the log says call b started in the hour before (the call moves between hours)
+    play(ctx, {**b, "event_type": "log", "call_status": "missed", "start_time": "2026-11-23 09:59:00"})
+    while rollup.refresh():
+        pass
+    assert db.session.scalars(select(AnalyticsMark.key)).all() == []
+    kept = snapshot()
+    hours, episodes = kept
+    assert sorted(h.hour for h in hours) == [6, 7, 8]  # UTC: 09:59 (b, moved), 10:00 (a), 11:10 (c) in Minsk
+    assert [(e[0], e[3], e[6], e[7], e[8]) for e in episodes] == [(P, 1, 570.0, "within_15m", "151")]
+    rollup.rebuild("0367")
+    assert snapshot() == kept
+
+
+def test_a_mark_made_again_while_recomputed_stays_for_the_next_tick(ctx, monkeypatch):
+    db.session.add(Enterprise(number="0367", name="Co", integrations_config={}))
+    db.session.commit()
+    rollup = Rollup(ctx.extensions["ms"].configs)
+    a = {"unique_id": "a", "direction": "in", "phone": P, "start_time": "2026-11-23 10:00:00"}
+    play(ctx, {**a, "event_type": "hangup", "call_status": "missed"})  # nobody rang yet: no extension
+    real = Rollup._hour
+
+    def hour_then_an_event(self, number, hour):
+        real(self, number, hour)
+        clock.advance(1)  # the event comes a moment later, while the ticker is between recompute and unmark
+        play(ctx, {**a, "event_type": "log", "call_status": "answered", "extension": "150"})
+
+    monkeypatch.setattr(Rollup, "_hour", hour_then_an_event)
+    rollup.refresh()
+    monkeypatch.setattr(Rollup, "_hour", real)
+    assert "hour" in {m.kind for m in db.session.scalars(select(AnalyticsMark))}
+    while rollup.refresh():
+        pass
+    hours, _ = snapshot()
+    assert list(hours.values())[0]["employees"] == {"150": [1, 0, 1, 0.0, 0]}  # the later event is in
