@@ -98,7 +98,7 @@ def create_app(config: Optional[Mapping[str, str]] = None) -> Flask:
     pool.every(60.0, directory.refresh_stale)
     pool.every(1.0, breakers.refresh)
     pool.every(60.0, Retention(settings.retention_days).prune)
-    pool.every(2.0, Rollup(configs).refresh)  # the analytics of calls that changed
+    pool.every(5.0, Rollup(configs).refresh)  # the analytics of calls that changed (at most 5 s late)
     app.extensions["ms"] = MsState(
         settings=settings,
         queue=queue,

@@ -80,3 +80,14 @@ def test_a_mark_made_again_while_recomputed_stays_for_the_next_tick(ctx, monkeyp
         pass
     hours, _ = snapshot()
     assert list(hours.values())[0]["employees"] == {"150": [1, 0, 1, 0.0, 0]}  # the later event is in
+
+
+def test_a_new_time_zone_rebuilds_the_enterprise(ctx):
+    db.session.add(Enterprise(number="0367", name="Co", integrations_config={}))
+    db.session.commit()
+    configs = ctx.extensions["ms"].configs
+    configs.save("0367", {"enabled": False})
+    assert db.session.scalars(select(AnalyticsMark.kind)).all() == []
+    configs.save("0367", {"timezone": "Asia/Vladivostok"})
+    assert db.session.scalars(select(AnalyticsMark.kind)).all() == ["rebuild"]
+    assert Rollup(configs).refresh() == 1 and db.session.scalars(select(AnalyticsMark.kind)).all() == []

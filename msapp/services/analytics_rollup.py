@@ -148,57 +148,73 @@ class Rollup:
         except ApiError:  # the enterprise is gone
             return None
 
-    def refresh(self, limit: int = 500) -> int:
-        """Ticker task: recompute what the event path marked (oldest marks first, at most `limit`), each
-        hour or phone in a transaction of its own. Returns how many marks were done."""
-        marks = db.session.execute(select(AnalyticsMark.__table__).order_by(AnalyticsMark.marked_at)
-                                   .limit(limit)).all()
+    def refresh(self, limit: int = 2000) -> int:
+        """Ticker task: recompute what the event path marked (oldest marks first, at most `limit`): per
+        enterprise, its marked hours, then all its marked phones in one transaction; a mark goes only if
+        nobody marked it again meanwhile (a later event: recomputed at the next tick). Returns how many
+        marks were done."""
+        t = AnalyticsMark.__table__
+        marks = db.session.execute(select(t).order_by(t.c.marked_at).limit(limit)).all()
         db.session.commit()
-        done = 0
+        by_enterprise: dict = defaultdict(list)
         for mark in marks:
-            zone = self._zone(mark.enterprise_number)
-            if zone is not None:
-                if mark.kind == "hour":
-                    self._hour(mark.enterprise_number, datetime.fromisoformat(mark.key))
-                elif mark.kind == "phone":
-                    self._phone(mark.enterprise_number, mark.key, zone)
-                else:
-                    self.rebuild(mark.enterprise_number)
-            t = AnalyticsMark.__table__
-            # gone only if not marked again meanwhile (a later event: recomputed at the next tick)
-            db.session.execute(delete(t).where(and_(t.c.enterprise_number == mark.enterprise_number,
-                                                    t.c.kind == mark.kind, t.c.key == mark.key,
-                                                    t.c.marked_at == mark.marked_at)))
+            by_enterprise[mark.enterprise_number].append(mark)
+        for number, group in by_enterprise.items():
+            zone = self._zone(number)
+            kinds = {m.kind for m in group}
+            if zone is None:
+                pass  # the enterprise is gone: its marks with it
+            elif "rebuild" in kinds:
+                self.rebuild(number)
+            else:
+                for hour in sorted({m.key for m in group if m.kind == "hour"}):
+                    self._hour(number, datetime.fromisoformat(hour))
+                self._phones(number, sorted({m.key for m in group if m.kind == "phone"}), zone)
+            db.session.execute(delete(t).where(and_(
+                t.c.enterprise_number == bindparam("n"), t.c.kind == bindparam("k"), t.c.key == bindparam("v"),
+                t.c.marked_at == bindparam("at"))), [{"n": m.enterprise_number, "k": m.kind, "v": m.key,
+                                                      "at": m.marked_at} for m in group])
             db.session.commit()
-            done += 1
-        return done
+        return len(marks)
 
     def _hour(self, number: str, hour: datetime) -> None:
+        self._lock(number)
         calls = _rows(select(*COLUMNS).where(Call.enterprise_number == number, Call.start_time >= hour,
                                              Call.start_time < hour + HOUR, ENDED))
-        self._lock(f"hour:{number}:{hour.isoformat()}")
         t = CallHour.__table__
         db.session.execute(delete(t).where(t.c.enterprise_number == number, t.c.hour == hour))
         if calls:
             _insert_hour(number, hour, calls)
         db.session.commit()
 
-    def _phone(self, number: str, phone: str, zone: ZoneInfo) -> None:
-        calls = _rows(select(*COLUMNS).where(Call.enterprise_number == number, Call.phone == phone, ENDED)
-                      .order_by(Call.start_time, Call.id))
-        self._lock(f"phone:{number}:{phone}")
+    def _phones(self, number: str, phones: list, zone: ZoneInfo, batch: int = 500) -> None:
+        """Recompute the episodes of some phones of one enterprise, `batch` phones per transaction."""
         t = CallbackEpisode.__table__
-        db.session.execute(delete(t).where(t.c.enterprise_number == number, t.c.phone == phone))
-        episodes = episodes_of(calls, zone)
-        if episodes:
-            db.session.execute(t.insert(), [{"enterprise_number": number, **e} for e in episodes])
-        db.session.commit()
+        for start in range(0, len(phones), batch):
+            chunk = phones[start:start + batch]
+            self._lock(number)
+            calls = _rows(select(*COLUMNS).where(Call.enterprise_number == number, Call.phone.in_(chunk), ENDED)
+                          .order_by(Call.phone, Call.start_time, Call.id))
+            db.session.execute(delete(t).where(t.c.enterprise_number == number, t.c.phone.in_(chunk)))
+            episodes, current, rows = [], None, []
+            for call in calls:
+                if call["phone"] != current and rows:
+                    episodes += episodes_of(rows, zone)
+                    rows = []
+                current = call["phone"]
+                rows.append(call)
+            episodes += episodes_of(rows, zone)
+            if episodes:
+                db.session.execute(t.insert(), [{"enterprise_number": number, **e} for e in episodes])
+            db.session.commit()
 
     @staticmethod
-    def _lock(key: str) -> None:
-        """PostgreSQL: one process at a time recomputes a key (two would both delete, then both insert)."""
+    def _lock(number: str) -> None:
+        """PostgreSQL: one process at a time writes an enterprise's rollup, until its transaction ends (two
+        would both delete, then both insert)."""
         if db.engine.dialect.name == "postgresql":
-            db.session.execute(select(func.pg_advisory_xact_lock(func.hashtext(bindparam("k", key)))))
+            key = bindparam("k", "ms-rollup:" + number)
+            db.session.execute(select(func.pg_advisory_xact_lock(func.hashtext(key))))
 
     def rebuild(self, number: str, batch: int = 5000) -> None:
         """Recompute an enterprise's whole rollup from its calls: read page by page (each page a short
@@ -224,7 +240,7 @@ class Rollup:
             phone = call["phone"]
             calls.append(call)
         episodes += episodes_of(calls, zone)
-        self._lock(f"rebuild:{number}")
+        self._lock(number)
         t_hours, t_episodes = CallHour.__table__, CallbackEpisode.__table__
         db.session.execute(delete(t_hours).where(t_hours.c.enterprise_number == number))
         db.session.execute(delete(t_episodes).where(t_episodes.c.enterprise_number == number))

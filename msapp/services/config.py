@@ -15,7 +15,7 @@ from sqlalchemy import bindparam, select
 
 from msapp.clock import utcnow
 from msapp.db import rawsql
-from msapp.db.models import ConfigChange, Enterprise, WebhookKey
+from msapp.db.models import AnalyticsMark, ConfigChange, Enterprise, WebhookKey
 from msapp.errors import ApiError, ValidationFailed
 from msapp.extensions import db
 from msapp.services.config_schema import (
@@ -90,7 +90,10 @@ class ConfigStore:
         if not cfg.get("webhook_uuid"):
             cfg["webhook_uuid"] = str(uuid.uuid4())
         self._write(ent, cfg)
-        self._record(number, by, changed_fields(before, cfg))
+        fields = changed_fields(before, cfg)
+        self._record(number, by, fields)
+        if "timezone" in fields:  # past callbacks' «same day» is in the zone: the analytics are rebuilt
+            db.session.merge(AnalyticsMark(enterprise_number=number, kind="rebuild", key="", marked_at=utcnow()))
         db.session.commit()
         for callback in self.on_saved:
             callback(number)
