@@ -20,8 +20,9 @@ def play(app, *bodies):
 
 
 def snapshot(number="0367"):
-    hours = {h.hour: h.figures for h in db.session.execute(
-        select(CallHour.hour, CallHour.figures).where(CallHour.enterprise_number == number))}
+    hours = {h.hour: dict(h._mapping) for h in db.session.execute(select(
+        CallHour.hour, CallHour.counts, CallHour.waits, CallHour.talk_s, CallHour.employees)
+        .where(CallHour.enterprise_number == number))}
     t = CallbackEpisode.__table__
     episodes = sorted(tuple(r) for r in db.session.execute(select(
         t.c.phone, t.c.first_missed_at, t.c.ended_at, t.c.misses, t.c.unique_id, t.c.reached_at, t.c.delay_s,

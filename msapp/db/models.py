@@ -259,16 +259,20 @@ class CallHour(db.Model):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     enterprise_number: Mapped[str] = mapped_column(Text, nullable=False)
     hour: Mapped[datetime] = mapped_column(DateTime, nullable=False)
-    # {"counts": {"in_answered": n, ...}, "waits": {"<seconds>": n}, "talk_s": s,
-    #  "employees": {"<ext>": [rung, answered, missed, talk_s, talked]}}
-    figures: Mapped[dict] = mapped_column(JSONType, nullable=False)
+    counts: Mapped[dict] = mapped_column(JSONType, nullable=False)  # {"in_answered": n, ... "out_busy": n}
+    waits: Mapped[dict] = mapped_column(JSONType, nullable=False)  # ring to answer: {"<whole seconds>": n}
+    talk_s: Mapped[float] = mapped_column(Float, nullable=False)
+    # {"<ext>": [rung, answered, missed while ringing, talk_s, calls talked]}
+    employees: Mapped[dict] = mapped_column(JSONType, nullable=False)
 
 
 class CallbackEpisode(db.Model):
     """A missed caller (analytics): their missed calls until someone talked to them, and how soon."""
 
     __tablename__ = "ms_callbacks"
-    __table_args__ = (Index("ix_ms_callbacks_period", "enterprise_number", "first_missed_at"),
+    # the report reads a period's episodes from the index alone (bucket, delay, who called back)
+    __table_args__ = (Index("ix_ms_callbacks_period", "enterprise_number", "first_missed_at", "bucket", "delay_s",
+                            "callback_by"),
                       Index("ix_ms_callbacks_phone", "enterprise_number", "phone"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

@@ -158,11 +158,8 @@ class Analytics:
         """Every figure of the page for `period`, with the previous period's totals and the change (%), read
         from the rollup (services/analytics_rollup.py): hours, and missed callers' episodes."""
         before = period.previous()
-        hours = db.session.execute(select(CallHour.hour, CallHour.figures).where(
-            CallHour.enterprise_number == number, CallHour.hour >= before.utc_bounds()[0],
-            CallHour.hour < period.utc_bounds()[1])).all()
-        current = _Hours(period, [h for h in hours if period.contains(h.hour)])
-        previous = _Hours(before, [h for h in hours if before.contains(h.hour)])
+        current = _Hours(period, _hours(number, period, CallHour.employees))
+        previous = _Hours(before, _hours(number, before))  # its totals only: no employees to read
         callbacks, callbacks_before = _Callbacks(number, period), _Callbacks(number, before)
         totals = {**current.totals(), **callbacks.totals(), "demo_calls": _demo_calls(number, period)}
         totals_before = {**previous.totals(), **callbacks_before.totals(), "demo_calls": 0}
@@ -178,6 +175,12 @@ class Analytics:
         return report
 
 
+def _hours(number: str, period: Period, *more) -> list:
+    lo, hi = period.utc_bounds()
+    return db.session.execute(select(CallHour.hour, CallHour.counts, CallHour.waits, CallHour.talk_s, *more).where(
+        CallHour.enterprise_number == number, CallHour.hour >= lo, CallHour.hour < hi)).all()
+
+
 def _change(now_value, before) -> Optional[float]:
     if not isinstance(now_value, (int, float)) or not isinstance(before, (int, float)) or not before:
         return None
@@ -189,18 +192,18 @@ class _Hours:
 
     def __init__(self, period: Period, hours: list):
         self.period = period
-        self.hours = [(h.hour.replace(tzinfo=UTC).astimezone(period.zone), h.figures) for h in hours]
+        self.hours = [(h.hour.replace(tzinfo=UTC).astimezone(period.zone), h) for h in hours]
 
     def totals(self) -> dict:
         counts = dict.fromkeys(COUNT_KEYS, 0)
         waits: dict = defaultdict(int)
         talk = 0.0
-        for _, figures in self.hours:
-            for key, n in figures["counts"].items():
+        for _, h in self.hours:
+            for key, n in h.counts.items():
                 counts[key] += n
-            for seconds, n in figures["waits"].items():
+            for seconds, n in h.waits.items():
                 waits[seconds] += n
-            talk += figures["talk_s"]
+            talk += h.talk_s
         incoming = counts["in_answered"] + counts["in_missed"] + counts["in_busy"]
         calls = sum(counts.values())
         return {"calls": calls, "incoming": incoming, "outgoing": calls - incoming, "answered": counts["in_answered"],
@@ -212,11 +215,11 @@ class _Hours:
     def series(self) -> list:
         rows = {label: {"at": label, **dict.fromkeys(COUNT_KEYS, 0), "waits": defaultdict(int)}
                 for label in self.period.labels()}
-        for local, figures in self.hours:
+        for local, h in self.hours:
             row = rows[self.period.label_of(local)]  # the repeated hour of a daylight-saving change: one label
-            for key, n in figures["counts"].items():
+            for key, n in h.counts.items():
                 row[key] += n
-            for seconds, n in figures["waits"].items():
+            for seconds, n in h.waits.items():
                 row["waits"][seconds] += n
         out = []
         for row in rows.values():
@@ -230,20 +233,26 @@ class _Hours:
     def heatmap(self) -> list:
         """[weekday 0 = Monday][hour]: incoming calls and their missed share."""
         cells = [[[0, 0] for _ in range(24)] for _ in range(7)]
-        for local, figures in self.hours:
-            c = figures["counts"]
+        for local, h in self.hours:
+            c = h.counts
             cell = cells[local.weekday()][local.hour]
             cell[0] += c["in_answered"] + c["in_missed"] + c["in_busy"]
             cell[1] += c["in_missed"] + c["in_busy"]
         return [[{"calls": n, "missed_share": _share(m, n)} for n, m in day] for day in cells]
 
     def employees(self, names: dict, callbacks_made: dict, tasks_closed: dict) -> list:
-        rows: dict = defaultdict(lambda: [0, 0, 0, 0.0, 0])
-        for _, figures in self.hours:
-            for ext, values in figures["employees"].items():
-                row = rows[ext]
-                for i, v in enumerate(values):
-                    row[i] += v
+        rows: dict = {}
+        for _, h in self.hours:
+            for ext, (rung, answered, missed, talk, talked) in h.employees.items():
+                row = rows.get(ext)
+                if row is None:
+                    rows[ext] = [rung, answered, missed, talk, talked]
+                else:
+                    row[0] += rung
+                    row[1] += answered
+                    row[2] += missed
+                    row[3] += talk
+                    row[4] += talked
         for ext in {*callbacks_made, *tasks_closed} - rows.keys():  # who only called back, or closed a task
             rows[ext] = [0, 0, 0, 0.0, 0]
         out = []
@@ -278,22 +287,33 @@ class _Callbacks:
         t = CallbackEpisode.__table__
         self.t = t
         self.where = and_(t.c.enterprise_number == number, t.c.first_missed_at >= lo, t.c.first_missed_at < hi)
-        self.counts = dict(db.session.execute(select(t.c.bucket, func.count()).where(self.where)
-                                              .group_by(t.c.bucket)).all())
+        # one walk of the covering index ix_ms_callbacks_period: episodes by bucket and by who called back
+        self.counts, self.by = defaultdict(int), defaultdict(int)
+        for bucket, callback_by, n in db.session.execute(select(t.c.bucket, t.c.callback_by, func.count()).where(
+                self.where).group_by(t.c.bucket, t.c.callback_by)):
+            self.counts[bucket] += n
+            if callback_by is not None:
+                self.by[callback_by] += n
         self.total = sum(self.counts.values())
         self.reached = self.total - self.counts.get("never", 0)
         self.delays: dict = {}  # q -> percentile
 
     def _delay(self, q: float) -> Optional[float]:
-        """Nearest-rank percentile of the reached callers' delays, computed by the database."""
+        """Nearest-rank percentile of the reached callers' delays, computed by the database: PostgreSQL's
+        percentile_disc is that (p50 and p90 in one sort); SQLite walks to the rank."""
         if not self.reached:
             return None
         if q not in self.delays:
             t = self.t
-            self.delays[q] = db.session.scalar(
-                select(t.c.delay_s).where(self.where, t.c.reached_at.is_not(None)).order_by(t.c.delay_s)
-                .offset(max(1, math.ceil(q * self.reached)) - 1).limit(1))
-        return self.delays[q]
+            reached = and_(self.where, t.c.delay_s.is_not(None))  # reached (the delay is in the index)
+            if db.engine.dialect.name == "postgresql":
+                both = db.session.execute(select(
+                    *(func.percentile_disc(p).within_group(t.c.delay_s) for p in (0.5, 0.9))).where(reached)).one()
+                self.delays.update({0.5: both[0], 0.9: both[1]})
+            else:
+                self.delays[q] = db.session.scalar(select(t.c.delay_s).where(reached).order_by(t.c.delay_s)
+                                                   .offset(max(1, math.ceil(q * self.reached)) - 1).limit(1))
+        return self.delays.get(q)
 
     def totals(self) -> dict:
         return {"missed_callers": self.total, "reached_share": _share(self.reached, self.total),
@@ -301,14 +321,12 @@ class _Callbacks:
 
     def made(self) -> dict:
         """Extension -> callbacks made (outgoing calls that reached a missed caller)."""
-        t = self.t
-        return dict(db.session.execute(select(t.c.callback_by, func.count()).where(
-            self.where, t.c.callback_by.is_not(None)).group_by(t.c.callback_by)).all())
+        return dict(self.by)
 
     def figures(self) -> dict:
         t = self.t
         waiting = db.session.execute(select(t.c.phone, t.c.first_missed_at, t.c.misses, t.c.unique_id).where(
-            self.where, t.c.reached_at.is_(None)).order_by(t.c.first_missed_at).limit(WAITING_SHOWN)).all()
+            self.where, t.c.bucket == "never").order_by(t.c.first_missed_at).limit(WAITING_SHOWN)).all()
         tasks = _open_tasks(self.number, {w.phone for w in waiting})
         return {"missed_callers": self.total, **{k: self.counts.get(k, 0) for k in CALLBACK_BUCKETS},
                 "reached_p50_s": self._delay(0.5), "reached_p90_s": self._delay(0.9),

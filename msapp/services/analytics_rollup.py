@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Optional
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import and_, bindparam, delete, func, select, tuple_
+from sqlalchemy import and_, bindparam, delete, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -27,6 +27,7 @@ from msapp.extensions import db
 
 log = logging.getLogger("msapp.analytics")
 HOUR = timedelta(hours=1)
+DAY = timedelta(days=1)
 STATUSES = ("answered", "missed", "busy")
 COUNT_KEYS = tuple(f"{d}_{s}" for d in ("in", "out") for s in STATUSES)
 COLUMNS = (Call.unique_id, Call.direction, Call.phone, Call.extensions, Call.answered_extension, Call.start_time,
@@ -193,19 +194,10 @@ class Rollup:
         for start in range(0, len(phones), batch):
             chunk = phones[start:start + batch]
             self._lock(number)
-            calls = _rows(select(*COLUMNS).where(Call.enterprise_number == number, Call.phone.in_(chunk), ENDED)
-                          .order_by(Call.phone, Call.start_time, Call.id))
+            episodes = _episodes_of_phones(number, chunk, zone)
             db.session.execute(delete(t).where(t.c.enterprise_number == number, t.c.phone.in_(chunk)))
-            episodes, current, rows = [], None, []
-            for call in calls:
-                if call["phone"] != current and rows:
-                    episodes += episodes_of(rows, zone)
-                    rows = []
-                current = call["phone"]
-                rows.append(call)
-            episodes += episodes_of(rows, zone)
             if episodes:
-                db.session.execute(t.insert(), [{"enterprise_number": number, **e} for e in episodes])
+                db.session.execute(t.insert(), episodes)
             db.session.commit()
 
     @staticmethod
@@ -216,58 +208,57 @@ class Rollup:
             key = bindparam("k", "ms-rollup:" + number)
             db.session.execute(select(func.pg_advisory_xact_lock(func.hashtext(key))))
 
-    def rebuild(self, number: str, batch: int = 5000) -> None:
-        """Recompute an enterprise's whole rollup from its calls: read page by page (each page a short
-        transaction: on SQLite every transaction holds the writer lock), then written in one."""
+    def rebuild(self, number: str, batch: int = 500) -> None:
+        """Recompute an enterprise's whole rollup from its calls: read a day, or `batch` phones, per short
+        transaction (on SQLite every transaction holds the writer lock), then written in one."""
         zone = self._zone(number)
         if zone is None:
             return
-        hours, current, rows = [], None, []
-        for call in _pages(number, (Call.start_time, Call.id), batch):
-            hour = hour_of(call["start_time"])
-            if hour != current and rows:
-                hours.append((current, hour_figures(rows)))
-                rows = []
-            current = hour
-            rows.append(call)
-        if rows:
-            hours.append((current, hour_figures(rows)))
-        episodes, phone, calls = [], None, []
-        for call in _pages(number, (Call.phone, Call.start_time, Call.id), batch):
-            if call["phone"] != phone and calls:
-                episodes += episodes_of(calls, zone)
-                calls = []
-            phone = call["phone"]
-            calls.append(call)
-        episodes += episodes_of(calls, zone)
+        first, last = db.session.execute(select(func.min(Call.start_time), func.max(Call.start_time))
+                                         .where(Call.enterprise_number == number, ENDED)).one()
+        phones = db.session.scalars(select(Call.phone).where(Call.enterprise_number == number).distinct()).all()
+        db.session.commit()
+        hours: list = []
+        day = hour_of(first) if first else None
+        while day is not None and day <= last:
+            calls = _rows(select(*COLUMNS).where(Call.enterprise_number == number, Call.start_time >= day,
+                                                 Call.start_time < day + DAY, ENDED).order_by(Call.start_time))
+            db.session.commit()
+            by_hour: dict = defaultdict(list)
+            for call in calls:
+                by_hour[hour_of(call["start_time"])].append(call)
+            hours += [{"enterprise_number": number, "hour": h, **hour_figures(rows)}
+                      for h, rows in sorted(by_hour.items())]
+            day += DAY
+        episodes: list = []
+        for start in range(0, len(phones), batch):
+            episodes += _episodes_of_phones(number, phones[start:start + batch], zone)
+            db.session.commit()
         self._lock(number)
         t_hours, t_episodes = CallHour.__table__, CallbackEpisode.__table__
         db.session.execute(delete(t_hours).where(t_hours.c.enterprise_number == number))
         db.session.execute(delete(t_episodes).where(t_episodes.c.enterprise_number == number))
         if hours:
-            db.session.execute(t_hours.insert(), [{"enterprise_number": number, "hour": h, "figures": f}
-                                                  for h, f in hours])
+            db.session.execute(t_hours.insert(), hours)
         if episodes:
-            db.session.execute(t_episodes.insert(), [{"enterprise_number": number, **e} for e in episodes])
+            db.session.execute(t_episodes.insert(), episodes)
         db.session.commit()
 
 
-def _pages(number: str, order: tuple, batch: int):
-    """The enterprise's ended calls in `order` (ending with the id), a page per transaction (keyset)."""
-    after = None
-    while True:
-        query = select(*COLUMNS, Call.id).where(Call.enterprise_number == number, ENDED)
-        if after is not None:
-            query = query.where(tuple_(*order) > tuple_(*after))
-        page = _rows(query.order_by(*order).limit(batch))
-        db.session.commit()
-        yield from page
-        if len(page) < batch:
-            return
-        last = page[-1]
-        after = tuple(last[column.key] for column in order)
+def _episodes_of_phones(number: str, phones: list, zone: ZoneInfo) -> list:
+    """The episodes (rows for ms_callbacks) of some phones of one enterprise, from their ended calls."""
+    calls = _rows(select(*COLUMNS).where(Call.enterprise_number == number, Call.phone.in_(phones), ENDED)
+                  .order_by(Call.phone, Call.start_time, Call.id))
+    episodes, current, rows = [], None, []
+    for call in calls:
+        if call["phone"] != current and rows:
+            episodes += episodes_of(rows, zone)
+            rows = []
+        current = call["phone"]
+        rows.append(call)
+    episodes += episodes_of(rows, zone)
+    return [{"enterprise_number": number, **e} for e in episodes]
 
 
 def _insert_hour(number: str, hour: datetime, calls: list) -> None:
-    db.session.execute(CallHour.__table__.insert().values(enterprise_number=number, hour=hour,
-                                                          figures=hour_figures(calls)))
+    db.session.execute(CallHour.__table__.insert().values(enterprise_number=number, hour=hour, **hour_figures(calls)))

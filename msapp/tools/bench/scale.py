@@ -36,7 +36,7 @@ FROM (SELECT g, CASE WHEN g % 3 = 0 THEN '0100' ELSE '01' || lpad((1 + g % 9)::t
 """
 
 
-def measure_scale(kind: str, pg_url: str, calls: int, runs: int = 10) -> dict:
+def measure_scale(kind: str, pg_url: str, calls: int, runs: int = 40) -> dict:
     from sqlalchemy import text
 
     from msapp.extensions import db
@@ -67,9 +67,9 @@ def measure_scale(kind: str, pg_url: str, calls: int, runs: int = 10) -> dict:
                                               {"e": BIG})
                 Rollup(configs).rebuild(BIG)
                 rebuilt = time.perf_counter() - started
-                if kind == "postgresql":
-                    db.session.execute(text("ANALYZE"))
-                    db.session.commit()
+                if kind == "postgresql":  # as autovacuum does after a month of inserts: statistics, visibility map
+                    with db.engine.connect() as conn:
+                        conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("VACUUM ANALYZE"))
                 from msapp.clock import utcnow
 
                 figures = {}

@@ -26,7 +26,10 @@ def upgrade():
         sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
         sa.Column("enterprise_number", sa.Text(), nullable=False),
         sa.Column("hour", sa.DateTime(), nullable=False),
-        sa.Column("figures", JSONType, nullable=False),
+        sa.Column("counts", JSONType, nullable=False),
+        sa.Column("waits", JSONType, nullable=False),
+        sa.Column("talk_s", sa.Float(), nullable=False),
+        sa.Column("employees", JSONType, nullable=False),
         sa.UniqueConstraint("enterprise_number", "hour", name="uq_ms_call_hours"),
     )
     op.create_table(
@@ -43,7 +46,8 @@ def upgrade():
         sa.Column("bucket", sa.String(16), nullable=False),
         sa.Column("callback_by", sa.Text()),
     )
-    op.create_index("ix_ms_callbacks_period", "ms_callbacks", ["enterprise_number", "first_missed_at"])
+    op.create_index("ix_ms_callbacks_period", "ms_callbacks",
+                    ["enterprise_number", "first_missed_at", "bucket", "delay_s", "callback_by"])
     op.create_index("ix_ms_callbacks_phone", "ms_callbacks", ["enterprise_number", "phone"])
     op.create_table(
         "ms_analytics_marks",
