@@ -10,24 +10,20 @@ import requests
 from sqlalchemy import func, select
 
 from msapp.clock import utcnow
-from msapp.db.models import AnalyticsMark, Directory, Enterprise
+from msapp.db.models import AnalyticsMark, Directory
 from msapp.extensions import db
 from msapp.tools.demo_week import seed_week
 from tests.conftest import ADMIN_TOKEN
-from tests.service_harness import Service
-from tests.test_admin_browser import page, shots  # noqa: F401 - the Chromium page fixture, the screenshot folder
+from tests.test_admin_browser import page, shots, svc  # noqa: F401 - Chromium, screenshots, the service
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 MINSK = ZoneInfo("Europe/Minsk")
 
 
 @pytest.fixture
-def svc(tmp_path, sandbox):
-    service = Service(f"sqlite:///{tmp_path / 'ms.db'}", tmp_path, sandbox)
-    with service.app.app_context():
-        db.session.add(Enterprise(number="0367", name="ООО Ромашка Телеком", secret="s", integrations_config={}))
-        db.session.commit()
-        service.app.extensions["ms"].configs.save("0367", {"timezone": "Europe/Minsk"})
+def seeded(svc):  # noqa: F811 - the admin tests' service with its enterprise, here with a demo week
+    with svc.app.app_context():
+        svc.app.extensions["ms"].configs.save("0367", {"timezone": "Europe/Minsk"})
         seed_week("0367", utcnow(), MINSK)
         db.session.add(Directory(enterprise_number="0367", logins_known=True, fetched_at=utcnow(), employees=[
             {"id": "e150", "extension": "150", "name": "Иванов Иван"},
@@ -39,21 +35,20 @@ def svc(tmp_path, sandbox):
             assert time.monotonic() < deadline, "the analytics of the seeded week were not built"
             db.session.commit()
             time.sleep(0.1)
-    yield service
-    service.stop()
+    return svc
 
 
-def test_the_analytics_page_draws_the_figures_and_switches_period(page, svc, tmp_path):  # noqa: F811
+def test_the_analytics_page_draws_the_figures_and_switches_period(page, seeded, tmp_path):  # noqa: F811
     out = shots(tmp_path)
     blocked = []
     page.on("console", lambda msg: blocked.append(msg.text) if "Content Security Policy" in msg.text else None)
-    page.goto(f"{svc.url}/ms-admin/login")
+    page.goto(f"{seeded.url}/ms-admin/login")
     page.get_by_label("Токен администратора").fill(ADMIN_TOKEN)
     page.keyboard.press("Enter")
     page.get_by_role("link", name="0367").wait_for()
-    page.goto(f"{svc.url}/ms-admin/analytics?enterprise_number=0367&period=7d")
+    page.goto(f"{seeded.url}/ms-admin/analytics?enterprise_number=0367&period=7d")
     page.locator("svg[data-chart=calls]").wait_for()
-    report = requests.get(f"{svc.url}/ms-admin/api/analytics/0367?period=7d",
+    report = requests.get(f"{seeded.url}/ms-admin/api/analytics/0367?period=7d",
                           headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10).json()
 
     assert page.locator("svg.chart").count() == 4
