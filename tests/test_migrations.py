@@ -6,7 +6,8 @@ from tests.conftest import dispose, make_app
 
 OWN_TABLES = {"ms_calls", "ms_jobs", "ms_webhooks", "ms_workers", "ms_alembic_version", "ms_directory", "ms_breakers",
               "ms_clicks", "ms_tasks", "ms_config_history", "ms_click_cooldowns", "ms_auth_failures",
-              "ms_auth_lockouts", "ms_call_hours", "ms_callbacks", "ms_analytics_marks"}
+              "ms_auth_lockouts", "ms_call_hours", "ms_callbacks", "ms_analytics_marks",
+              "ms_customer_names"}
 
 
 def head_revision() -> str:

@@ -115,3 +115,26 @@ def test_the_pages(desk):
     assert partial.status_code == 200 and "ГГГГ-ММ-ДД" in partial.text and "<html" not in partial.text
     story = requests.get(f"{desk.url}/ms-admin/calls/0367/a-1", headers=BEARER, timeout=10).text
     assert "Что происходило" in story and "карточка показана" in story
+
+
+def test_customer_names_survive_a_restart(desk, sandbox_server):
+    """The names the desk shows come from stored data: with this process's lookup cache emptied (as after
+    a restart), the customer created for the missed caller is still named."""
+    desk.app.extensions["ms"].clients.cache.drop(lambda key: True)
+    (missed,) = search(desk, q="m-1")["calls"]
+    created = next(c for c in sandbox_server.state.accounts["demo"].counterparties.values()
+                   if c.get("externalCode") == "ms-call-0367-m-1")
+    assert missed["customer"] == created["name"] and missed["counterparty_id"] == created["id"]
+    r = requests.get(f"{desk.url}/ms-admin/api/calls/0367/m-1", headers=BEARER, timeout=10)
+    assert r.json()["customer"] == created["name"]
+
+
+def test_a_name_a_lookup_found_is_kept(desk):
+    """The dialplan's lookup names the caller: kept with the lookup, shown by the desk without the cache."""
+    desk.app.extensions["ms"].clients.cache.drop(lambda key: True)
+    r = requests.get(f"{desk.url}/internal/ms/customer-by-phone",
+                     params={"enterprise_number": "0367", "phone": "80297111222"}, timeout=5)
+    assert r.status_code == 200 and r.json()["found"], r.text
+    desk.app.extensions["ms"].clients.cache.drop(lambda key: True)
+    rows = search(desk, q=KNOWN)["calls"]
+    assert rows and {c["customer"] for c in rows} == {r.json()["name"]}

@@ -297,3 +297,19 @@ class AnalyticsMark(db.Model):
     kind: Mapped[str] = mapped_column(String(8), primary_key=True)  # hour | phone
     key: Mapped[str] = mapped_column(Text, primary_key=True)  # the hour (ISO, UTC) or the phone
     marked_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+
+
+class CustomerName(db.Model):
+    """The name of the customer a phone belongs to, as MoySklad last told us (a lookup found it, or the
+    service created the customer): the support desk shows it after a restart too."""
+
+    __tablename__ = "ms_customer_names"
+    __table_args__ = (UniqueConstraint("enterprise_number", "phone", name="uq_ms_customer_names"),
+                      Index("ix_ms_customer_names_updated", "updated_at"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    enterprise_number: Mapped[str] = mapped_column(Text, nullable=False)
+    phone: Mapped[str] = mapped_column(Text, nullable=False)
+    counterparty_id: Mapped[Optional[str]] = mapped_column(Text)
+    name: Mapped[str] = mapped_column(Text, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)

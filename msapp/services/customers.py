@@ -16,6 +16,7 @@ from msapp import metrics
 from msapp.db.work import Work
 from msapp.moysklad import BreakerOpen, MoySkladError, RateLimited, RetryPolicy
 from msapp.queue import JobContext
+from msapp.services import customer_names
 from msapp.services.directory import DirectoryUnavailable
 from msapp.services.moysklad_clients import MoySkladClients
 
@@ -42,6 +43,8 @@ class Customers:
         found = self.clients.json(number, cfg, work, **client_kw).find_counterparty_by_phone(
             e164, cfg.get("default_region") or "BY")
         self.clients.cache.set(key, found, HIT_TTL if found else MISS_TTL)
+        if found:
+            customer_names.remember(work, number, e164, found.get("id"), found.get("name"))
         return found
 
     def cached_list(self, number: str, cfg: dict, kind: str, fetch: Callable, work: Optional[Work]) -> list:
@@ -122,6 +125,7 @@ class Customers:
             save(snap, customer_checked=True)
             return
         metrics.CUSTOMERS_CREATED.inc()
+        customer_names.remember(snap.work, number, snap.phone, created.get("id"), created.get("name"))
         self.clients.cache.set((number, "customer", snap.phone), {
             "id": created.get("id"), "name": created.get("name"), "phone": snap.phone,
             "href": (created.get("meta") or {}).get("href"), "owner_href": None, "contact_persons": [],

@@ -24,6 +24,7 @@ from msapp.db.models import (
     CallHour,
     Click,
     ClickCooldown,
+    CustomerName,
     IntegrationLog,
     Job,
     MsTask,
@@ -39,7 +40,7 @@ BUDGET = 2.0  # seconds of pruning per tick at most; the rest waits for the next
 def _targets(cutoff) -> list:
     logs, jobs, calls, clicks, tasks = (IntegrationLog.__table__, Job.__table__, Call.__table__, Click.__table__,
                                         MsTask.__table__)
-    hours, callbacks = CallHour.__table__, CallbackEpisode.__table__
+    hours, callbacks, names = CallHour.__table__, CallbackEpisode.__table__, CustomerName.__table__
     return [
         ("integration_logs", logs, and_(logs.c.integration_type == "ms", logs.c.created_at < cutoff)),
         ("ms_jobs", jobs, and_(jobs.c.status.in_(("done", "dead")), jobs.c.updated_at < cutoff)),
@@ -48,6 +49,7 @@ def _targets(cutoff) -> list:
         ("ms_tasks", tasks, and_(tasks.c.state == "closed", tasks.c.updated_at < cutoff)),
         ("ms_call_hours", hours, hours.c.hour < cutoff),
         ("ms_callbacks", callbacks, callbacks.c.first_missed_at < cutoff),
+        ("ms_customer_names", names, names.c.updated_at < cutoff),
     ]
 
 

@@ -18,6 +18,7 @@ from msapp.db.models import Call, IntegrationLog, Job
 from msapp.errors import ApiError, ValidationFailed
 from msapp.extensions import db
 from msapp.moysklad.formats import to_e164
+from msapp.services import customer_names
 
 PAGE_SIZE = 50
 RESULTS = ("answered", "missed", "busy", "in_progress")
@@ -74,7 +75,8 @@ class Support:
         rows = db.session.execute(select(calls).where(cond).order_by(calls.c.created_at.desc(), calls.c.id.desc())
                                   .limit(PAGE_SIZE).offset((page - 1) * PAGE_SIZE)).mappings().all()
         syncs = self._sync_states(number, [r["unique_id"] for r in rows])
-        out = [self._row(r, syncs.get(r["unique_id"])) for r in rows]
+        names = customer_names.names(number, [r["phone"] for r in rows])
+        out = [self._row(r, syncs.get(r["unique_id"]), names) for r in rows]
         db.session.commit()
         return {"calls": out, "total": total, "page": page, "pages": max(1, -(-total // PAGE_SIZE)),
                 "timezone": zone.key}
@@ -99,7 +101,9 @@ class Support:
                 state["state"] = "retrying" if job.attempts or job.last_error else "pending"
         return found
 
-    def _row(self, r, sync: Optional[dict]) -> dict:
+    def _row(self, r, sync: Optional[dict], names: dict) -> dict:
+        """One call as the desk shows it; the customer's name as kept (`customer_names`), else as this
+        process's cache of lookups has it."""
         start, answer, end = r["start_time"], r["answer_time"], r["end_time"]
         duration = None
         if end is not None and (answer or start) is not None:
@@ -107,7 +111,7 @@ class Support:
         cached = self.clients.cache.get((r["enterprise_number"], "customer", r["phone"]), default=None)
         return {
             "unique_id": r["unique_id"], "direction": r["direction"], "phone": r["phone"],
-            "customer": cached.get("name") if isinstance(cached, dict) else None,
+            "customer": names.get(r["phone"]) or (cached.get("name") if isinstance(cached, dict) else None),
             "counterparty_id": r["counterparty_id"],
             "started_at": _iso(start or r["created_at"]), "rang": list(r["extensions"] or []),
             "answered_by": r["answered_extension"], "duration": duration,
@@ -126,7 +130,8 @@ class Support:
         if row is None:
             db.session.commit()
             raise ApiError(404, "unknown call", "unique_id")
-        call = self._row(row, self._sync_states(number, [unique_id]).get(unique_id))
+        call = self._row(row, self._sync_states(number, [unique_id]).get(unique_id),
+                         customer_names.names(number, [row["phone"]]))
         logs = IntegrationLog.__table__
         entries = []
         for log in db.session.execute(select(logs).where(
