@@ -11,6 +11,7 @@ from msapp.errors import ValidationFailed
 from msapp.extensions import db
 from msapp.services.analytics import Analytics, Period, percentile, period_from
 from msapp.services.analytics_rollup import Rollup
+from tests.explain import assert_index_access, selects
 
 MINSK = ZoneInfo("Europe/Minsk")
 NOW = datetime(2026, 12, 2, 12, 0)
@@ -199,36 +200,12 @@ def test_an_unknown_enterprise_is_a_404(app, week):
 
 def test_every_query_of_the_report_walks_an_index_of_its_enterprise(week):
     """No statement of the report reads other enterprises' rows: each one's plan is index access bounded
-    by the enterprise (PostgreSQL with sequential scans priced out: a plan without an index would keep its
-    Seq Scan; SQLite: SEARCH, never SCAN, of a table)."""
-    from sqlalchemy import event, text
-
-    seen = []
-
-    def capture(conn, cursor, statement, parameters, context, executemany):
-        if statement.lstrip().upper().startswith("SELECT"):
-            seen.append((statement, parameters))
-
-    event.listen(db.engine, "before_cursor_execute", capture)
-    try:
+    by the enterprise (tests/explain.py)."""
+    with selects() as seen:
         Analytics().report("0367", WEEK)
-    finally:
-        event.remove(db.engine, "before_cursor_execute", capture)
     tables = ("ms_call_hours", "ms_callbacks", "ms_tasks", "ms_calls")
     assert {t for t in tables if any(t in s for s, _ in seen)} == set(tables)
-    pg = db.engine.dialect.name == "postgresql"
-    conn = db.session.connection()
-    if pg:
-        conn.execute(text("SET LOCAL enable_seqscan = off"))
-    for statement, parameters in seen:
-        cursor = conn.connection.dbapi_connection.cursor()
-        cursor.execute(("EXPLAIN " if pg else "EXPLAIN QUERY PLAN ") + statement, parameters)
-        plan = "\n".join(str(row[0] if pg else row[-1]) for row in cursor.fetchall())
-        if pg:
-            assert "Seq Scan" not in plan and "Index" in plan, plan
-        else:
-            assert "SEARCH" in plan and not any(line.startswith("SCAN ms_") for line in plan.splitlines()), plan
-    db.session.rollback()
+    assert_index_access(seen)
 
 
 def test_the_page_says_a_bad_period_in_russian(app, week):

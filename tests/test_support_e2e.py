@@ -138,3 +138,31 @@ def test_a_name_a_lookup_found_is_kept(desk):
     desk.app.extensions["ms"].clients.cache.drop(lambda key: True)
     rows = search(desk, q=KNOWN)["calls"]
     assert rows and {c["customer"] for c in rows} == {r.json()["name"]}
+
+
+@pytest.mark.parametrize("q", [KNOWN, "a-1", "m-1"])
+def test_a_search_walks_indexes_of_the_enterprise(desk, sandbox_server, q):
+    """By phone, PBX unique_id or MoySklad id: each key is an index of the enterprise's calls, and so are
+    the page's job and name lookups (tests/explain.py); never a walk of the platform's ms_calls."""
+    from tests.explain import assert_index_access, selects
+
+    ms_id = next(c["id"] for c in calls(sandbox_server) if c["externalId"] == "o-1")
+    with desk.app.app_context():
+        with selects() as seen:
+            for key in (q, ms_id):
+                assert desk.app.extensions["ms"].support.search("0367", q=key)["total"] >= 1
+        assert any("ms_calls" in s for s, _ in seen)
+        assert_index_access(seen, keyed=True, rows=a_grown_enterprise)
+
+
+def a_grown_enterprise(conn):
+    """5,000 more calls of the enterprise and fresh statistics (rolled back with the EXPLAINs)."""
+    from sqlalchemy import text
+
+    from msapp.db.models import Call
+
+    conn.execute(Call.__table__.insert(), [
+        {"enterprise_number": "0367", "unique_id": f"grown-{n}", "direction": "in", "phone": f"+37529{1000000 + n}",
+         "extensions": ["150"], "status": "ended", "call_status": "answered", "ms_call_id": f"ms-grown-{n}"}
+        for n in range(5000)])
+    conn.execute(text("ANALYZE ms_calls"))

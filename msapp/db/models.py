@@ -57,7 +57,8 @@ class Call(db.Model):
     __table_args__ = (UniqueConstraint("enterprise_number", "unique_id", name="uq_ms_calls_call"),
                       # an enterprise's calls by time and by caller (analytics, the support desk; migration 0010)
                       Index("ix_ms_calls_enterprise_start", "enterprise_number", "start_time"),
-                      Index("ix_ms_calls_enterprise_phone", "enterprise_number", "phone"))
+                      Index("ix_ms_calls_enterprise_phone", "enterprise_number", "phone"),
+                      Index("ix_ms_calls_enterprise_ms_call", "enterprise_number", "ms_call_id"))  # 0012
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     enterprise_number: Mapped[str] = mapped_column(Text, nullable=False)

@@ -1,0 +1,50 @@
+"""Plans of the statements a piece of code runs: each must be index access, never a walk of a table.
+
+PostgreSQL: EXPLAIN with sequential scans priced out (a plan that has no index keeps its Seq Scan).
+SQLite: EXPLAIN QUERY PLAN says SEARCH, never SCAN, of a table."""
+from contextlib import contextmanager
+
+from sqlalchemy import event, text
+
+from msapp.extensions import db
+
+
+@contextmanager
+def selects():
+    """The SELECTs run inside the block, with their parameters (in an app context)."""
+    seen = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("SELECT"):
+            seen.append((statement, parameters))
+
+    event.listen(db.engine, "before_cursor_execute", capture)
+    try:
+        yield seen
+    finally:
+        event.remove(db.engine, "before_cursor_execute", capture)
+
+
+def assert_index_access(seen: list, keyed: bool = False, rows=None) -> None:
+    """`keyed`: each index is also searched by a key after the enterprise (a lookup, not a walk of all the
+    enterprise's rows). `rows(conn)`: adds rows (and statistics) first, in the transaction rolled back at
+    the end, so the planner weighs a grown table, not a test's handful of rows."""
+    pg = db.engine.dialect.name == "postgresql"
+    conn = db.session.connection()
+    if rows is not None:
+        rows(conn)
+    if pg:
+        conn.execute(text("SET LOCAL enable_seqscan = off"))
+    for statement, parameters in seen:
+        cursor = conn.connection.dbapi_connection.cursor()
+        cursor.execute(("EXPLAIN " if pg else "EXPLAIN QUERY PLAN ") + statement, parameters)
+        plan = "\n".join(str(row[0] if pg else row[-1]) for row in cursor.fetchall())
+        if pg:
+            assert "Seq Scan" not in plan and "Index" in plan, plan
+            enterprise_only = [line for line in plan.splitlines()
+                               if "Index Cond: (enterprise_number = " in line and " AND " not in line]
+        else:
+            assert "SEARCH" in plan and not any(line.startswith("SCAN ms_") for line in plan.splitlines()), plan
+            enterprise_only = [line for line in plan.splitlines() if line.endswith("(enterprise_number=?)")]
+        assert not (keyed and enterprise_only), plan
+    db.session.rollback()
