@@ -2,6 +2,7 @@
 
 PostgreSQL: EXPLAIN with sequential scans priced out (a plan that has no index keeps its Seq Scan).
 SQLite: EXPLAIN QUERY PLAN says SEARCH, never SCAN, of a table."""
+import threading
 from contextlib import contextmanager
 
 from sqlalchemy import event, text
@@ -11,11 +12,12 @@ from msapp.extensions import db
 
 @contextmanager
 def selects():
-    """The SELECTs run inside the block, with their parameters (in an app context)."""
-    seen = []
+    """The SELECTs this thread runs inside the block, with their parameters (in an app context); the
+    service's own threads (workers, ticker) share the engine and are left out."""
+    seen, me = [], threading.get_ident()
 
     def capture(conn, cursor, statement, parameters, context, executemany):
-        if statement.lstrip().upper().startswith("SELECT"):
+        if threading.get_ident() == me and statement.lstrip().upper().startswith("SELECT"):
             seen.append((statement, parameters))
 
     event.listen(db.engine, "before_cursor_execute", capture)
