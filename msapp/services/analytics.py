@@ -58,15 +58,12 @@ class Period:
         return datetime.combine(day, time(0), self.zone)
 
     @functools.cached_property
-    def bounds(self) -> tuple:
-        """[start, end) in naive UTC, as the calls are stored."""
+    def utc_bounds(self) -> tuple:
+        """[start, end) in naive UTC, as the calls are stored (computed once: every hour row asks)."""
         return (_naive_utc(self.local_start(self.first)), _naive_utc(self.local_start(self.last + timedelta(days=1))))
 
-    def utc_bounds(self) -> tuple:
-        return self.bounds
-
     def contains(self, utc_naive: datetime) -> bool:
-        lo, hi = self.utc_bounds()
+        lo, hi = self.utc_bounds
         return lo <= utc_naive < hi
 
     def previous(self) -> Period:
@@ -78,7 +75,7 @@ class Period:
         if self.grain == "day":
             return [(self.first + timedelta(days=n)).isoformat() for n in range(self.days)]
         out = []
-        at, end = self.utc_bounds()  # stepped in UTC: an aware datetime's arithmetic is wall-clock time
+        at, end = self.utc_bounds  # stepped in UTC: an aware datetime's arithmetic is wall-clock time
         while at < end:
             label = at.replace(tzinfo=UTC).astimezone(self.zone).strftime("%Y-%m-%dT%H:00")
             if not out or out[-1] != label:
@@ -176,7 +173,7 @@ class Analytics:
 
 
 def _hours(number: str, period: Period, *more) -> list:
-    lo, hi = period.utc_bounds()
+    lo, hi = period.utc_bounds
     return db.session.execute(select(CallHour.hour, CallHour.counts, CallHour.waits, CallHour.talk_s, *more).where(
         CallHour.enterprise_number == number, CallHour.hour >= lo, CallHour.hour < hi)).all()
 
@@ -282,7 +279,7 @@ class _Callbacks:
     """A period's missed callers (episodes whose first miss is in it), read with SQL aggregates."""
 
     def __init__(self, number: str, period: Period):
-        lo, hi = period.utc_bounds()
+        lo, hi = period.utc_bounds
         self.number, self.zone = number, period.zone
         t = CallbackEpisode.__table__
         self.t = t
@@ -338,7 +335,7 @@ class _Callbacks:
 
 def _tasks_closed(number: str, period: Period) -> dict:
     """Extension -> callback tasks closed in the period by a call of theirs."""
-    lo, hi = period.utc_bounds()
+    lo, hi = period.utc_bounds
     t = MsTask.__table__
     closers = db.session.scalars(select(t.c.closed_by_call).where(and_(
         t.c.enterprise_number == number, t.c.closed_reason == "reached", t.c.closed_at >= lo,
@@ -357,7 +354,7 @@ def _tasks_closed(number: str, period: Period) -> dict:
 
 def _demo_calls(number: str, period: Period) -> int:
     """Calls of the period seeded by `./ms.sh demo` (found by their unique_id's prefix, on the call index)."""
-    lo, hi = period.utc_bounds()
+    lo, hi = period.utc_bounds
     demo = and_(Call.enterprise_number == number, Call.unique_id >= DEMO_PREFIX,
                 Call.unique_id < DEMO_PREFIX[:-1] + ".")  # the prefix as a range of the index
     if not db.session.scalar(select(Call.id).where(demo).limit(1)):  # one probe of the call index: most have none

@@ -46,6 +46,11 @@ def mark_statement(dialect: str):
 MARK_KEYS = ("enterprise_number", "key", "kind", "marked_at")
 
 
+def request_rebuild(number: str, at: datetime) -> None:
+    """Have the ticker rebuild an enterprise's rollup (in the caller's session transaction; it commits)."""
+    db.session.merge(AnalyticsMark(enterprise_number=number, kind="rebuild", key="", marked_at=at))
+
+
 def hour_of(moment: datetime) -> datetime:
     return moment.replace(minute=0, second=0, microsecond=0)
 

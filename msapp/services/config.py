@@ -15,9 +15,10 @@ from sqlalchemy import bindparam, select
 
 from msapp.clock import utcnow
 from msapp.db import rawsql
-from msapp.db.models import AnalyticsMark, ConfigChange, Enterprise, WebhookKey
+from msapp.db.models import ConfigChange, Enterprise, WebhookKey
 from msapp.errors import ApiError, ValidationFailed
 from msapp.extensions import db
+from msapp.services import analytics_rollup
 from msapp.services.config_schema import (
     _SECTIONS,
     _UUID4,
@@ -93,7 +94,7 @@ class ConfigStore:
         fields = changed_fields(before, cfg)
         self._record(number, by, fields)
         if "timezone" in fields:  # past callbacks' «same day» is in the zone: the analytics are rebuilt
-            db.session.merge(AnalyticsMark(enterprise_number=number, kind="rebuild", key="", marked_at=utcnow()))
+            analytics_rollup.request_rebuild(number, utcnow())
         db.session.commit()
         for callback in self.on_saved:
             callback(number)

@@ -9,9 +9,10 @@ import random
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from msapp.db.models import AnalyticsMark, Call
+from msapp.db.models import Call
 from msapp.extensions import db
 from msapp.services.analytics import DEMO_PREFIX
+from msapp.services.analytics_rollup import request_rebuild
 
 EXTENSIONS = ("150", "151", "152")
 
@@ -35,7 +36,7 @@ def seed_week(number: str, now: datetime, zone: ZoneInfo, seed: int = 7) -> int:
         row.enterprise_number = number
     db.session.add_all(rows)
     # no PBX event marked their hours: the ticker rebuilds the enterprise's analytics
-    db.session.add(AnalyticsMark(enterprise_number=number, kind="rebuild", key="", marked_at=now))
+    request_rebuild(number, now)
     return len(rows)
 
 

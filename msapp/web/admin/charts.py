@@ -44,8 +44,13 @@ def _short(at: str) -> str:
     return at[11:13] if "T" in at else f"{at[8:10]}.{at[5:7]}"
 
 
+def _step(series: list) -> float:
+    """The width of one bucket on the x axis."""
+    return (W - PAD_L) / max(1, len(series))
+
+
 def _axis(series: list, scale_max: float, unit: str = "") -> list:
-    step = (W - PAD_L) / max(1, len(series))
+    step = _step(series)
     out = [{"tag": "line", "x1": PAD_L, "y1": H - PAD_B, "x2": W, "y2": H - PAD_B},
            _text(PAD_L - 4, PAD_T + 8, f"{_num(scale_max)}{unit}", "end"), _text(PAD_L - 4, H - PAD_B, "0", "end")]
     every = max(1, len(series) // 16)
@@ -62,7 +67,7 @@ def _num(value: float) -> str:
 def calls(series: list) -> Chart:
     """Stacked bars: calls per bucket by direction and result."""
     top = max([sum(row[key] for key, _, _ in CALL_SERIES) for row in series] + [1])
-    step = (W - PAD_L) / max(1, len(series))
+    step = _step(series)
     body = _axis(series, top)
     for n, row in enumerate(series):
         y = H - PAD_B
@@ -78,7 +83,7 @@ def calls(series: list) -> Chart:
 
 
 def _line(series: list, key: str, color: str, top: float, label: str, scale: float = 1.0) -> list:
-    step = (W - PAD_L) / max(1, len(series))
+    step = _step(series)
     points, marks = [], []
     for n, row in enumerate(series):
         value = row[key]
