@@ -7,7 +7,7 @@ from tests.conftest import dispose, make_app
 OWN_TABLES = {"ms_calls", "ms_jobs", "ms_webhooks", "ms_workers", "ms_alembic_version", "ms_directory", "ms_breakers",
               "ms_clicks", "ms_tasks", "ms_config_history", "ms_click_cooldowns", "ms_auth_failures",
               "ms_auth_lockouts", "ms_call_hours", "ms_callbacks", "ms_analytics_marks",
-              "ms_customer_names"}
+              "ms_customer_names", "ms_call_journal"}
 
 
 def head_revision() -> str:
@@ -72,6 +72,15 @@ ROWS = [
     " \"webhook_uuid\": \"6f1b9a9e-6a55-4c8e-9d1e-2f0d7b1c9a10\"}}', 'bot')",
     "INSERT INTO integration_logs (enterprise_number, integration_type, event_type, status, duration_ms)"
     " VALUES ('0367', 'bitrix', 'call', 'success', 12)",
+    # journaled by an earlier version of the service: linked to their call by migration 0013
+    "INSERT INTO integration_logs (enterprise_number, integration_type, event_type, request_data, status)"
+    " VALUES ('0367', 'ms', 'event.dial', '{\"unique_id\": \"old-1\", \"phone\": \"+375291234567\"}', 'success')",
+    "INSERT INTO integration_logs (enterprise_number, integration_type, event_type, request_data, status)"
+    " VALUES ('0367', 'ms', 'ms.phone.call.create', '{\"unique_id\": \"old-1\", \"path\": \"/call\"}', 'success')",
+    "INSERT INTO integration_logs (enterprise_number, integration_type, event_type, request_data, status)"
+    " VALUES ('0367', 'bitrix', 'call', '{\"unique_id\": \"old-1\"}', 'success')",  # another integration's
+    "INSERT INTO integration_logs (enterprise_number, integration_type, event_type, request_data, status)"
+    " VALUES ('0367', 'ms', 'admin.login', '{\"address\": \"127.0.0.1\"}', 'success')",
 ]
 
 
@@ -108,4 +117,9 @@ def test_existing_platform_tables_are_left_unchanged(db_url, tmp_path):
     with app.app_context():
         found = app.extensions["ms"].configs.find_by_webhook("6f1b9a9e-6a55-4c8e-9d1e-2f0d7b1c9a10")
         assert found and found[0].number == "0367"
+        # the old journal's rows of a call are its story (the support desk reads them by ms_call_journal)
+        linked = db.session.execute(sa.text("SELECT l.event_type FROM ms_call_journal j JOIN integration_logs l"
+                                            " ON l.id = j.log_id WHERE j.enterprise_number = '0367'"
+                                            " AND j.unique_id = 'old-1' ORDER BY j.log_id")).scalars().all()
+        assert linked == ["event.dial", "ms.phone.call.create"]
     dispose(app)

@@ -18,7 +18,7 @@ def _rows(when, n):
         db.session.add(Job(key=f"k{when}{i}", kind="call.sync", status="done", created_at=when, updated_at=when,
                            run_at=when))
         db.session.add(Call(enterprise_number="0367", unique_id=f"{when.timestamp()}.{i}", direction="in",
-                            phone="+375296254070", status="ended", created_at=when, updated_at=when))
+                            phone="+375296254070", status="ended", start_time=when, created_at=when, updated_at=when))
         db.session.add(Click(enterprise_number="0367", created_at=when, outcome="queued"))
         db.session.add(MsTask(enterprise_number="0367", phone="+375296254070", state="closed", marker="m",
                               missed=[], create_attempted=True, note_added=True, created_at=when, updated_at=when))
@@ -74,3 +74,64 @@ def test_the_admin_doors_counts_and_ended_cool_downs_are_forgotten_after_a_day(c
     assert [f.at for f in db.session.scalars(select(AuthFailure))] == [recent]
     assert [x.address for x in db.session.scalars(select(AuthLockout))] == ["b"]
     assert [x.address for x in db.session.scalars(select(ClickCooldown))] == ["b"]
+
+
+def test_a_journal_rows_link_to_its_call_goes_with_it(ctx, monkeypatch):
+    from msapp.db.models import CallJournal
+    from msapp.services import exchange_log
+
+    monkeypatch.setattr(retention, "PAUSE", 0)
+    for uid in ("old", "new"):
+        exchange_log.add("0367", "event.dial", {"unique_id": uid})
+    db.session.commit()
+    db.session.execute(IntegrationLog.__table__.update().where(IntegrationLog.id == select(CallJournal.log_id).where(
+        CallJournal.unique_id == "old").scalar_subquery()).values(created_at=utcnow() - timedelta(days=31)))
+    db.session.commit()
+    assert Retention(30).prune()["integration_logs"] == 1
+    assert db.session.scalars(select(CallJournal.unique_id)).all() == ["new"]
+
+
+def test_every_walk_follows_an_index_to_its_cutoff(ctx, monkeypatch):
+    """Each SELECT of a tick is bounded by an index: the enterprises by a skip along it (one probe each),
+    each batch by its part (enterprise or status) and the cutoff (tests/explain.py); never a walk of a
+    whole table, whatever its size. EXPLAIN on both databases."""
+    from tests.explain import plans, selects, walks_a_table
+
+    monkeypatch.setattr(retention, "PAUSE", 0)
+    monkeypatch.setattr(retention, "BATCH", 2)
+    _rows(utcnow() - timedelta(days=31), 3)
+    db.session.add(IntegrationLog(created_at=utcnow() - timedelta(days=31), enterprise_number=None, integration_type="ms",
+                                  event_type="admin.login", status="success"))
+    db.session.commit()
+    with selects() as seen:
+        deleted = Retention(30).prune()
+    assert deleted["integration_logs"] == 4 and deleted["ms_calls"] == 3
+    pg = db.engine.dialect.name == "postgresql"
+    walks = 0
+    for statement, plan in plans(seen):
+        walk = statement.lstrip().startswith("SELECT ") and ".id, " in statement.split("FROM")[0]
+        walks += walk
+        if pg:
+            bounds = [line for line in plan.splitlines() if "Index Cond:" in line]
+            assert "Seq Scan" not in plan and bounds, (statement, plan)
+            assert not walk or any(" < " in line for line in bounds), (statement, plan)
+        else:
+            assert not any(walks_a_table(line) for line in plan.splitlines()), (statement, plan)
+            assert not walk or "<?" in plan, (statement, plan)
+    assert walks >= 8
+    db.session.rollback()
+
+
+def test_a_table_walked_to_its_cutoff_waits_for_the_cutoff_to_move_a_step(ctx, monkeypatch):
+    from msapp import clock
+
+    monkeypatch.setattr(retention, "PAUSE", 0)
+    keeper = Retention(30)
+    keeper.prune()
+    _rows(utcnow() - timedelta(days=30, minutes=30), 1)
+    db.session.commit()
+    assert keeper.prune() == {}  # walked up to half an hour ago: not again before the cutoff moves an hour
+    now = utcnow()
+    monkeypatch.setattr(clock, "utcnow", lambda: now + timedelta(hours=1))
+    monkeypatch.setattr(retention, "utcnow", lambda: now + timedelta(hours=1))
+    assert keeper.prune()["ms_calls"] == 1

@@ -41,6 +41,19 @@ class IntegrationLog(db.Model):
     error_message: Mapped[Optional[str]] = mapped_column(Text)
 
 
+class CallJournal(db.Model):
+    """Which journal rows tell a call's story: one row per `integration_logs` row that carries a call's
+    unique_id, written in the same statement or transaction as that row (services/exchange_log.py), so a
+    call's timeline is an index lookup here, never a search of the platform's journal (migration 0013)."""
+
+    __tablename__ = "ms_call_journal"
+    __table_args__ = (Index("ix_ms_call_journal_call", "enterprise_number", "unique_id", "log_id"),)
+
+    log_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    enterprise_number: Mapped[str] = mapped_column(Text, nullable=False)
+    unique_id: Mapped[str] = mapped_column(Text, nullable=False)
+
+
 class WebhookKey(db.Model):
     """Exact, indexed lookup of an enterprise by webhook uuid: the key is sha256(uuid), never the uuid."""
 
@@ -217,7 +230,8 @@ class MsTask(db.Model):
     """A caller's callback task in MoySklad (services/tasks.py): at most one open per enterprise and phone."""
 
     __tablename__ = "ms_tasks"
-    __table_args__ = (Index("ix_ms_tasks_caller", "enterprise_number", "phone", "state"),)
+    __table_args__ = (Index("ix_ms_tasks_caller", "enterprise_number", "phone", "state"),
+                      Index("ix_ms_tasks_state_updated", "state", "updated_at"))  # retention (migration 0013)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     enterprise_number: Mapped[str] = mapped_column(Text, nullable=False)

@@ -11,7 +11,7 @@ from typing import Optional
 from sqlalchemy import Text, and_, cast, func, or_, select
 
 from msapp.clock import utcnow
-from msapp.db.models import Call, Enterprise, IntegrationLog, Job
+from msapp.db.models import Call, CallJournal, Enterprise, IntegrationLog, Job
 from msapp.db.work import Work
 from msapp.errors import ApiError
 from msapp.extensions import db
@@ -204,8 +204,10 @@ class AdminService:
             cond = and_(cond, logs.c.status == status)
         elif status == "problems":
             cond = and_(cond, or_(logs.c.status == "error", logs.c.event_type.like("breaker.%")))
-        if call:
-            cond = and_(cond, logs.c.request_data["unique_id"].as_string() == call)
+        if call:  # the call's rows by our index of them (ms_call_journal), not a search of the journal
+            links = CallJournal.__table__
+            cond = and_(cond, logs.c.id.in_(select(links.c.log_id).where(links.c.enterprise_number == number,
+                                                                          links.c.unique_id == call)))
         if text:
             like = _like_anywhere(text)
             cond = and_(cond, or_(logs.c.event_type.like(like, escape="\\"),

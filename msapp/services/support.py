@@ -4,7 +4,8 @@
 id, a date range (the enterprise's local days), direction and result. `timeline` tells one call's story,
 oldest first: each PBX event received, each MoySklad exchange (request, response, status, latency),
 the cards shown and hidden, the customer, order and task created, and the attempts of its jobs.
-Everything comes from rows the service keeps anyway (ms_calls, integration_logs, ms_jobs).
+Everything comes from rows the service keeps anyway (ms_calls, integration_logs through ms_call_journal,
+ms_jobs).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import and_, func, or_, select
 
-from msapp.db.models import Call, IntegrationLog, Job
+from msapp.db.models import Call, CallJournal, IntegrationLog, Job
 from msapp.errors import ApiError, ValidationFailed
 from msapp.extensions import db
 from msapp.moysklad.formats import to_e164
@@ -134,11 +135,11 @@ class Support:
             raise ApiError(404, "unknown call", "unique_id")
         call = self._row(row, self._sync_states(number, [unique_id]).get(unique_id),
                          customer_names.names(number, [row["phone"]]))
-        logs = IntegrationLog.__table__
+        logs, links = IntegrationLog.__table__, CallJournal.__table__
         entries = []
-        for log in db.session.execute(select(logs).where(
-                logs.c.enterprise_number == number, logs.c.integration_type == "ms",
-                logs.c.request_data["unique_id"].as_string() == unique_id).order_by(logs.c.id)).mappings():
+        story = (select(logs).join(links, links.c.log_id == logs.c.id)
+                 .where(links.c.enterprise_number == number, links.c.unique_id == unique_id).order_by(links.c.log_id))
+        for log in db.session.execute(story).mappings():
             entries += _entries_of(log)
         jobs = Job.__table__
         mine = or_(jobs.c.key == f"call:{number}:{unique_id}",
