@@ -18,7 +18,7 @@ from msapp.extensions import db
 from msapp.moysklad import BreakerOpen, MoySkladError, RateLimited
 from msapp.moysklad.formats import is_extension, to_moysklad_time
 from msapp.queue import JobContext
-from msapp.services import click_guard
+from msapp.services import click_guard, paging
 from msapp.services.directory import DirectoryUnavailable
 from msapp.services.moysklad_clients import MoySkladClients
 from msapp.services.tasks import Tasks
@@ -192,10 +192,12 @@ class AdminService:
             "events": [{"eventType": "HIDE", "extension": job.payload["extension"], "sequence": 2}]})
 
     # -- the journal and the panel ----------------------------------------------------------------
-    def journal(self, number: str, event: str = "", status: str = "", page: int = 1, call: str = "",
+    def journal(self, number: str, event: str = "", status: str = "", before: str = "", call: str = "",
                 text: str = "") -> dict:
-        """Journal rows, newest first: by kind of event, result ("problems": errors and breaker
-        transitions), one call (its unique_id), and free text (in the event, the error and the bodies)."""
+        """Journal rows, newest first, a page at a time (services/paging.py, by the journal's index of the
+        enterprise's rows by time): by kind of event, result ("problems": errors and breaker transitions),
+        one call (its unique_id), and free text (in the event, the error and the bodies: a walk of the
+        enterprise's rows until a page is found)."""
         logs = IntegrationLog.__table__
         cond = and_(logs.c.enterprise_number == number, logs.c.integration_type == "ms")
         if event:
@@ -214,16 +216,17 @@ class AdminService:
                                   logs.c.error_message.like(like, escape="\\"),
                                   cast(logs.c.request_data, Text).like(like, escape="\\"),
                                   cast(logs.c.response_data, Text).like(like, escape="\\")))
-        page = max(1, page)
-        total = db.session.scalar(select(func.count()).select_from(logs).where(cond)) or 0
-        rows = db.session.execute(select(logs).where(cond).order_by(logs.c.id.desc())
-                                  .limit(PAGE_SIZE).offset((page - 1) * PAGE_SIZE)).mappings().all()
-        dead = db.session.scalars(select(Job).where(Job.enterprise_number == number, Job.status == "dead")
+        total, capped = paging.count_capped(cond, logs.c.id)
+        page = paging.newest_first(cond, logs.c.created_at, logs.c.id, before, PAGE_SIZE)
+        rows, following = paging.page_of([dict(r) for r in db.session.execute(page(select(logs))).mappings()],
+                                         PAGE_SIZE, "created_at")
+        dead = db.session.scalars(select(Job).where(Job.enterprise_number == number, Job.status != "done",
+                                                    Job.status == "dead")
                                   .order_by(Job.id.desc()).limit(50)).all()
         db.session.commit()
         breakers = self.clients.breakers.status(number) if status == "problems" and self.clients.breakers else []
-        return {"rows": [dict(r) for r in rows], "total": total, "page": page,
-                "pages": max(1, -(-total // PAGE_SIZE)), "dead": dead, "breakers": breakers}
+        return {"rows": rows, "total": total, "capped": capped, "next": following, "dead": dead,
+                "breakers": breakers}
 
     def panel(self, number: str, now: Optional[datetime] = None) -> dict:
         """Today's figures for one enterprise (UTC day)."""
@@ -233,18 +236,19 @@ class AdminService:
             func.count(),
             func.count().filter(Call.customer_created.is_(True)),
             func.count().filter(and_(Call.order_id.is_not(None), Call.order_id != "")),
-        ).where(Call.enterprise_number == number, Call.created_at >= day)).one()
+        ).where(Call.enterprise_number == number, Call.start_time >= day)).one()
         logs = IntegrationLog.__table__
+        ours = and_(logs.c.enterprise_number == number, logs.c.integration_type == "ms")  # the journal's index
         recent = db.session.execute(select(logs.c.status, logs.c.response_data).where(
-            logs.c.enterprise_number == number, logs.c.event_type.like("ms.%"), logs.c.created_at >= day)
-            .order_by(logs.c.id.desc()).limit(2000)).all()
+            ours, logs.c.event_type.like("ms.%"), logs.c.created_at >= day)
+            .order_by(logs.c.created_at.desc()).limit(2000)).all()
         latencies = [r.response_data["latency_ms"] for r in recent if isinstance(r.response_data, dict)
                      and isinstance(r.response_data.get("latency_ms"), (int, float))]
         depth = db.session.scalar(select(func.count()).select_from(Job).where(
-            Job.enterprise_number == number, Job.status.in_(("pending", "running")))) or 0
+            Job.enterprise_number == number, Job.status != "done", Job.status.in_(("pending", "running")))) or 0
         last_error = db.session.execute(select(logs.c.created_at, logs.c.error_message, logs.c.event_type).where(
-            logs.c.enterprise_number == number, logs.c.status == "error", logs.c.event_type.like("ms.%"),
-            logs.c.created_at >= now - timedelta(hours=1)).order_by(logs.c.id.desc()).limit(1)).first()
+            ours, logs.c.status == "error", logs.c.event_type.like("ms.%"),
+            logs.c.created_at >= now - timedelta(hours=1)).order_by(logs.c.created_at.desc()).limit(1)).first()
         db.session.commit()
         ok = sum(1 for r in recent if r.status == "success")
         suspicious = click_guard.suspicious(number, now)

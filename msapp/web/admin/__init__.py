@@ -255,11 +255,15 @@ def journal():
     status = request.args.get("status") or ""
     call = (request.args.get("call") or "").strip()[:128]
     text = (request.args.get("q") or "").strip()[:100]
-    page = request.args.get("page", type=int, default=1)
-    data = ms().admin.journal(number, event, status, page, call, text)
+    before = (request.args.get("before") or "")[:64]
+    try:
+        data, error = ms().admin.journal(number, event, status, before, call, text), None
+    except ValidationFailed as exc:
+        data = {"rows": [], "total": 0, "capped": False, "next": None, "dead": [], "breakers": []}
+        error = forms.in_russian(exc.errors)
     template = "admin/_journal_rows.html" if is_htmx() else "admin/journal.html"
     return render_template(template, ent=ent, cfg=ms().configs.of(ent), data=data, event=event, status=status,
-                           call=call, q=text)
+                           call=call, q=text, before=before, error=error)
 
 
 @bp.get("/calls")
@@ -273,7 +277,8 @@ def calls_page():
     try:
         found, error = ms().support.search(number, **filters), None
     except ValidationFailed as exc:
-        found, error = {"calls": [], "total": 0, "page": 1, "pages": 1, "timezone": ""}, forms.in_russian(exc.errors)
+        found, error = {"calls": [], "total": 0, "capped": False, "next": None, "timezone": ""}, \
+            forms.in_russian(exc.errors)
     template = "admin/_calls_rows.html" if is_htmx() else "admin/calls.html"
     return render_template(template, ent=ent, cfg=ms().configs.of(ent), found=found, f=filters, error=error)
 

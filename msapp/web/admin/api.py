@@ -34,14 +34,15 @@ def _call_filters() -> dict:
     args = request.args
     return {"q": (args.get("q") or "")[:128], "date_from": (args.get("from") or "")[:10],
             "date_to": (args.get("to") or "")[:10], "direction": (args.get("direction") or "")[:8],
-            "result": (args.get("result") or "")[:16], "page": args.get("page", type=int, default=1)}
+            "result": (args.get("result") or "")[:16], "before": (args.get("before") or "")[:64]}
 
 
 @bp.get("/calls/<number>")
 def calls(number):
-    """Calls by a phone number in any format, a PBX unique_id or a MoySklad call id, dates, direction, result."""
+    """Calls by a phone number in any format, a PBX unique_id or a MoySklad call id, dates, direction, result;
+    newest first, a page at a time (`next` is the following page's `before`)."""
     found = ms().support.search(number, **_call_filters())
-    return jsonify({"calls": found["calls"], "total": found["total"], "page": found["page"]})
+    return jsonify({k: found[k] for k in ("calls", "total", "capped", "next")})
 
 
 @bp.get("/calls/<number>/<path:unique_id>")

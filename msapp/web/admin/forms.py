@@ -59,6 +59,7 @@ _RUSSIAN = [
     (r"choose the employee who gets every task", "выберите сотрудника, которому ставить задачи"),
     (r"must be a date YYYY-MM-DD", "дата в виде ГГГГ-ММ-ДД"),
     (r"must be in or out", "входящие или исходящие"),
+    (r"must be a page's `next` as given", "неверная ссылка на страницу: начните поиск заново"),
     (r"must not be before from", "конец периода раньше начала"),
     (r"a period is at most (\d+) days", r"период не длиннее \1 дней"),
     (r"must be hour or day", "по часам или по дням"),

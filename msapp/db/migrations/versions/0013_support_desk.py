@@ -1,6 +1,8 @@
-"""A call's journal rows by call (`ms_call_journal`), so the support desk tells a call's story without
-searching the platform's `integration_logs` (which stays as it is: no index or column added to it); an
-index for retention of closed callback tasks (docs/design.md 5.4, docs/operations.md).
+"""What the support desk asks at a platform's scale (docs/design.md 5.4, docs/operations.md): a call's
+journal rows by call (`ms_call_journal`), so a call's story is told without searching the platform's
+`integration_logs` (which stays as it is: no index or column added to it); the calls still going, by
+enterprise and start, and an enterprise's jobs not done (partial indexes, built CONCURRENTLY on
+PostgreSQL); closed callback tasks by age, for retention.
 
 The links of the rows already journaled are filled here, walking `integration_logs` by primary key in
 ranges (each range one short statement, committed on its own on PostgreSQL), so the table is never
@@ -18,6 +20,8 @@ down_revision = "0012"
 branch_labels = None
 depends_on = None
 
+PARTIAL = (("ix_ms_calls_open", "ms_calls", ["enterprise_number", "start_time"], "status <> 'ended'"),
+           ("ix_ms_jobs_enterprise_unfinished", "ms_jobs", ["enterprise_number", "status"], "status <> 'done'"))
 RANGE = 50_000  # journal ids per backfill statement
 BACKFILL = {
     "postgresql": "INSERT INTO ms_call_journal (log_id, enterprise_number, unique_id) "
@@ -43,9 +47,14 @@ def upgrade():
     bind = op.get_bind()
     statement = sa.text(BACKFILL[bind.dialect.name])
     if bind.dialect.name == "postgresql":
-        with op.get_context().autocommit_block():
+        with op.get_context().autocommit_block():  # CONCURRENTLY cannot run in a transaction
+            for name, table, columns, where in PARTIAL:
+                op.create_index(name, table, columns, postgresql_concurrently=True, if_not_exists=True,
+                                postgresql_where=sa.text(where))
             _backfill(bind, statement)
     else:
+        for name, table, columns, where in PARTIAL:
+            op.create_index(name, table, columns, sqlite_where=sa.text(where))
         _backfill(bind, statement)
 
 
@@ -62,6 +71,8 @@ def _backfill(bind, statement) -> None:
 
 
 def downgrade():
+    for name, table, _columns, _where in PARTIAL:
+        op.drop_index(name, table_name=table)
     op.drop_index("ix_ms_tasks_state_updated", table_name="ms_tasks")
     op.drop_index("ix_ms_call_journal_call", table_name="ms_call_journal")
     op.drop_table("ms_call_journal")
