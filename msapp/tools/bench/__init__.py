@@ -26,7 +26,7 @@ from msapp.tools.bench.common import environment
 from msapp.tools.bench.event_path import measure
 from msapp.tools.bench.outages import measure_failover, measure_outage, report_failover
 from msapp.tools.bench.queue_runs import measure_backlog, measure_prune, measure_prune_ack, report_backlog
-from msapp.tools.bench.scale import measure_scale, report_scale
+from msapp.tools.bench.scale import measure_scale, report_desk, report_scale
 
 
 def report_outage(results: list) -> str:
@@ -117,9 +117,11 @@ def bench(dbs, pg_url, calls, soak, enterprises, rate, ack_seconds, latency_ms, 
     results = []
     if scale is not None:
         for kind in kinds:
-            click.echo(f"scale run on {kind}: {scale} calls over 30 days...", err=True)
-            results.append(measure_scale(kind, pg_url, scale))
+            click.echo(f"scale run on {kind}: {scale} calls over 31 days...", err=True)
+            results.append(measure_scale(kind, pg_url, scale, load_seconds=ack_seconds))
         click.echo(report_scale(results))
+        click.echo("")
+        click.echo(report_desk(results))
         _write_json(json_out, results)
         return
     if prune is not None and rate != 200.0:

@@ -12,6 +12,7 @@ import time
 import uuid
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from typing import Optional
 
 import requests
 
@@ -217,12 +218,13 @@ def _services(db_url: str, tmp: str, sandbox_url: str, workers: int, count: int)
 
 
 @contextmanager
-def _service(db_url: str, tmp: str, sandbox_url: str, workers: int):
+def _service(db_url: str, tmp: str, sandbox_url: str, workers: int, settings: Optional[dict] = None):
     port = _free_port()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("MS_")},
            "MS_DATABASE_URL": db_url, "MS_PORT": str(port), "MS_INSTANCE_DIR": tmp, "MS_LOG_DIR": tmp,
            "MS_WORKERS": str(workers), "MS_LOG_LEVEL": "WARNING",
-           "MS_PHONE_API_URL": f"{sandbox_url}/api/phone/1.0", "MS_JSON_API_URL": f"{sandbox_url}/api/remap/1.2"}
+           "MS_PHONE_API_URL": f"{sandbox_url}/api/phone/1.0", "MS_JSON_API_URL": f"{sandbox_url}/api/remap/1.2",
+           **(settings or {})}
     proc = subprocess.Popen([sys.executable, "-m", "msapp", "serve"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:

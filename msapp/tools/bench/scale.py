@@ -1,13 +1,19 @@
-"""`bench --scale CALLS`: a platform's month of calls, filled by the database itself (not the event path),
-then the analytics of the largest enterprise read as the page reads them.
+"""`bench --scale CALLS`: a platform's month of data, filled by the database itself (not the event path),
+then what the admin reads of the largest enterprise: the analytics, and the support desk through its JSON
+API; then the event path's 202 at 200/s while the desk's searches run in a loop, and while retention
+prunes the day that fell out of the 30 (docs/benchmarks.md).
 
-CALLS calls over the last 30 days across 10 enterprises, one holding a third; 75 % incoming (answered 80 %,
+CALLS calls over the last 31 days across 10 enterprises, one holding a third; 75 % incoming (answered 80 %,
 missed 16 %, busy 4 %), callers drawn from a pool per enterprise so that missed callers call again and
-are called back. The rollup is built by `Rollup.rebuild` (timed: what the migration's first ticks do).
+are called back. With them, as the service writes them: 5 journal rows per call (3 events, 2 MoySklad
+exchanges) linked to the call, 1 row of another integration per 2 calls, a done sync job per call, a
+callback task per missed call, a click per outgoing call. The rollup is built by `Rollup.rebuild` (timed:
+what the migration's first ticks do).
 """
 from __future__ import annotations
 
 import random
+import secrets
 import tempfile
 import time
 from datetime import timedelta
@@ -18,25 +24,27 @@ BIG = "0100"
 ENTERPRISES = [BIG] + [f"01{n:02d}" for n in range(1, 10)]
 PG_FILL = """
 INSERT INTO ms_calls (enterprise_number, unique_id, direction, phone, extensions, answered_extension, start_time,
-    answer_time, end_time, call_status, record_url, notify, status, external_id, create_attempted, shown, hidden,
+    answer_time, end_time, call_status, record_url, notify, status, ms_call_id, external_id, create_attempted, shown,
+    hidden,
     answer_sent, end_sent, sequence, customer_checked, customer_attempted, customer_created, order_attempted,
     task_queued, created_at, updated_at)
 SELECT e, 'scale-' || g, dir, '+37529' || (1000000 + (random() * :phones)::int), jsonb_build_array(x1::text),
     CASE WHEN dir = 'in' AND st = 'answered' THEN x1::text END, t0,
     CASE WHEN st = 'answered' THEN t0 + (3 + random() * 37) * interval '1 second' END,
-    t0 + (10 + random() * 600) * interval '1 second', st, NULL, true, 'ended', 'scale-' || g, true, '[]', '[]',
+    t0 + (10 + random() * 600) * interval '1 second', st, NULL, true, 'ended', 'ms-' || g, 'scale-' || g, true,
+    '[]', '[]',
     true, true, 0, false, false, false, false, false, t0, t0
 FROM (SELECT g, CASE WHEN g % 3 = 0 THEN '0100' ELSE '01' || lpad((1 + g % 9)::text, 2, '0') END AS e,
              CASE WHEN random() < 0.75 THEN 'in' ELSE 'out' END AS dir,
              (SELECT CASE WHEN r < 0.80 THEN 'answered' WHEN r < 0.96 THEN 'missed' ELSE 'busy' END
               FROM (SELECT random() + g * 0 AS r) q) AS st,
              150 + (random() * 20)::int AS x1,
-             (now() AT TIME ZONE 'UTC') - random() * interval '30 days' AS t0
+             (now() AT TIME ZONE 'UTC') - random() * interval '31 days' AS t0
       FROM generate_series(1, :n) g) s
 """
 
 
-def measure_scale(kind: str, pg_url: str, calls: int, runs: int = 40) -> dict:
+def measure_scale(kind: str, pg_url: str, calls: int, runs: int = 40, load_seconds: float = 20.0) -> dict:
     from sqlalchemy import text
 
     from msapp.extensions import db
@@ -55,6 +63,7 @@ def measure_scale(kind: str, pg_url: str, calls: int, runs: int = 40) -> dict:
                 _drop_indexes(db)
                 started = time.perf_counter()
                 _fill(db, kind, calls)
+                _fill_companions(db, kind)
                 filled = time.perf_counter() - started
                 index_seconds = _build_indexes(db, kind)
                 configs = app.extensions["ms"].configs
@@ -82,12 +91,20 @@ def measure_scale(kind: str, pg_url: str, calls: int, runs: int = 40) -> dict:
                         Analytics().report(BIG, period)
                         timings.append(time.perf_counter() - t0)
                     figures[name] = (round(_pct(timings, 50) * 1000, 1), round(_pct(timings, 95) * 1000, 1))
+                journal_rows = db.session.scalar(text("SELECT count(*) FROM integration_logs"))
+                desk_requests = _desk_requests(db, runs, big_calls)
                 db.session.remove()
                 db.engine.dispose()
+            desk_app = _desk_app(db_url, tmp)
+            with desk_app.app_context():
+                desk = _time_desk(desk_app.test_client(), desk_requests)
+                db_dispose()
+            load = None
+            if load_seconds:
+                load = _under_load(db_url, tmp, desk_requests, load_seconds, 5.0 if kind == "postgresql" else 0)
             return {"database": kind, "calls": calls, "big_enterprise_calls": big_calls,
-                    "fill_seconds": round(filled, 1), "index_seconds": index_seconds,
-                    "rebuild_seconds": round(rebuilt, 1),
-                    "analytics_ms": figures}
+                    "journal_rows": journal_rows, "fill_seconds": round(filled, 1), "index_seconds": index_seconds,
+                    "rebuild_seconds": round(rebuilt, 1), "analytics_ms": figures, "desk_ms": desk, "load": load}
         finally:
             cleanup()
 
@@ -137,7 +154,7 @@ def _fill(db, kind: str, calls: int) -> None:
 
     rng, now, batch = random.Random(1), utcnow(), []
     for g in range(1, calls + 1):
-        start = now - timedelta(seconds=rng.random() * 30 * 86400)
+        start = now - timedelta(seconds=rng.random() * 31 * 86400)
         r, direction, ext = rng.random(), "in" if rng.random() < 0.75 else "out", str(150 + rng.randint(0, 20))
         status = "answered" if r < 0.8 else "missed" if r < 0.96 else "busy"
         answer = start + timedelta(seconds=3 + rng.random() * 37) if status == "answered" else None
@@ -146,7 +163,7 @@ def _fill(db, kind: str, calls: int) -> None:
                       "extensions": [ext], "answered_extension": ext if direction == "in" and answer else None,
                       "start_time": start, "answer_time": answer,
                       "end_time": start + timedelta(seconds=10 + rng.random() * 600), "call_status": status,
-                      "status": "ended", "created_at": start, "updated_at": start})
+                      "status": "ended", "ms_call_id": f"ms-{g}", "created_at": start, "updated_at": start})
         if len(batch) == 20000:
             db.session.execute(Call.__table__.insert(), batch)
             batch = []
@@ -163,4 +180,223 @@ def report_scale(results: list) -> str:
         lines.append(f"| {r['database']} | {r['calls']:,} ({r['big_enterprise_calls']:,}) | {r['fill_seconds']} s | "
                      f"{r['index_seconds']} s | {r['rebuild_seconds']} s | {a['30 days'][0]} / {a['30 days'][1]} ms | "
                      f"{a['7 days'][0]} / {a['7 days'][1]} ms | {a['today'][0]} / {a['today'][1]} ms |")
+    return "\n".join(lines)
+
+
+JOURNAL = (("0", "event.dial"), ("1", "ms.phone.call.create"), ("30", "event.answer"),
+           ("31", "ms.phone.call.update"), ("200", "event.hangup"))  # seconds after the start, kind
+COMPANIONS = {
+    "postgresql": [
+        "INSERT INTO integration_logs (created_at, enterprise_number, integration_type, event_type, request_data, "
+        "response_data, status) SELECT c.start_time + k.s::int * interval '1 second', c.enterprise_number, 'ms', "
+        "k.ev, jsonb_build_object('unique_id', c.unique_id, 'phone', c.phone, 'event_type', k.ev, 'extensions', "
+        "c.extensions), jsonb_build_object('status', 200, 'latency_ms', 80), 'success' FROM ms_calls c "
+        "CROSS JOIN (VALUES {journal}) AS k(s, ev)",
+        "INSERT INTO integration_logs (created_at, enterprise_number, integration_type, event_type, request_data, "
+        "status) SELECT c.start_time, c.enterprise_number, 'bitrix', 'call', jsonb_build_object('call', c.unique_id), "
+        "'success' FROM ms_calls c WHERE c.id % 2 = 0",
+        "INSERT INTO ms_call_journal (log_id, enterprise_number, unique_id) SELECT id, enterprise_number, "
+        "request_data ->> 'unique_id' FROM integration_logs WHERE integration_type = 'ms'",
+    ],
+    "sqlite": [
+        "WITH k(s, ev) AS (VALUES {journal}) INSERT INTO integration_logs (created_at, enterprise_number, "
+        "integration_type, event_type, request_data, response_data, status) SELECT "
+        "strftime('%Y-%m-%d %H:%M:%f', c.start_time, '+' || k.s || ' seconds'), c.enterprise_number, 'ms', k.ev, "
+        "json_object('unique_id', c.unique_id, 'phone', c.phone, 'event_type', k.ev, 'extensions', "
+        "json(c.extensions)), json_object('status', 200, 'latency_ms', 80), 'success' FROM ms_calls c, k",
+        "INSERT INTO integration_logs (created_at, enterprise_number, integration_type, event_type, request_data, "
+        "status) SELECT c.start_time, c.enterprise_number, 'bitrix', 'call', json_object('call', c.unique_id), "
+        "'success' FROM ms_calls c WHERE c.id % 2 = 0",
+        "INSERT INTO ms_call_journal (log_id, enterprise_number, unique_id) SELECT id, enterprise_number, "
+        "json_extract(request_data, '$.unique_id') FROM integration_logs WHERE integration_type = 'ms'",
+    ],
+    "both": [
+        "INSERT INTO ms_jobs (enterprise_number, key, kind, payload, status, attempts, max_attempts, run_at, "
+        "created_at, updated_at) SELECT enterprise_number, 'call:' || enterprise_number || ':' || unique_id, "
+        "'call.sync', '{}', 'done', 1, 10, start_time, start_time, end_time FROM ms_calls",
+        "INSERT INTO ms_tasks (enterprise_number, phone, state, task_id, create_attempted, marker, missed, "
+        "note_added, created_at, updated_at, closed_at, closed_reason) SELECT enterprise_number, phone, 'closed', "
+        "'task-' || id, true, 'm' || id, '[]', true, end_time, end_time, end_time, 'reached' FROM ms_calls "
+        "WHERE call_status = 'missed'",
+        "INSERT INTO ms_clicks (enterprise_number, extension, destination, client_address, outcome, created_at) "
+        "SELECT enterprise_number, '150', phone, '127.0.0.1', 'queued', start_time FROM ms_calls "
+        "WHERE direction = 'out'",
+    ],
+}
+
+
+def _fill_companions(db, kind: str) -> None:
+    """What the service writes beside its calls, in proportion (see the module's docstring): bulk SQL."""
+    from sqlalchemy import text
+
+    journal = ", ".join(f"('{seconds}', '{event}')" for seconds, event in JOURNAL)
+    for statement in COMPANIONS[kind] + COMPANIONS["both"]:
+        db.session.execute(text(statement.replace("{journal}", journal)))
+        db.session.commit()
+
+
+ADMIN_TOKEN = secrets.token_urlsafe(24)  # this run's only
+DESK_OPS = ("by phone", "by unique_id", "by MoySklad id", "first page", "page 200", "one day", "timeline")
+
+
+def _desk_requests(db, runs: int, big_calls: int) -> dict:
+    """Per operation of the desk, `runs` request paths of the admin JSON API, each with another key; page
+    200 is the one after the 9,950 newest calls (of fewer: the middle one's)."""
+    from sqlalchemy import text
+
+    from msapp.clock import utcnow
+
+    picked = db.session.execute(text("SELECT unique_id, phone, ms_call_id FROM ms_calls WHERE enterprise_number = :e "
+                                     "ORDER BY random() LIMIT :n"), {"e": BIG, "n": runs}).all()
+    start, last = db.session.execute(text("SELECT start_time, id FROM ms_calls WHERE enterprise_number = :e "
+                                          "ORDER BY start_time DESC, id DESC LIMIT 1 OFFSET :o"),
+                                   {"e": BIG, "o": min(9949, big_calls // 2)}).one()
+    if isinstance(start, str):  # SQLite answers text to a raw statement
+        from datetime import datetime
+
+        start = datetime.fromisoformat(start)
+    db.session.commit()
+    base = f"/ms-admin/api/calls/{BIG}"
+    days = [(utcnow() - timedelta(days=3 + i % 20)).strftime("%Y-%m-%d") for i in range(runs)]
+    return {
+        "by phone": [f"{base}?q=%2B{p[1][1:]}" for p in picked],
+        "by unique_id": [f"{base}?q={p[0]}" for p in picked],
+        "by MoySklad id": [f"{base}?q={p[2]}" for p in picked],
+        "first page": [base] * runs,
+        "page 200": [f"{base}?before={start.isoformat()}~{last}"] * runs,
+        "one day": [f"{base}?from={d}&to={d}" for d in days],
+        "timeline": [f"{base}/{p[0]}" for p in picked],
+    }
+
+
+def _time_desk(client, requests_by_op: dict) -> dict:
+    """Median and p95 (ms) of each operation, through the app's own JSON API (no sockets)."""
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    out = {}
+    for name, paths in requests_by_op.items():
+        timings = []
+        for path in paths:
+            t0 = time.perf_counter()
+            r = client.get(path, headers=headers)
+            timings.append(time.perf_counter() - t0)
+            if r.status_code != 200:
+                raise RuntimeError(f"{path}: {r.status_code} {r.get_data(as_text=True)[:200]}")
+        out[name] = (round(_pct(timings, 50) * 1000, 1), round(_pct(timings, 95) * 1000, 1))
+    return out
+
+
+def _under_load(db_url: str, tmp: str, requests_by_op: dict, seconds: float, prune_every: float,
+                rate: float = 200.0) -> dict:
+    """The service on the filled database: the 202 at `rate` quiet, while a client loops the desk's
+    requests over HTTP, and (`prune_every`) while retention prunes the 31st day."""
+    import threading
+
+    import requests as http
+
+    from msapp.tools.bench.common import Env, _ack_latency, _sandbox, _service
+
+    with _sandbox() as sandbox_url:
+        keys = http.post(f"{sandbox_url}/sandbox/api/accounts", json={"name": "scale"}, timeout=5).json()
+        app = _desk_app(db_url, tmp)
+        with app.app_context():
+            app.extensions["ms"].configs.save(BIG, {"enabled": True, "integration_code": keys["phone_api_key"],
+                                                    "api_token": keys["json_api_token"]})
+        with _service(db_url, tmp, sandbox_url, 4, {"MS_ADMIN_TOKEN": ADMIN_TOKEN}) as (url, proc):
+            env = Env(sandbox_url, [url], [proc], [(BIG, "scale")])
+            _ack_latency(env, 50, 2, tag="warm")
+            out = {"quiet": _ack_latency(env, rate, seconds, tag="quiet")}
+            stop, timings = threading.Event(), []
+
+            def search():
+                session = http.Session()
+                session.headers["Authorization"] = f"Bearer {ADMIN_TOKEN}"
+                paths = [p for name in DESK_OPS for p in requests_by_op[name]]
+                while not stop.is_set():
+                    for path in paths:
+                        t0 = time.perf_counter()
+                        session.get(url + path, timeout=30).raise_for_status()
+                        timings.append(time.perf_counter() - t0)
+                        if stop.is_set():
+                            return
+
+            searcher = threading.Thread(target=search, daemon=True)
+            searcher.start()
+            out["searching"] = _ack_latency(env, rate, seconds, tag="search")
+            stop.set()
+            searcher.join(60)
+            out["searches"] = {"count": len(timings), "p50_ms": round(_pct(timings, 50) * 1000, 1),
+                               "p95_ms": round(_pct(timings, 95) * 1000, 1)}
+            if prune_every:
+                out.update(_while_pruning(app, env, rate, seconds, prune_every))
+        with app.app_context():
+            db_dispose()
+    return out
+
+
+def _while_pruning(app, env, rate: float, seconds: float, every: float) -> dict:
+    """The 202 while retention's ticks (each its 2 s budget, as in service) run every `every` seconds from
+    another process's connections, each walking again as if the cutoff had moved (PostgreSQL: with
+    SQLite the service prunes in its own process, behind its writer lock)."""
+    import threading
+
+    from msapp.services.retention import Retention
+    from msapp.tools.bench.common import _ack_latency
+
+    pruned, ticks, stop = {}, [], threading.Event()
+
+    def prune():
+        keeper = Retention(30)
+        with app.app_context():
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                for name, count in keeper.prune().items():
+                    pruned[name] = pruned.get(name, 0) + count
+                ticks.append(time.perf_counter() - t0)
+                keeper.walked.clear()
+                stop.wait(max(0.0, every - (time.perf_counter() - t0)))
+
+    pruner = threading.Thread(target=prune, daemon=True)
+    pruner.start()
+    busy = _ack_latency(env, rate, seconds, tag="prune")
+    stop.set()
+    pruner.join(60)
+    rows = sum(pruned.values())
+    return {"pruning": busy, "pruned": {"rows": rows, "ticks": len(ticks), "tables": pruned,
+                                        "rows_per_tick": round(rows / max(1, len(ticks)))}}
+
+
+def db_dispose() -> None:
+    from msapp.extensions import db
+
+    db.session.remove()
+    db.engine.dispose()
+
+
+def _desk_app(db_url: str, tmp: str):
+    from msapp import create_app
+
+    return create_app({"MS_DATABASE_URL": db_url, "MS_INSTANCE_DIR": tmp, "MS_LOG_DIR": tmp, "MS_WORKERS": "0",
+                       "MS_LOG_LEVEL": "WARNING", "MS_ADMIN_TOKEN": ADMIN_TOKEN})
+
+
+def report_desk(results: list) -> str:
+    lines = ["| database | calls (largest) | journal rows | " + " | ".join(DESK_OPS) + " |",
+             "|---|---|---|" + "---|" * len(DESK_OPS)]
+    for r in results:
+        d = r["desk_ms"]
+        lines.append(f"| {r['database']} | {r['calls']:,} ({r['big_enterprise_calls']:,}) | {r['journal_rows']:,} | "
+                     + " | ".join(f"{d[name][0]} / {d[name][1]}" for name in DESK_OPS) + " |")
+    lines += ["", "| database | 202 p50 / p99 quiet | while searching | searches (count, p50 / p95) | "
+              "while pruning | pruned (rows, ticks, rows per tick) |", "|---|---|---|---|---|---|"]
+    for r in results:
+        load = r.get("load")
+        if not load:
+            continue
+        q, s = load["quiet"], load["searching"]
+        p, pruned = load.get("pruning"), load.get("pruned")
+        lines.append(f"| {r['database']} | {q['ack_p50_ms']} / {q['ack_p99_ms']} ms | {s['ack_p50_ms']} / "
+                     f"{s['ack_p99_ms']} ms | {load['searches']['count']}, {load['searches']['p50_ms']} / "
+                     f"{load['searches']['p95_ms']} ms | "
+                     + (f"{p['ack_p50_ms']} / {p['ack_p99_ms']} ms | {pruned['rows']:,}, {pruned['ticks']}, "
+                        f"{pruned['rows_per_tick']:,} |" if p else "— | — |"))
     return "\n".join(lines)
