@@ -42,21 +42,25 @@ from msapp.extensions import db
 
 log = logging.getLogger("msapp.retention")
 BATCH = 500
+SQLITE_BATCH = 100  # there a batch holds the process's writer lock, which the event path waits for: ~5 ms
 PAUSE = 0.05
 BUDGET = 2.0  # seconds of pruning per tick at most; the rest waits for the next tick
 STEP = timedelta(hours=1)
+TICK = 60.0  # seconds between the ticker's prunes (the first one TICK after start)
 
 
 @dataclass(frozen=True)
 class Walk:
     """One table's walk: `parts()` the leading values of its index (each a condition), `old(cutoff)` what
-    goes, `order` the indexed column the walk follows after the part."""
+    goes, `order` the indexed column the walk follows after the part; `also(ids)`, if set, deletes what
+    goes with a batch's rows, in its transaction."""
 
     name: str
     table: object
     order: object
     parts: Callable[[], list]
     old: Callable[[object], object]
+    also: Callable[[list], None] | None = None
 
 
 def enterprises_of(column) -> list:
@@ -77,7 +81,7 @@ def _walks() -> list:
     return [  # (enterprise_number, integration_type, created_at): the platform's index, not one of ours
         Walk("integration_logs", logs, logs.c.created_at,
              lambda: [*enterprises_of(logs.c.enterprise_number), logs.c.enterprise_number.is_(None)],
-             lambda cutoff: and_(logs.c.integration_type == "ms", logs.c.created_at < cutoff)),
+             lambda cutoff: and_(logs.c.integration_type == "ms", logs.c.created_at < cutoff), _forget_links),
         Walk("ms_jobs", jobs, jobs.c.run_at,  # (status, run_at, id); a finished job ran at or after run_at
              lambda: [jobs.c.status == "done", jobs.c.status == "dead"],
              lambda cutoff: and_(jobs.c.run_at < cutoff, jobs.c.updated_at < cutoff)),
@@ -98,11 +102,10 @@ def _walks() -> list:
     ]
 
 
-def _forget_links(table, ids: list) -> None:
-    """A journal row's link to its call goes with it, in its transaction."""
-    if table is IntegrationLog.__table__:
-        links = CallJournal.__table__
-        db.session.execute(delete(links).where(links.c.log_id.in_(ids)))
+def _forget_links(log_ids: list) -> None:
+    """A journal row's link to its call goes with it."""
+    links = CallJournal.__table__
+    db.session.execute(delete(links).where(links.c.log_id.in_(log_ids)))
 
 
 SECURITY_STATE = timedelta(days=1)  # longer than any lockout, cool-down or the window that counts them
@@ -146,6 +149,7 @@ class Retention:
     def _walk(self, walk: Walk, cutoff, deadline: float, deleted: dict) -> bool:
         """Prune one table, part by part; True when it reached the cutoff everywhere within the budget."""
         table, old = walk.table, walk.old(cutoff)
+        batch = min(BATCH, SQLITE_BATCH) if db.engine.dialect.name == "sqlite" else BATCH
         parts = walk.parts()
         db.session.commit()
         for part in parts:
@@ -155,16 +159,17 @@ class Retention:
                     return False
                 where = and_(part, old) if last is None else and_(part, old, walk.order >= last)
                 rows = db.session.execute(select(table.c.id, walk.order).where(where).order_by(walk.order)
-                                          .limit(BATCH)).all()
+                                          .limit(batch)).all()
                 ids = [row[0] for row in rows]
                 if ids:
-                    _forget_links(table, ids)
+                    if walk.also:
+                        walk.also(ids)
                     gone = db.session.execute(delete(table).where(table.c.id.in_(ids), part, old)).rowcount
                     deleted[walk.name] = deleted.get(walk.name, 0) + gone
                     metrics.PRUNED.labels(walk.name).inc(gone)
                     last = rows[-1][1]
                 db.session.commit()
-                if len(ids) < BATCH:
+                if len(ids) < batch:
                     break
                 time.sleep(PAUSE)  # let the event path's writers in between batches
         return True
