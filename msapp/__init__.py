@@ -15,6 +15,7 @@ from werkzeug.exceptions import HTTPException
 from msapp import logging_setup
 from msapp import settings as settings_mod
 from msapp.db import compiled
+from msapp.db.reader import READER
 from msapp.errors import ApiError
 from msapp.extensions import db, migrate
 from msapp.queue import JobQueue, WorkerPool
@@ -31,6 +32,7 @@ from msapp.services.directory import REFRESH_KIND, Directory
 from msapp.services.events import SYNC_KIND
 from msapp.services.lookups import Lookups
 from msapp.services.moysklad_clients import MoySkladClients
+from msapp.services.retention import TICK as RETENTION_TICK
 from msapp.services.retention import Retention
 from msapp.services.support import Support
 from msapp.services.tasks import KIND as TASK_KIND
@@ -97,7 +99,7 @@ def create_app(config: Optional[Mapping[str, str]] = None) -> Flask:
         pool.ownership = PgOwnership(queue, pool.busy_buckets)
     pool.every(60.0, directory.refresh_stale)
     pool.every(1.0, breakers.refresh)
-    pool.every(60.0, Retention(settings.retention_days).prune)
+    pool.every(RETENTION_TICK, Retention(settings.retention_days).prune)
     pool.every(5.0, Rollup(configs).refresh)  # the analytics of calls that changed (at most 5 s late)
     app.extensions["ms"] = MsState(
         settings=settings,
@@ -192,7 +194,8 @@ def _ping_when_idle(engine) -> None:
 
 
 def _sqlite_pragmas(engine) -> None:
-    """WAL, a busy timeout, and BEGIN IMMEDIATE (queued on a process lock: see sqlite_lock)."""
+    """WAL, a busy timeout, and BEGIN IMMEDIATE (queued on a process lock: see sqlite_lock), or for a
+    reader's transaction (db/reader.py) a DEFERRED one outside the lock."""
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_conn, _record):
@@ -206,7 +209,10 @@ def _sqlite_pragmas(engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(conn):
-        conn.connection.dbapi_connection.begin_immediate()
+        if conn.get_execution_options().get(READER):
+            conn.connection.dbapi_connection.begin_reading()
+        else:
+            conn.connection.dbapi_connection.begin_immediate()
 
 
 def _register_errors(app: Flask) -> None:

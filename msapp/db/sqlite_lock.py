@@ -4,6 +4,7 @@ Every transaction starts with BEGIN IMMEDIATE (so concurrent writers wait rather
 busy handler waits by sleeping in growing steps (up to 100 ms), so under load a waiting thread sleeps
 long after the lock is free. Threads of one process therefore queue on a lock handed over the moment
 the holder's COMMIT or ROLLBACK has finished; the busy handler still arbitrates between processes.
+A reader's transaction (db/reader.py) takes no lock: DEFERRED, under `PRAGMA query_only`.
 """
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ WRITE_LOCK = threading.RLock()
 
 
 class LockingConnection(sqlite3.Connection):
-    """A sqlite3 connection that holds WRITE_LOCK from its BEGIN until its COMMIT/ROLLBACK/close."""
+    """A sqlite3 connection that holds WRITE_LOCK from its BEGIN IMMEDIATE until its COMMIT/ROLLBACK/close."""
 
     _holds = 0
+    _reading = False
 
     def begin_immediate(self) -> None:
         WRITE_LOCK.acquire()
@@ -27,10 +29,20 @@ class LockingConnection(sqlite3.Connection):
             raise
         self._holds += 1
 
-    def _release(self) -> None:
+    def begin_reading(self) -> None:
+        """A transaction that reads one snapshot, outside the writer lock; any write in it fails."""
+        self.execute("PRAGMA query_only = ON")
+        self._reading = True
+        self.execute("BEGIN")
+
+    def _release(self, closing: bool = False) -> None:
         while self._holds:
             self._holds -= 1
             WRITE_LOCK.release()
+        if self._reading:
+            self._reading = False
+            if not closing:
+                self.execute("PRAGMA query_only = OFF")
 
     def commit(self) -> None:
         try:
@@ -48,4 +60,4 @@ class LockingConnection(sqlite3.Connection):
         try:
             super().close()
         finally:
-            self._release()
+            self._release(closing=True)

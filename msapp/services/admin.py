@@ -12,6 +12,7 @@ from sqlalchemy import Text, and_, cast, func, or_, select
 
 from msapp.clock import utcnow
 from msapp.db.models import Call, CallJournal, Enterprise, IntegrationLog, Job
+from msapp.db.reader import read_only
 from msapp.db.work import Work
 from msapp.errors import ApiError
 from msapp.extensions import db
@@ -198,6 +199,7 @@ class AdminService:
         enterprise's rows by time): by kind of event, result ("problems": errors and breaker transitions),
         one call (its unique_id), and free text (in the event, the error and the bodies: a walk of the
         enterprise's rows until a page is found)."""
+        read_only()
         logs = IntegrationLog.__table__
         cond = and_(logs.c.enterprise_number == number, logs.c.integration_type == "ms")
         if event:
@@ -232,6 +234,7 @@ class AdminService:
         """Today's figures for one enterprise (UTC day)."""
         now = now or utcnow()
         day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        read_only()
         calls = db.session.execute(select(
             func.count(),
             func.count().filter(Call.customer_created.is_(True)),
@@ -249,16 +252,14 @@ class AdminService:
         last_error = db.session.execute(select(logs.c.created_at, logs.c.error_message, logs.c.event_type).where(
             ours, logs.c.status == "error", logs.c.event_type.like("ms.%"),
             logs.c.created_at >= now - timedelta(hours=1)).order_by(logs.c.created_at.desc()).limit(1)).first()
-        db.session.commit()
         ok = sum(1 for r in recent if r.status == "success")
         suspicious = click_guard.suspicious(number, now)
+        tasks_today = Tasks.today(number, day)
         db.session.commit()
         breakers = self.clients.breakers.status(number) if self.clients.breakers else []
         paused = next((b for b in breakers if b["kind"] == "auth"), None)
         outage = next((b for b in breakers if b["kind"] == "outage"), None)
         tasks_off = next((b for b in breakers if b["kind"] == "crm"), None)
-        tasks_today = Tasks.today(number, day)
-        db.session.commit()
         return {"paused": {"since": paused["since"], "reason": paused["reason"], "api": paused["api"],
                            "waiting_calls": paused["waiting_calls"]} if paused else None,
                 "outage": outage, "tasks_suspended": tasks_off, "suspicious": suspicious, **tasks_today,

@@ -30,6 +30,7 @@ from sqlalchemy import and_, func, select
 
 from msapp.clock import utcnow
 from msapp.db.models import Call, CallbackEpisode, CallHour, MsTask
+from msapp.db.reader import read_only
 from msapp.errors import ValidationFailed
 from msapp.extensions import db
 from msapp.services.analytics_rollup import COUNT_KEYS
@@ -155,6 +156,7 @@ class Analytics:
         """Every figure of the page for `period`, with the previous period's totals and the change (%), read
         from the rollup (services/analytics_rollup.py): hours, and missed callers' episodes."""
         before = period.previous()
+        read_only()
         current = _Hours(period, _hours(number, period, CallHour.employees))
         previous = _Hours(before, _hours(number, before))  # its totals only: no employees to read
         callbacks, callbacks_before = _Callbacks(number, period), _Callbacks(number, before)

@@ -34,6 +34,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from msapp import metrics
 from msapp.clock import utcnow
 from msapp.db.models import Breaker, Job
+from msapp.db.reader import read_only
 from msapp.extensions import db
 from msapp.moysklad import BreakerOpen, MoySkladError
 from msapp.services import exchange_log
@@ -235,6 +236,7 @@ class Breakers:
 
     def status(self, enterprise: Optional[str] = None) -> list:
         """Open breakers (of one enterprise, or all) with the calls waiting behind them, from the database."""
+        read_only()
         table, jobs = Breaker.__table__, Job.__table__
         query = select(table).where(table.c.state == "open")
         if enterprise is not None:

@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import and_, or_, select
 
 from msapp.db.models import Call, CallJournal, IntegrationLog, Job
+from msapp.db.reader import read_only
 from msapp.errors import ApiError, ValidationFailed
 from msapp.extensions import db
 from msapp.moysklad.formats import to_e164
@@ -51,6 +52,7 @@ class Support:
         """One page of the enterprise's calls, newest first, and the page after it (`next`: pass it back as
         `before`), by keyset on (start_time, id) (services/paging.py); the total is counted up to a cap
         (`capped`: there are more)."""
+        read_only()
         cfg = self.configs.read(number)
         zone = ZoneInfo(cfg.get("timezone") or "Europe/Minsk")
         calls = Call.__table__
@@ -129,6 +131,7 @@ class Support:
 
     # -- one call's story -------------------------------------------------------------------------
     def timeline(self, number: str, unique_id: str) -> dict:
+        read_only()
         self.configs.read(number)
         calls = Call.__table__
         row = db.session.execute(select(calls).where(calls.c.enterprise_number == number,

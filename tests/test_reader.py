@@ -1,0 +1,114 @@
+"""db/reader.py: a reader's transaction on SQLite takes no writer lock, sees one snapshot, and cannot
+write; the support desk, the journal, the panel and the analytics read that way, so the event path's
+writers never queue behind the admin (docs/design.md 6)."""
+import threading
+from zoneinfo import ZoneInfo
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
+
+from msapp.clock import utcnow
+from msapp.db.models import Enterprise
+from msapp.db.reader import read_only
+from msapp.db.sqlite_lock import WRITE_LOCK
+from msapp.extensions import db
+from msapp.services.analytics import Analytics, period_from
+from tests.conftest import dispose, make_app
+
+
+@pytest.fixture
+def enterprise(ctx):
+    db.session.add(Enterprise(number="0367", name="Co", integrations_config={}))
+    db.session.commit()
+    return ctx
+
+
+@pytest.fixture
+def on_sqlite(tmp_path):
+    """The writer lock is SQLite's (PostgreSQL's readers never wait for writers)."""
+    app = make_app(f"sqlite:///{tmp_path / 'ms.db'}", tmp_path)
+    with app.app_context():
+        db.session.add(Enterprise(number="0367", name="Co", integrations_config={}))
+        db.session.commit()
+        yield app
+    dispose(app)
+
+
+def while_a_writer_holds_the_lock(app, read, name: str = "the read") -> object:
+    """Run `read()` in another thread while this one holds the process's writer lock; its result, or a
+    failure when it waited for the lock (10 s)."""
+    out = {}
+
+    def run():
+        with app.app_context():
+            try:
+                out["value"] = read()
+            except Exception as exc:  # noqa: BLE001 - handed to the test
+                out["error"] = exc
+
+    with WRITE_LOCK:
+        reader = threading.Thread(target=run, daemon=True)
+        reader.start()
+        reader.join(10)
+        assert not reader.is_alive(), f"{name} waited for the writer lock"
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+def test_a_reader_reads_while_a_writer_holds_the_lock(on_sqlite):
+    def read():
+        read_only()
+        return db.session.scalar(text("SELECT name FROM enterprises WHERE number = '0367'"))
+
+    assert while_a_writer_holds_the_lock(on_sqlite, read) == "Co"
+
+
+def test_a_write_in_a_readers_transaction_fails_every_time_and_the_connection_writes_after(on_sqlite):
+    read_only()
+    db.session.scalar(text("SELECT count(*) FROM enterprises"))
+    with pytest.raises(OperationalError, match="readonly"):
+        db.session.execute(text("UPDATE enterprises SET name = 'X'"))
+    db.session.rollback()
+    db.session.execute(text("UPDATE enterprises SET name = 'Y'"))  # the same pooled connection, a writer again
+    db.session.commit()
+    assert db.session.scalar(text("SELECT name FROM enterprises")) == "Y"
+    db.session.commit()
+
+
+def test_a_reader_joins_a_transaction_already_open_as_it_is(enterprise):
+    db.session.execute(text("UPDATE enterprises SET name = 'Z'"))
+    read_only()  # the writer's transaction goes on: its write and the next are one
+    db.session.execute(text("UPDATE enterprises SET name = name || '1'"))
+    db.session.commit()
+    assert db.session.scalar(text("SELECT name FROM enterprises")) == "Z1"
+    db.session.commit()
+
+
+def test_a_reader_on_postgresql_is_a_plain_transaction(enterprise, db_url):
+    read_only()
+    assert db.session.scalar(text("SELECT name FROM enterprises")) == "Co"
+    db.session.commit()
+
+
+def test_the_desk_the_journal_the_panel_and_the_analytics_read_without_the_lock(on_sqlite):
+    state = on_sqlite.extensions["ms"]
+    zone = ZoneInfo("Europe/Minsk")
+    reads = {
+        "search": lambda: state.support.search("0367")["total"],
+        "timeline": lambda: _missing_call(state),
+        "journal": lambda: state.admin.journal("0367", status="problems")["total"],
+        "panel": lambda: state.admin.panel("0367")["calls_today"],
+        "analytics": lambda: Analytics().report("0367", period_from({"period": "7d"}, zone, utcnow()))["enterprise"],
+    }
+    for name, read in reads.items():
+        assert while_a_writer_holds_the_lock(on_sqlite, read, name) is not None
+
+
+def _missing_call(state):
+    from msapp.errors import ApiError
+
+    with pytest.raises(ApiError):
+        state.support.timeline("0367", "no-such-call")
+    return "404"
