@@ -204,9 +204,17 @@ def _prepare(db_url: str, tmp: str, sandbox_url: str, enterprises: int) -> list:
             app.extensions["ms"].configs.save(number, {"enabled": True, "integration_code": keys["phone_api_key"],
                                                        "api_token": keys["json_api_token"]})
             numbers.append((number, name))
-        db.session.remove()
-        db.engine.dispose()
+        release_db()
     return numbers
+
+
+def release_db() -> None:
+    """Close this process's session and pool, so that a service process or a dropped database finds no
+    connection of ours (inside an app context)."""
+    from msapp.extensions import db
+
+    db.session.remove()
+    db.engine.dispose()
 
 
 @contextmanager

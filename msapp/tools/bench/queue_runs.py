@@ -6,7 +6,16 @@ import sys
 import tempfile
 import time
 
-from msapp.tools.bench.common import Env, _ack_latency, _database, _pct, _prepare, _sandbox, _services
+from msapp.tools.bench.common import (
+    Env,
+    _ack_latency,
+    _database,
+    _pct,
+    _prepare,
+    _sandbox,
+    _services,
+    release_db,
+)
 
 
 def measure_prune(kind: str, pg_url: str, rows: int) -> dict:
@@ -41,8 +50,7 @@ def measure_prune(kind: str, pg_url: str, rows: int) -> dict:
                 elapsed = time.perf_counter() - started
                 db.session.commit = real_commit
                 retention.PAUSE = pause
-                db.session.remove()
-                db.engine.dispose()
+                release_db()
             batches = [t for t in timings if t > 0]
             return {"database": kind, "prune_rows": deleted, "prune_seconds": round(elapsed, 1),
                     "prune_rows_per_s": round(deleted / elapsed),
@@ -56,15 +64,13 @@ def measure_prune(kind: str, pg_url: str, rows: int) -> dict:
 def measure_prune_ack(kind: str, pg_url: str, rows: int, rate: float, seconds: float, workers: int) -> dict:
     """The 202 latency at `rate` with nothing else going on, then while another process prunes a journal of
     `rows` old rows with the service's own code (batches and pauses as in service, without its 2 s budget)."""
-    from msapp.extensions import db
 
     with tempfile.TemporaryDirectory() as tmp, _sandbox() as sandbox_url:
         db_url, cleanup = _database(kind, pg_url, tmp)
         try:
             numbers = _prepare(db_url, tmp, sandbox_url, 4)
             with _journal_app(db_url, tmp, kind, rows).app_context():
-                db.session.remove()
-                db.engine.dispose()
+                release_db()
             with _services(db_url, tmp, sandbox_url, workers, 1) as (urls, procs):
                 env = Env(sandbox_url, urls, procs, numbers)
                 _ack_latency(env, rate, 5)  # warm-up (first connections, caches), not counted
@@ -162,8 +168,7 @@ def measure_backlog(kind: str, pg_url: str, jobs: int, workers: int) -> dict:
                 pool.stop()
             with app.app_context():
                 claim_empty = _claim_cpu(queue)
-                db.session.remove()
-                db.engine.dispose()
+                release_db()
             return {"database": kind, "backlog_jobs": jobs, "backlog_workers": workers,
                     "backlog_seconds": round(elapsed, 1), "backlog_jobs_per_s": round(jobs / elapsed),
                     "backlog_cpu_per_job_ms": round(cpu / jobs * 1000, 3),
@@ -195,8 +200,7 @@ def _hold_backlog(db_url: str, tmp: str, kind: str, jobs: int) -> None:
     app = _quiet_app(db_url, tmp)
     with app.app_context():
         _fill_backlog(db, kind, jobs, bucket_of("1000"), ahead_s=3600.0, kind_="call.sync")
-        db.session.remove()
-        db.engine.dispose()
+        release_db()
 
 
 def _fill_backlog(db, kind: str, jobs: int, bucket: int, ahead_s: float = 0.0, kind_: str = "bench.noop") -> None:

@@ -18,7 +18,7 @@ import tempfile
 import time
 from datetime import timedelta
 
-from msapp.tools.bench.common import _database, _pct
+from msapp.tools.bench.common import _database, _pct, release_db
 
 BIG = "0100"
 ENTERPRISES = [BIG] + [f"01{n:02d}" for n in range(1, 10)]
@@ -76,9 +76,7 @@ def measure_scale(kind: str, pg_url: str, calls: int, runs: int = 40, load_secon
                                               {"e": BIG})
                 Rollup(configs).rebuild(BIG)
                 rebuilt = time.perf_counter() - started
-                if kind == "postgresql":  # as autovacuum does after a month of inserts: statistics, visibility map
-                    with db.engine.connect() as conn:
-                        conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("VACUUM ANALYZE"))
+                _settle(db, kind)
                 from msapp.clock import utcnow
 
                 figures = {}
@@ -93,20 +91,39 @@ def measure_scale(kind: str, pg_url: str, calls: int, runs: int = 40, load_secon
                     figures[name] = (round(_pct(timings, 50) * 1000, 1), round(_pct(timings, 95) * 1000, 1))
                 journal_rows = db.session.scalar(text("SELECT count(*) FROM integration_logs"))
                 desk_requests = _desk_requests(db, runs, big_calls)
-                db.session.remove()
-                db.engine.dispose()
+                release_db()
             desk_app = _desk_app(db_url, tmp)
             with desk_app.app_context():
                 desk = _time_desk(desk_app.test_client(), desk_requests)
-                db_dispose()
+                release_db()
             load = None
             if load_seconds:
-                load = _under_load(db_url, tmp, desk_requests, load_seconds, 5.0 if kind == "postgresql" else 0)
+                load = _under_load(db_url, tmp, desk_requests, load_seconds, external_pruner=kind == "postgresql")
             return {"database": kind, "calls": calls, "big_enterprise_calls": big_calls,
                     "journal_rows": journal_rows, "fill_seconds": round(filled, 1), "index_seconds": index_seconds,
                     "rebuild_seconds": round(rebuilt, 1), "analytics_ms": figures, "desk_ms": desk, "load": load}
         finally:
             cleanup()
+
+
+def _settle(db, kind: str) -> None:
+    """The database as a month of service leaves it, not as a bulk fill does: PostgreSQL's statistics and
+    visibility map as autovacuum keeps them, and the fill's dirty pages written out (a checkpoint), so the
+    202s measured next do not pay for the fill; SQLite's WAL folded into the database."""
+    from sqlalchemy import text
+
+    db.session.remove()  # no transaction of ours open: the checkpoint waits for none
+    if kind == "postgresql":
+        with db.engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            conn.execute(text("VACUUM ANALYZE"))
+            conn.execute(text("CHECKPOINT"))
+        return
+    raw = db.engine.raw_connection()  # outside a transaction (the engine's connections begin IMMEDIATE)
+    try:
+        raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        raw.close()
 
 
 CALL_INDEXES = (("ix_ms_calls_enterprise_start", "enterprise_number, start_time"),
@@ -285,23 +302,26 @@ def _time_desk(client, requests_by_op: dict) -> dict:
     return out
 
 
-def _under_load(db_url: str, tmp: str, requests_by_op: dict, seconds: float, prune_every: float,
+def _under_load(db_url: str, tmp: str, requests_by_op: dict, seconds: float, external_pruner: bool,
                 rate: float = 200.0) -> dict:
-    """The service on the filled database: the 202 at `rate` quiet, while a client loops the desk's
-    requests over HTTP, and (`prune_every`) while retention prunes the 31st day."""
+    """The service on the filled database: the 202 at `rate` quiet, then while a client loops the desk's
+    requests over HTTP (its own retention off for both), then while retention prunes the 31st day: from
+    another process (`external_pruner`, PostgreSQL's deployment) or on the service's own ticker (SQLite's,
+    where the service is the database's only process)."""
     import threading
 
     import requests as http
 
     from msapp.tools.bench.common import Env, _ack_latency, _sandbox, _service
 
+    quiet_service = {"MS_ADMIN_TOKEN": ADMIN_TOKEN, "MS_RETENTION_DAYS": "0"}
     with _sandbox() as sandbox_url:
         keys = http.post(f"{sandbox_url}/sandbox/api/accounts", json={"name": "scale"}, timeout=5).json()
         app = _desk_app(db_url, tmp)
         with app.app_context():
             app.extensions["ms"].configs.save(BIG, {"enabled": True, "integration_code": keys["phone_api_key"],
                                                     "api_token": keys["json_api_token"]})
-        with _service(db_url, tmp, sandbox_url, 4, {"MS_ADMIN_TOKEN": ADMIN_TOKEN}) as (url, proc):
+        with _service(db_url, tmp, sandbox_url, 4, quiet_service) as (url, proc):
             env = Env(sandbox_url, [url], [proc], [(BIG, "scale")])
             _ack_latency(env, 50, 2, tag="warm")
             out = {"quiet": _ack_latency(env, rate, seconds, tag="quiet")}
@@ -326,17 +346,18 @@ def _under_load(db_url: str, tmp: str, requests_by_op: dict, seconds: float, pru
             searcher.join(60)
             out["searches"] = {"count": len(timings), "p50_ms": round(_pct(timings, 50) * 1000, 1),
                                "p95_ms": round(_pct(timings, 95) * 1000, 1)}
-            if prune_every:
-                out.update(_while_pruning(app, env, rate, seconds, prune_every))
+            if external_pruner:
+                out.update(_while_pruning(app, env, rate, seconds, every=5.0))
+        if not external_pruner:
+            out.update(_while_service_prunes(app, db_url, tmp, sandbox_url, rate, seconds))
         with app.app_context():
-            db_dispose()
+            release_db()
     return out
 
 
 def _while_pruning(app, env, rate: float, seconds: float, every: float) -> dict:
     """The 202 while retention's ticks (each its 2 s budget, as in service) run every `every` seconds from
-    another process's connections, each walking again as if the cutoff had moved (PostgreSQL: with
-    SQLite the service prunes in its own process, behind its writer lock)."""
+    another process's connections, each walking again as if the cutoff had moved an hour."""
     import threading
 
     from msapp.services.retention import Retention
@@ -345,14 +366,13 @@ def _while_pruning(app, env, rate: float, seconds: float, every: float) -> dict:
     pruned, ticks, stop = {}, [], threading.Event()
 
     def prune():
-        keeper = Retention(30)
+        keeper = Retention(30, step=timedelta(0))  # walks again every tick
         with app.app_context():
             while not stop.is_set():
                 t0 = time.perf_counter()
                 for name, count in keeper.prune().items():
                     pruned[name] = pruned.get(name, 0) + count
                 ticks.append(time.perf_counter() - t0)
-                keeper.walked.clear()
                 stop.wait(max(0.0, every - (time.perf_counter() - t0)))
 
     pruner = threading.Thread(target=prune, daemon=True)
@@ -365,11 +385,38 @@ def _while_pruning(app, env, rate: float, seconds: float, every: float) -> dict:
                                         "rows_per_tick": round(rows / max(1, len(ticks)))}}
 
 
-def db_dispose() -> None:
-    from msapp.extensions import db
+def _while_service_prunes(app, db_url: str, tmp: str, sandbox_url: str, rate: float, seconds: float) -> dict:
+    """The 202 across the first retention tick of a service (MS_RETENTION_DAYS 30), which the ticker runs
+    retention.TICK seconds after start: the sending starts so that the tick falls a quarter into it."""
+    from msapp.services import retention
+    from msapp.tools.bench.common import Env, _ack_latency, _service
 
-    db.session.remove()
-    db.engine.dispose()
+    before = _old_rows(app)
+    with _service(db_url, tmp, sandbox_url, 4, {"MS_ADMIN_TOKEN": ADMIN_TOKEN}) as (url, proc):
+        started = time.monotonic()
+        env = Env(sandbox_url, [url], [proc], [(BIG, "scale")])
+        time.sleep(max(0.0, started + retention.TICK - seconds / 4 - time.monotonic()))
+        busy = _ack_latency(env, rate, seconds, tag="prune")
+    after = _old_rows(app, cutoff=before["cutoff"])
+    rows = {name: count - after[name] for name, count in before.items() if name != "cutoff"}
+    return {"pruning": busy, "pruned": {"rows": sum(rows.values()), "ticks": 1, "tables": rows,
+                                        "rows_per_tick": sum(rows.values())}}
+
+
+def _old_rows(app, cutoff=None) -> dict:
+    """Per table of retention's walks, the rows older than `cutoff` (default: 30 days ago) that it deletes."""
+    from sqlalchemy import func, select
+
+    from msapp.clock import utcnow
+    from msapp.extensions import db
+    from msapp.services.retention import _walks
+
+    cutoff = cutoff or utcnow() - timedelta(days=30)
+    with app.app_context():
+        counts = {walk.name: db.session.scalar(select(func.count()).select_from(walk.table).where(walk.old(cutoff)))
+                  for walk in _walks()}
+        db.session.commit()
+    return {**counts, "cutoff": cutoff}
 
 
 def _desk_app(db_url: str, tmp: str):
