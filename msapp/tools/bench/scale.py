@@ -12,6 +12,7 @@ what the migration's first ticks do).
 """
 from __future__ import annotations
 
+import importlib
 import random
 import secrets
 import tempfile
@@ -19,6 +20,8 @@ import time
 from datetime import timedelta
 
 from msapp.tools.bench.common import _database, _pct, release_db
+
+_MIGRATION_0013 = importlib.import_module("msapp.db.migrations.versions.0013_support_desk")
 
 BIG = "0100"
 ENTERPRISES = [BIG] + [f"01{n:02d}" for n in range(1, 10)]
@@ -66,6 +69,7 @@ def measure_scale(kind: str, pg_url: str, calls: int, runs: int = 40, load_secon
                 _fill_companions(db, kind)
                 filled = time.perf_counter() - started
                 index_seconds = _build_indexes(db, kind)
+                backfill_seconds = _backfill_links(db, kind)
                 configs = app.extensions["ms"].configs
                 from msapp.db.models import Enterprise
 
@@ -101,6 +105,7 @@ def measure_scale(kind: str, pg_url: str, calls: int, runs: int = 40, load_secon
                 load = _under_load(db_url, tmp, desk_requests, load_seconds, external_pruner=kind == "postgresql")
             return {"database": kind, "calls": calls, "big_enterprise_calls": big_calls,
                     "journal_rows": journal_rows, "fill_seconds": round(filled, 1), "index_seconds": index_seconds,
+                    "backfill_seconds": backfill_seconds,
                     "rebuild_seconds": round(rebuilt, 1), "analytics_ms": figures, "desk_ms": desk, "load": load}
         finally:
             cleanup()
@@ -126,29 +131,52 @@ def _settle(db, kind: str) -> None:
         raw.close()
 
 
-CALL_INDEXES = (("ix_ms_calls_enterprise_start", "enterprise_number, start_time"),
-                ("ix_ms_calls_enterprise_phone", "enterprise_number, phone"))
+INDEXES = {  # built after the fill as their migrations build them on a platform's tables: (name, table, columns, where)
+    "0010": (("ix_ms_calls_enterprise_start", "ms_calls", "enterprise_number, start_time", None),
+             ("ix_ms_calls_enterprise_phone", "ms_calls", "enterprise_number, phone", None)),
+    "0013": tuple((name, table, ", ".join(columns), where) for name, table, columns, where in _MIGRATION_0013.PARTIAL),
+}
 
 
 def _drop_indexes(db) -> None:
-    """The fill runs without migration 0010's indexes on ms_calls; they are built after it, timed."""
+    """The fill runs without the indexes of INDEXES; they are built after it, timed."""
     from sqlalchemy import text
 
-    for name, _ in CALL_INDEXES:
-        db.session.execute(text(f"DROP INDEX IF EXISTS {name}"))
+    for indexes in INDEXES.values():
+        for name, *_ in indexes:
+            db.session.execute(text(f"DROP INDEX IF EXISTS {name}"))
     db.session.commit()
 
 
-def _build_indexes(db, kind: str) -> float:
-    """Seconds to build the two indexes as the migration does (PostgreSQL: CONCURRENTLY, in autocommit)."""
+def _build_indexes(db, kind: str) -> dict:
+    """Seconds per migration to build its indexes as it does (PostgreSQL: CONCURRENTLY, in autocommit)."""
     from sqlalchemy import text
 
-    started = time.perf_counter()
+    seconds = {}
     with db.engine.connect() as conn:
         conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-        for name, columns in CALL_INDEXES:
-            concurrently = "CONCURRENTLY " if kind == "postgresql" else ""
-            conn.execute(text(f"CREATE INDEX {concurrently}{name} ON ms_calls ({columns})"))
+        for revision, indexes in INDEXES.items():
+            started = time.perf_counter()
+            for name, table, columns, where in indexes:
+                concurrently = "CONCURRENTLY " if kind == "postgresql" else ""
+                conn.execute(text(f"CREATE INDEX {concurrently}{name} ON {table} ({columns})"
+                                  + (f" WHERE {where}" if where else "")))
+            seconds[revision] = round(time.perf_counter() - started, 1)
+    return seconds
+
+
+def _backfill_links(db, kind: str) -> float:
+    """Seconds for migration 0013 to link the filled journal's rows to their calls, with its own walk."""
+    from sqlalchemy import text
+
+    db.session.remove()
+    started = time.perf_counter()
+    with db.engine.connect() as conn:
+        if kind == "postgresql":
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        _MIGRATION_0013._backfill(conn, text(_MIGRATION_0013.BACKFILL[kind]))
+        if kind != "postgresql":
+            conn.commit()
     return round(time.perf_counter() - started, 1)
 
 
@@ -190,13 +218,15 @@ def _fill(db, kind: str, calls: int) -> None:
 
 
 def report_scale(results: list) -> str:
-    lines = ["| database | calls (largest enterprise) | fill | indexes of 0010 | rollup rebuild (largest) | "
-             "analytics p50 / p95: 30 days | 7 days | today |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| database | calls (largest enterprise) | fill | indexes of 0010 | 0013: partial indexes, links "
+             "back-filled | rollup rebuild (largest) | analytics p50 / p95: 30 days | 7 days | today |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        a = r["analytics_ms"]
+        a, built = r["analytics_ms"], r["index_seconds"]
         lines.append(f"| {r['database']} | {r['calls']:,} ({r['big_enterprise_calls']:,}) | {r['fill_seconds']} s | "
-                     f"{r['index_seconds']} s | {r['rebuild_seconds']} s | {a['30 days'][0]} / {a['30 days'][1]} ms | "
-                     f"{a['7 days'][0]} / {a['7 days'][1]} ms | {a['today'][0]} / {a['today'][1]} ms |")
+                     f"{built['0010']} s | {built['0013']} s, {r['backfill_seconds']} s | {r['rebuild_seconds']} s | "
+                     f"{a['30 days'][0]} / {a['30 days'][1]} ms | {a['7 days'][0]} / {a['7 days'][1]} ms | "
+                     f"{a['today'][0]} / {a['today'][1]} ms |")
     return "\n".join(lines)
 
 
@@ -212,8 +242,6 @@ COMPANIONS = {
         "INSERT INTO integration_logs (created_at, enterprise_number, integration_type, event_type, request_data, "
         "status) SELECT c.start_time, c.enterprise_number, 'bitrix', 'call', jsonb_build_object('call', c.unique_id), "
         "'success' FROM ms_calls c WHERE c.id % 2 = 0",
-        "INSERT INTO ms_call_journal (log_id, enterprise_number, unique_id) SELECT id, enterprise_number, "
-        "request_data ->> 'unique_id' FROM integration_logs WHERE integration_type = 'ms'",
     ],
     "sqlite": [
         "WITH k(s, ev) AS (VALUES {journal}) INSERT INTO integration_logs (created_at, enterprise_number, "
@@ -224,8 +252,6 @@ COMPANIONS = {
         "INSERT INTO integration_logs (created_at, enterprise_number, integration_type, event_type, request_data, "
         "status) SELECT c.start_time, c.enterprise_number, 'bitrix', 'call', json_object('call', c.unique_id), "
         "'success' FROM ms_calls c WHERE c.id % 2 = 0",
-        "INSERT INTO ms_call_journal (log_id, enterprise_number, unique_id) SELECT id, enterprise_number, "
-        "json_extract(request_data, '$.unique_id') FROM integration_logs WHERE integration_type = 'ms'",
     ],
     "both": [
         "INSERT INTO ms_jobs (enterprise_number, key, kind, payload, status, attempts, max_attempts, run_at, "
