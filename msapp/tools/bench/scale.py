@@ -81,6 +81,7 @@ def measure_scale(kind: str, pg_url: str, calls: int, runs: int = 40, load_secon
                 Rollup(configs).rebuild(BIG)
                 rebuilt = time.perf_counter() - started
                 _settle(db, kind)
+                sizes = _sizes(db, kind)
                 from msapp.clock import utcnow
 
                 figures = {}
@@ -105,7 +106,7 @@ def measure_scale(kind: str, pg_url: str, calls: int, runs: int = 40, load_secon
                 load = _under_load(db_url, tmp, desk_requests, load_seconds, external_pruner=kind == "postgresql")
             return {"database": kind, "calls": calls, "big_enterprise_calls": big_calls,
                     "journal_rows": journal_rows, "fill_seconds": round(filled, 1), "index_seconds": index_seconds,
-                    "backfill_seconds": backfill_seconds,
+                    "backfill_seconds": backfill_seconds, "table_bytes": sizes,
                     "rebuild_seconds": round(rebuilt, 1), "analytics_ms": figures, "desk_ms": desk, "load": load}
         finally:
             cleanup()
@@ -129,6 +130,24 @@ def _settle(db, kind: str) -> None:
         raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         raw.close()
+
+
+SIZED = ("integration_logs", "ms_call_journal", "ms_calls", "ms_jobs", "ms_tasks", "ms_clicks", "ms_call_hours",
+         "ms_callbacks")
+
+
+def _sizes(db, kind: str) -> dict:
+    """Bytes on disk per table of SIZED, its indexes (and PostgreSQL's TOAST) included."""
+    from sqlalchemy import text
+
+    if kind == "postgresql":
+        query = "SELECT name, pg_total_relation_size(to_regclass(name)) FROM unnest(CAST(:names AS text[])) AS name"
+        found = db.session.execute(text(query), {"names": list(SIZED)}).all()
+    else:  # dbstat: every b-tree's pages; an index counts for its table
+        found = db.session.execute(text("SELECT s.tbl_name, sum(d.pgsize) FROM dbstat d JOIN sqlite_schema s "
+                                        "ON s.name = d.name GROUP BY s.tbl_name")).all()
+    db.session.commit()
+    return {name: int(size or 0) for name, size in found if name in SIZED}
 
 
 INDEXES = {  # built after the fill as their migrations build them on a platform's tables: (name, table, columns, where)
@@ -221,17 +240,25 @@ def report_scale(results: list) -> str:
     lines = ["| database | calls (largest enterprise) | fill | indexes of 0010 | 0013: partial indexes, links "
              "back-filled | rollup rebuild (largest) | analytics p50 / p95: 30 days | 7 days | today |",
              "|---|---|---|---|---|---|---|---|---|"]
+    disk = ["| database | calls | " + " | ".join(SIZED) + " | bytes per call, all (the journal's 'ms' rows only) |",
+            "|---|---|" + "---|" * len(SIZED) + "---|"]
     for r in results:
         a, built = r["analytics_ms"], r["index_seconds"]
         lines.append(f"| {r['database']} | {r['calls']:,} ({r['big_enterprise_calls']:,}) | {r['fill_seconds']} s | "
                      f"{built['0010']} s | {built['0013']} s, {r['backfill_seconds']} s | {r['rebuild_seconds']} s | "
                      f"{a['30 days'][0]} / {a['30 days'][1]} ms | {a['7 days'][0]} / {a['7 days'][1]} ms | "
                      f"{a['today'][0]} / {a['today'][1]} ms |")
-    return "\n".join(lines)
+        sizes = r["table_bytes"]
+        ours = sum(sizes.values()) - sizes.get("integration_logs", 0) * (1 - JOURNAL_SHARE)
+        disk.append(f"| {r['database']} | {r['calls']:,} | " + " | ".join(f"{sizes.get(t, 0) / 2**20:,.0f} MB"
+                                                                         for t in SIZED)
+                    + f" | {sum(sizes.values()) / r['calls']:,.0f} ({ours / r['calls']:,.0f}) |")
+    return "\n".join(lines + [""] + disk)
 
 
 JOURNAL = (("0", "event.dial"), ("1", "ms.phone.call.create"), ("30", "event.answer"),
            ("31", "ms.phone.call.update"), ("200", "event.hangup"))  # seconds after the start, kind
+JOURNAL_SHARE = len(JOURNAL) / (len(JOURNAL) + 0.5)  # of integration_logs' rows, the service's (by count)
 COMPANIONS = {
     "postgresql": [
         "INSERT INTO integration_logs (created_at, enterprise_number, integration_type, event_type, request_data, "
