@@ -9,12 +9,12 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from msapp.clock import utcnow
-from msapp.db.models import Enterprise
+from msapp.db.models import Call, Enterprise
 from msapp.db.reader import read_only
 from msapp.db.sqlite_lock import WRITE_LOCK
 from msapp.extensions import db
 from msapp.services.analytics import Analytics, period_from
-from tests.conftest import dispose, make_app
+from tests.conftest import ADMIN_TOKEN, dispose, make_app
 
 
 @pytest.fixture
@@ -112,3 +112,22 @@ def _missing_call(state):
     with pytest.raises(ApiError):
         state.support.timeline("0367", "no-such-call")
     return "404"
+
+
+PAGES = ("/ms-admin/api/calls/0367", "/ms-admin/api/calls/0367/r-1", "/ms-admin/calls?enterprise_number=0367",
+         "/ms-admin/calls/0367/r-1", "/ms-admin/journal?enterprise_number=0367",
+         "/ms-admin/analytics?enterprise_number=0367", "/ms-admin/api/analytics/0367?period=7d")
+
+
+def test_the_desks_pages_and_api_answer_while_a_writer_holds_the_lock(on_sqlite):
+    db.session.execute(Call.__table__.insert(), [{
+        "enterprise_number": "0367", "unique_id": "r-1", "direction": "in", "phone": "+375296254070",
+        "extensions": ["150"], "status": "ended", "call_status": "answered", "start_time": utcnow(),
+        "created_at": utcnow(), "updated_at": utcnow()}])
+    db.session.commit()
+    client = on_sqlite.test_client()
+    for path in PAGES:
+        status = while_a_writer_holds_the_lock(
+            on_sqlite, lambda path=path: client.get(path, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).status_code,
+            path)
+        assert status == 200, path

@@ -21,6 +21,7 @@ from flask import (
 from sqlalchemy import or_, select
 
 from msapp.db.models import Enterprise
+from msapp.db.reader import read_only
 from msapp.errors import ValidationFailed
 from msapp.extensions import db
 from msapp.redact import mask_tail
@@ -247,10 +248,20 @@ def test_popup(number):
     return _toast(make_response(render_template("admin/_popup_result.html", message=message, kind=kind)), message, kind)
 
 
+def render_read(template: str, **context) -> str:
+    """render_template for a page that only reads: it began with `read_only()`, and the enterprise's row
+    that the services' commits expired reloads in a reader's transaction too (db/reader.py), so on
+    SQLite no part of the page holds the event path's writer lock."""
+    read_only()
+    return render_template(template, **context)
+
+
 @bp.get("/journal")
 def journal():
     number = request.args.get("enterprise_number") or abort(404)
+    read_only()
     ent = ms().configs.enterprise(number)
+    cfg = ms().configs.of(ent)
     event = (request.args.get("event") or "")[:64]
     status = request.args.get("status") or ""
     call = (request.args.get("call") or "").strip()[:128]
@@ -262,8 +273,8 @@ def journal():
         data = {"rows": [], "total": 0, "capped": False, "next": None, "dead": [], "breakers": []}
         error = forms.in_russian(exc.errors)
     template = "admin/_journal_rows.html" if is_htmx() else "admin/journal.html"
-    return render_template(template, ent=ent, cfg=ms().configs.of(ent), data=data, event=event, status=status,
-                           call=call, q=text, before=before, error=error)
+    return render_read(template, ent=ent, cfg=cfg, data=data, event=event, status=status, call=call, q=text,
+                       before=before, error=error)
 
 
 @bp.get("/calls")
@@ -272,7 +283,9 @@ def calls_page():
     from msapp.web.admin.api import _call_filters
 
     number = request.args.get("enterprise_number") or abort(404)
+    read_only()
     ent = ms().configs.enterprise(number)
+    cfg = ms().configs.of(ent)
     filters = _call_filters()
     try:
         found, error = ms().support.search(number, **filters), None
@@ -280,7 +293,7 @@ def calls_page():
         found, error = {"calls": [], "total": 0, "capped": False, "next": None, "timezone": ""}, \
             forms.in_russian(exc.errors)
     template = "admin/_calls_rows.html" if is_htmx() else "admin/calls.html"
-    return render_template(template, ent=ent, cfg=ms().configs.of(ent), found=found, f=filters, error=error)
+    return render_read(template, ent=ent, cfg=cfg, found=found, f=filters, error=error)
 
 
 ANALYTICS_ARGS = ("period", "from", "to", "grain")
@@ -293,6 +306,7 @@ def analytics_page():
     from msapp.web.admin import charts
 
     number = request.args.get("enterprise_number") or abort(404)
+    read_only()
     ent = ms().configs.enterprise(number)
     cfg = ms().configs.of(ent)
     args = {k: request.args[k][:16] for k in ANALYTICS_ARGS if request.args.get(k)}
@@ -307,15 +321,16 @@ def analytics_page():
                  "callbacks": charts.callbacks(report["callbacks"]), "heatmap": charts.heatmap(report["heatmap"])}
         employees = sort_employees(report["employees"], sort)
     template = "admin/_analytics.html" if is_htmx() else "admin/analytics.html"
-    return render_template(template, ent=ent, cfg=cfg, report=report, error=error, charts=drawn, args=args,
+    return render_read(template, ent=ent, cfg=cfg, report=report, error=error, charts=drawn, args=args,
                            args_no_sort=args, sort=sort, employees=employees)
 
 
 @bp.get("/calls/<number>/<path:unique_id>")
 def call_page(number, unique_id):
+    read_only()
     ent = ms().configs.enterprise(number)
-    return render_template("admin/call.html", ent=ent, cfg=ms().configs.of(ent),
-                           call=ms().support.timeline(number, unique_id))
+    cfg = ms().configs.of(ent)
+    return render_read("admin/call.html", ent=ent, cfg=cfg, call=ms().support.timeline(number, unique_id))
 
 
 @bp.post("/jobs/<int:job_id>/retry")

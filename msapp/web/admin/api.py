@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
+from msapp.db.reader import read_only
 from msapp.errors import ApiError
 from msapp.services.config_schema import public_view
 from msapp.state import ms
@@ -52,6 +53,7 @@ def call(number, unique_id):
 
 
 def _analytics(number: str) -> dict:
+    read_only()  # the whole report only reads (db/reader.py)
     cfg = ms().configs.of(ms().configs.enterprise(number))
     return ms().analytics.for_request(number, cfg, request.args)
 

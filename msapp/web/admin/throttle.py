@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 
 from msapp.clock import utcnow
 from msapp.db.models import AuthFailure, AuthLockout
+from msapp.db.reader import read_only
 from msapp.extensions import db
 
 LIMIT = 10
@@ -40,6 +41,7 @@ class LoginThrottle:
     def retry_after(self, address: str) -> Optional[int]:
         """Seconds this address must wait before trying again, or None when it may try now."""
         now = self.clock()
+        read_only()
         until = db.session.scalar(select(AuthLockout.locked_until).where(AuthLockout.address == address))
         db.session.commit()
         if until is None or until <= now:
