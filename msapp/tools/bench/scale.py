@@ -7,8 +7,10 @@ CALLS calls over the last 31 days across 10 enterprises, one holding a third; 75
 missed 16 %, busy 4 %), callers drawn from a pool per enterprise so that missed callers call again and
 are called back. With them, as the service writes them: 5 journal rows per call (3 events, 2 MoySklad
 exchanges) linked to the call, 1 row of another integration per 2 calls, a done sync job per call, a
-callback task per missed call, a click per outgoing call. The rollup is built by `Rollup.rebuild` (timed:
-what the migration's first ticks do).
+callback task per missed call, a click per outgoing call. Every table is written in time order, as a
+month of service writes it, so retention's deletes of the oldest day touch the pages they would in
+service (a fill in random order made each pruned row a page of its own). The rollup is built by
+`Rollup.rebuild` (timed: what the migration's first ticks do).
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ FROM (SELECT g, CASE WHEN g % 3 = 0 THEN '0100' ELSE '01' || lpad((1 + g % 9)::t
              150 + (random() * 20)::int AS x1,
              (now() AT TIME ZONE 'UTC') - random() * interval '31 days' AS t0
       FROM generate_series(1, :n) g) s
+ORDER BY t0
 """
 
 
@@ -217,8 +220,9 @@ def _fill(db, kind: str, calls: int) -> None:
     from msapp.db.models import Call
 
     rng, now, batch = random.Random(1), utcnow(), []
-    for g in range(1, calls + 1):
-        start = now - timedelta(seconds=rng.random() * 31 * 86400)
+    ages = sorted((rng.random() * 31 * 86400 for _ in range(calls)), reverse=True)  # oldest first
+    for g, age in enumerate(ages, start=1):
+        start = now - timedelta(seconds=age)
         r, direction, ext = rng.random(), "in" if rng.random() < 0.75 else "out", str(150 + rng.randint(0, 20))
         status = "answered" if r < 0.8 else "missed" if r < 0.96 else "busy"
         answer = start + timedelta(seconds=3 + rng.random() * 37) if status == "answered" else None
@@ -265,32 +269,33 @@ COMPANIONS = {
         "response_data, status) SELECT c.start_time + k.s::int * interval '1 second', c.enterprise_number, 'ms', "
         "k.ev, jsonb_build_object('unique_id', c.unique_id, 'phone', c.phone, 'event_type', k.ev, 'extensions', "
         "c.extensions), jsonb_build_object('status', 200, 'latency_ms', 80), 'success' FROM ms_calls c "
-        "CROSS JOIN (VALUES {journal}) AS k(s, ev)",
+        "CROSS JOIN (VALUES {journal}) AS k(s, ev) ORDER BY c.id, k.s::int",
         "INSERT INTO integration_logs (created_at, enterprise_number, integration_type, event_type, request_data, "
         "status) SELECT c.start_time, c.enterprise_number, 'bitrix', 'call', jsonb_build_object('call', c.unique_id), "
-        "'success' FROM ms_calls c WHERE c.id % 2 = 0",
+        "'success' FROM ms_calls c WHERE c.id % 2 = 0 ORDER BY c.id",
     ],
     "sqlite": [
         "WITH k(s, ev) AS (VALUES {journal}) INSERT INTO integration_logs (created_at, enterprise_number, "
         "integration_type, event_type, request_data, response_data, status) SELECT "
         "strftime('%Y-%m-%d %H:%M:%f', c.start_time, '+' || k.s || ' seconds'), c.enterprise_number, 'ms', k.ev, "
         "json_object('unique_id', c.unique_id, 'phone', c.phone, 'event_type', k.ev, 'extensions', "
-        "json(c.extensions)), json_object('status', 200, 'latency_ms', 80), 'success' FROM ms_calls c, k",
+        "json(c.extensions)), json_object('status', 200, 'latency_ms', 80), 'success' FROM ms_calls c, k "
+        "ORDER BY c.id, CAST(k.s AS integer)",
         "INSERT INTO integration_logs (created_at, enterprise_number, integration_type, event_type, request_data, "
         "status) SELECT c.start_time, c.enterprise_number, 'bitrix', 'call', json_object('call', c.unique_id), "
-        "'success' FROM ms_calls c WHERE c.id % 2 = 0",
+        "'success' FROM ms_calls c WHERE c.id % 2 = 0 ORDER BY c.id",
     ],
     "both": [
         "INSERT INTO ms_jobs (enterprise_number, key, kind, payload, status, attempts, max_attempts, run_at, "
         "created_at, updated_at) SELECT enterprise_number, 'call:' || enterprise_number || ':' || unique_id, "
-        "'call.sync', '{}', 'done', 1, 10, start_time, start_time, end_time FROM ms_calls",
+        "'call.sync', '{}', 'done', 1, 10, start_time, start_time, end_time FROM ms_calls ORDER BY id",
         "INSERT INTO ms_tasks (enterprise_number, phone, state, task_id, create_attempted, marker, missed, "
         "note_added, created_at, updated_at, closed_at, closed_reason) SELECT enterprise_number, phone, 'closed', "
         "'task-' || id, true, 'm' || id, '[]', true, end_time, end_time, end_time, 'reached' FROM ms_calls "
-        "WHERE call_status = 'missed'",
+        "WHERE call_status = 'missed' ORDER BY id",
         "INSERT INTO ms_clicks (enterprise_number, extension, destination, client_address, outcome, created_at) "
         "SELECT enterprise_number, '150', phone, '127.0.0.1', 'queued', start_time FROM ms_calls "
-        "WHERE direction = 'out'",
+        "WHERE direction = 'out' ORDER BY id",
     ],
 }
 
