@@ -106,7 +106,7 @@ def measure_scale(kind: str, pg_url: str, calls: int, runs: int = 40, load_secon
                 release_db()
             load = None
             if load_seconds:
-                load = _under_load(db_url, tmp, desk_requests, load_seconds, external_pruner=kind == "postgresql")
+                load = _under_load(db_url, tmp, desk_requests, load_seconds)
             return {"database": kind, "calls": calls, "big_enterprise_calls": big_calls,
                     "journal_rows": journal_rows, "fill_seconds": round(filled, 1), "index_seconds": index_seconds,
                     "backfill_seconds": backfill_seconds, "table_bytes": sizes,
@@ -360,13 +360,12 @@ def _time_desk(client, requests_by_op: dict) -> dict:
     return out
 
 
-def _under_load(db_url: str, tmp: str, requests_by_op: dict, seconds: float, external_pruner: bool,
-                rate: float = 200.0) -> dict:
+def _under_load(db_url: str, tmp: str, requests_by_op: dict, seconds: float, rate: float = 200.0) -> dict:
     """The service on the filled database: the 202 at `rate` quiet, then while a client loops the desk's
-    requests over HTTP (its own retention off for both), then while retention prunes the 31st day: from
-    another process (`external_pruner`, PostgreSQL's deployment) or on the service's own ticker (SQLite's,
-    where the service is the database's only process)."""
-    import threading
+    requests over HTTP (the service's own retention off for both), then across retention's first tick in
+    a service with it on. The client runs in a process of its own: in the load generator's it would take
+    the senders' GIL, and their clocks with it."""
+    import multiprocessing
 
     import requests as http
 
@@ -383,69 +382,43 @@ def _under_load(db_url: str, tmp: str, requests_by_op: dict, seconds: float, ext
             env = Env(sandbox_url, [url], [proc], [(BIG, "scale")])
             _ack_latency(env, 50, 2, tag="warm")
             out = {"quiet": _ack_latency(env, rate, seconds, tag="quiet")}
-            stop, timings = threading.Event(), []
-
-            def search():
-                session = http.Session()
-                session.headers["Authorization"] = f"Bearer {ADMIN_TOKEN}"
-                paths = [p for name in DESK_OPS for p in requests_by_op[name]]
-                while not stop.is_set():
-                    for path in paths:
-                        t0 = time.perf_counter()
-                        session.get(url + path, timeout=30).raise_for_status()
-                        timings.append(time.perf_counter() - t0)
-                        if stop.is_set():
-                            return
-
-            searcher = threading.Thread(target=search, daemon=True)
+            spawn = multiprocessing.get_context("spawn")
+            stop, results = spawn.Event(), spawn.Queue()
+            paths = [p for name in DESK_OPS for p in requests_by_op[name]]
+            searcher = spawn.Process(target=search_loop, args=(url, ADMIN_TOKEN, paths, stop, results), daemon=True)
             searcher.start()
             out["searching"] = _ack_latency(env, rate, seconds, tag="search")
             stop.set()
+            timings = results.get(timeout=120)
             searcher.join(60)
             out["searches"] = {"count": len(timings), "p50_ms": round(_pct(timings, 50) * 1000, 1),
                                "p95_ms": round(_pct(timings, 95) * 1000, 1)}
-            if external_pruner:
-                out.update(_while_pruning(app, env, rate, seconds, every=5.0))
-        if not external_pruner:
-            out.update(_while_service_prunes(app, db_url, tmp, sandbox_url, rate, seconds))
+        out.update(_while_service_prunes(app, db_url, tmp, sandbox_url, rate, seconds))
         with app.app_context():
             release_db()
     return out
 
 
-def _while_pruning(app, env, rate: float, seconds: float, every: float) -> dict:
-    """The 202 while retention's ticks (each its 2 s budget, as in service) run every `every` seconds from
-    another process's connections, each walking again as if the cutoff had moved an hour."""
-    import threading
+def search_loop(url: str, token: str, paths: list, stop, results) -> None:
+    """The desk's requests one after another until `stop`; their durations (s) go to `results`."""
+    import requests as http
 
-    from msapp.services.retention import Retention
-    from msapp.tools.bench.common import _ack_latency
-
-    pruned, ticks, stop = {}, [], threading.Event()
-
-    def prune():
-        keeper = Retention(30, step=timedelta(0))  # walks again every tick
-        with app.app_context():
-            while not stop.is_set():
-                t0 = time.perf_counter()
-                for name, count in keeper.prune().items():
-                    pruned[name] = pruned.get(name, 0) + count
-                ticks.append(time.perf_counter() - t0)
-                stop.wait(max(0.0, every - (time.perf_counter() - t0)))
-
-    pruner = threading.Thread(target=prune, daemon=True)
-    pruner.start()
-    busy = _ack_latency(env, rate, seconds, tag="prune")
-    stop.set()
-    pruner.join(60)
-    rows = sum(pruned.values())
-    return {"pruning": busy, "pruned": {"rows": rows, "ticks": len(ticks), "tables": pruned,
-                                        "rows_per_tick": round(rows / max(1, len(ticks)))}}
+    session, timings = http.Session(), []
+    session.headers["Authorization"] = f"Bearer {token}"
+    while not stop.is_set():
+        for path in paths:
+            t0 = time.perf_counter()
+            session.get(url + path, timeout=30).raise_for_status()
+            timings.append(time.perf_counter() - t0)
+            if stop.is_set():
+                break
+    results.put(timings)
 
 
 def _while_service_prunes(app, db_url: str, tmp: str, sandbox_url: str, rate: float, seconds: float) -> dict:
-    """The 202 across the first retention tick of a service (MS_RETENTION_DAYS 30), which the ticker runs
-    retention.TICK seconds after start: the sending starts so that the tick falls a quarter into it."""
+    """The 202 across the first retention tick of a service (MS_RETENTION_DAYS 30: 2 s of pruning, as
+    every minute in service), which its ticker runs retention.TICK seconds after start: the sending starts
+    so that the tick falls a quarter into it. Pruned: the old rows that one tick removed."""
     from msapp.services import retention
     from msapp.tools.bench.common import Env, _ack_latency, _service
 
@@ -457,8 +430,7 @@ def _while_service_prunes(app, db_url: str, tmp: str, sandbox_url: str, rate: fl
         busy = _ack_latency(env, rate, seconds, tag="prune")
     after = _old_rows(app, cutoff=before["cutoff"])
     rows = {name: count - after[name] for name, count in before.items() if name != "cutoff"}
-    return {"pruning": busy, "pruned": {"rows": sum(rows.values()), "ticks": 1, "tables": rows,
-                                        "rows_per_tick": sum(rows.values())}}
+    return {"pruning": busy, "pruned": {"rows": sum(rows.values()), "tables": rows}}
 
 
 def _old_rows(app, cutoff=None) -> dict:
@@ -492,16 +464,14 @@ def report_desk(results: list) -> str:
         lines.append(f"| {r['database']} | {r['calls']:,} ({r['big_enterprise_calls']:,}) | {r['journal_rows']:,} | "
                      + " | ".join(f"{d[name][0]} / {d[name][1]}" for name in DESK_OPS) + " |")
     lines += ["", "| database | 202 p50 / p99 quiet | while searching | searches (count, p50 / p95) | "
-              "while pruning | pruned (rows, ticks, rows per tick) |", "|---|---|---|---|---|---|"]
+              "across retention's tick | rows one tick pruned |", "|---|---|---|---|---|---|"]
     for r in results:
         load = r.get("load")
         if not load:
             continue
-        q, s = load["quiet"], load["searching"]
-        p, pruned = load.get("pruning"), load.get("pruned")
+        q, s, p = load["quiet"], load["searching"], load["pruning"]
         lines.append(f"| {r['database']} | {q['ack_p50_ms']} / {q['ack_p99_ms']} ms | {s['ack_p50_ms']} / "
                      f"{s['ack_p99_ms']} ms | {load['searches']['count']}, {load['searches']['p50_ms']} / "
-                     f"{load['searches']['p95_ms']} ms | "
-                     + (f"{p['ack_p50_ms']} / {p['ack_p99_ms']} ms | {pruned['rows']:,}, {pruned['ticks']}, "
-                        f"{pruned['rows_per_tick']:,} |" if p else "— | — |"))
+                     f"{load['searches']['p95_ms']} ms | {p['ack_p50_ms']} / {p['ack_p99_ms']} ms | "
+                     f"{load['pruned']['rows']:,} |")
     return "\n".join(lines)
