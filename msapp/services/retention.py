@@ -38,6 +38,7 @@ from msapp.db.models import (
     Job,
     MsTask,
 )
+from msapp.db.reader import read_only
 from msapp.extensions import db
 
 log = logging.getLogger("msapp.retention")
@@ -150,6 +151,7 @@ class Retention:
         """Prune one table, part by part; True when it reached the cutoff everywhere within the budget."""
         table, old = walk.table, walk.old(cutoff)
         batch = min(BATCH, SQLITE_BATCH) if db.engine.dialect.name == "sqlite" else BATCH
+        read_only()  # finding what goes only reads (SQLite: outside the writer lock); the delete checks again
         parts = walk.parts()
         db.session.commit()
         for part in parts:
@@ -158,8 +160,10 @@ class Retention:
                 if time.monotonic() >= deadline:
                     return False
                 where = and_(part, old) if last is None else and_(part, old, walk.order >= last)
+                read_only()
                 rows = db.session.execute(select(table.c.id, walk.order).where(where).order_by(walk.order)
                                           .limit(batch)).all()
+                db.session.commit()
                 ids = [row[0] for row in rows]
                 if ids:
                     if walk.also:
