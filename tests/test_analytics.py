@@ -5,6 +5,7 @@ from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from sqlalchemy import text
 
 from msapp.db.models import Call, Directory, Enterprise, MsTask
 from msapp.errors import ValidationFailed
@@ -206,6 +207,24 @@ def test_every_query_of_the_report_walks_an_index_of_its_enterprise(week):
     tables = ("ms_call_hours", "ms_callbacks", "ms_tasks", "ms_calls")
     assert {t for t in tables if any(t in s for s, _ in seen)} == set(tables)
     assert_index_access(seen)
+    closed = [(s, p) for s, p in seen if "ms_tasks.closed_at" in s]  # the period's, not all the enterprise's
+    assert closed and assert_index_access(closed, keyed=True, rows=a_year_of_tasks) is None
+
+
+def a_year_of_tasks(conn):
+    """2,000 calls of the enterprise a year ago, each a task it closed, and fresh statistics (rolled back
+    with the EXPLAINs): the planner weighs an enterprise's history, not a test's week."""
+    old = datetime(2025, 11, 1)
+    conn.execute(Call.__table__.insert(), [{
+        "enterprise_number": "0367", "unique_id": f"old-{n}", "direction": "in", "phone": f"+37529{2000000 + n}",
+        "extensions": ["150"], "status": "ended", "call_status": "missed", "start_time": old, "created_at": old,
+        "updated_at": old} for n in range(2000)])
+    conn.execute(MsTask.__table__.insert(), [{
+        "enterprise_number": "0367", "phone": f"+37529{2000000 + n}", "state": "closed", "marker": f"old-{n}",
+        "missed": [], "created_at": old, "updated_at": old, "closed_at": old, "closed_reason": "reached",
+        "closed_by_call": f"old-{n}"} for n in range(2000)])
+    for table in ("ms_calls", "ms_tasks"):
+        conn.execute(text(f"ANALYZE {table}"))
 
 
 def test_the_page_says_a_bad_period_in_russian(app, week):

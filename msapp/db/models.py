@@ -238,7 +238,8 @@ class MsTask(db.Model):
 
     __tablename__ = "ms_tasks"
     __table_args__ = (Index("ix_ms_tasks_caller", "enterprise_number", "phone", "state"),
-                      Index("ix_ms_tasks_state_updated", "state", "updated_at"))  # retention (migration 0013)
+                      Index("ix_ms_tasks_state_updated", "state", "updated_at"),  # retention (migration 0013)
+                      Index("ix_ms_tasks_closed", "enterprise_number", "closed_at"))  # analytics (0014)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     enterprise_number: Mapped[str] = mapped_column(Text, nullable=False)

@@ -336,17 +336,16 @@ class _Callbacks:
 
 
 def _tasks_closed(number: str, period: Period) -> dict:
-    """Extension -> callback tasks closed in the period by a call of theirs."""
+    """Extension -> callback tasks closed in the period by a call of theirs: the period's closed tasks by
+    their index (enterprise, closed_at), each joined to its closing call by the calls' (enterprise,
+    unique_id)."""
     lo, hi = period.utc_bounds
     t = MsTask.__table__
-    closers = db.session.scalars(select(t.c.closed_by_call).where(and_(
-        t.c.enterprise_number == number, t.c.closed_reason == "reached", t.c.closed_at >= lo,
-        t.c.closed_at < hi))).all()
+    calls = db.session.execute(select(Call.direction, Call.answered_extension, Call.extensions).join(
+        t, and_(t.c.enterprise_number == Call.enterprise_number, t.c.closed_by_call == Call.unique_id)).where(
+        t.c.enterprise_number == number, t.c.closed_at >= lo, t.c.closed_at < hi,
+        t.c.closed_reason == "reached")).all()
     out: dict = defaultdict(int)
-    if not closers:
-        return out
-    calls = db.session.execute(select(Call.direction, Call.answered_extension, Call.extensions).where(
-        Call.enterprise_number == number, Call.unique_id.in_(sorted(set(closers))))).all()
     for call in calls:
         ext = call.answered_extension if call.direction == "in" else (call.extensions or [None])[0]
         if ext:
