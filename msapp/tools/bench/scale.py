@@ -157,6 +157,7 @@ INDEXES = {  # built after the fill as their migrations build them on a platform
     "0010": (("ix_ms_calls_enterprise_start", "ms_calls", "enterprise_number, start_time", None),
              ("ix_ms_calls_enterprise_phone", "ms_calls", "enterprise_number, phone", None)),
     "0013": tuple((name, table, ", ".join(columns), where) for name, table, columns, where in _MIGRATION_0013.PARTIAL),
+    "0014": (("ix_ms_tasks_closed", "ms_tasks", "enterprise_number, closed_at", None),),
 }
 
 
@@ -171,18 +172,22 @@ def _drop_indexes(db) -> None:
 
 
 def _build_indexes(db, kind: str) -> dict:
-    """Seconds per migration to build its indexes as it does (PostgreSQL: CONCURRENTLY, in autocommit)."""
+    """Seconds per migration to build its indexes as it does (PostgreSQL: CONCURRENTLY, in autocommit;
+    SQLite: in a transaction, committed: the engine begins one whatever the isolation level says)."""
     from sqlalchemy import text
 
     seconds = {}
     with db.engine.connect() as conn:
-        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        if kind == "postgresql":
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
         for revision, indexes in INDEXES.items():
             started = time.perf_counter()
             for name, table, columns, where in indexes:
                 concurrently = "CONCURRENTLY " if kind == "postgresql" else ""
                 conn.execute(text(f"CREATE INDEX {concurrently}{name} ON {table} ({columns})"
                                   + (f" WHERE {where}" if where else "")))
+            if kind != "postgresql":
+                conn.commit()
             seconds[revision] = round(time.perf_counter() - started, 1)
     return seconds
 
@@ -242,14 +247,15 @@ def _fill(db, kind: str, calls: int) -> None:
 
 def report_scale(results: list) -> str:
     lines = ["| database | calls (largest enterprise) | fill | indexes of 0010 | 0013: partial indexes, links "
-             "back-filled | rollup rebuild (largest) | analytics p50 / p95: 30 days | 7 days | today |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "back-filled | index of 0014 | rollup rebuild (largest) | analytics p50 / p95: 30 days | 7 days | today |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     disk = ["| database | calls | " + " | ".join(SIZED) + " | bytes per call, all (the journal's 'ms' rows only) |",
             "|---|---|" + "---|" * len(SIZED) + "---|"]
     for r in results:
         a, built = r["analytics_ms"], r["index_seconds"]
         lines.append(f"| {r['database']} | {r['calls']:,} ({r['big_enterprise_calls']:,}) | {r['fill_seconds']} s | "
-                     f"{built['0010']} s | {built['0013']} s, {r['backfill_seconds']} s | {r['rebuild_seconds']} s | "
+                     f"{built['0010']} s | {built['0013']} s, {r['backfill_seconds']} s | {built['0014']} s | "
+                     f"{r['rebuild_seconds']} s | "
                      f"{a['30 days'][0]} / {a['30 days'][1]} ms | {a['7 days'][0]} / {a['7 days'][1]} ms | "
                      f"{a['today'][0]} / {a['today'][1]} ms |")
         sizes = r["table_bytes"]
@@ -290,8 +296,9 @@ COMPANIONS = {
         "created_at, updated_at) SELECT enterprise_number, 'call:' || enterprise_number || ':' || unique_id, "
         "'call.sync', '{}', 'done', 1, 10, start_time, start_time, end_time FROM ms_calls ORDER BY id",
         "INSERT INTO ms_tasks (enterprise_number, phone, state, task_id, create_attempted, marker, missed, "
-        "note_added, created_at, updated_at, closed_at, closed_reason) SELECT enterprise_number, phone, 'closed', "
-        "'task-' || id, true, 'm' || id, '[]', true, end_time, end_time, end_time, 'reached' FROM ms_calls "
+        "note_added, created_at, updated_at, closed_at, closed_reason, closed_by_call) SELECT enterprise_number, "
+        "phone, 'closed', 'task-' || id, true, 'm' || id, '[]', true, end_time, end_time, end_time, 'reached', "
+        "unique_id FROM ms_calls "
         "WHERE call_status = 'missed' ORDER BY id",
         "INSERT INTO ms_clicks (enterprise_number, extension, destination, client_address, outcome, created_at) "
         "SELECT enterprise_number, '150', phone, '127.0.0.1', 'queued', start_time FROM ms_calls "
