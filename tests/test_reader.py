@@ -1,6 +1,6 @@
-"""db/reader.py: a reader's transaction on SQLite takes no writer lock, sees one snapshot, and cannot
-write; the support desk, the journal, the panel and the analytics read that way, so the event path's
-writers never queue behind the admin (docs/design.md 6)."""
+"""db/reader.py: a reader's transaction on SQLite takes no writer lock and cannot write; the support
+desk, the journal, the panel, the analytics and the admin door's check read that way, so the event
+path's writers never queue behind the admin (docs/design.md 2)."""
 import threading
 from zoneinfo import ZoneInfo
 
