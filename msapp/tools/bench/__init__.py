@@ -26,7 +26,8 @@ from msapp.tools.bench.common import environment
 from msapp.tools.bench.event_path import measure
 from msapp.tools.bench.outages import measure_failover, measure_outage, report_failover
 from msapp.tools.bench.queue_runs import measure_backlog, measure_prune, measure_prune_ack, report_backlog
-from msapp.tools.bench.scale import measure_scale, report_desk, report_scale
+from msapp.tools.bench.scale import measure_scale, report_scale
+from msapp.tools.bench.scale_desk import report_desk
 
 
 def report_outage(results: list) -> str:
