@@ -131,3 +131,14 @@ def test_the_desks_pages_and_api_answer_while_a_writer_holds_the_lock(on_sqlite)
             on_sqlite, lambda path=path: client.get(path, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).status_code,
             path)
         assert status == 200, path
+
+
+def test_readyz_and_metrics_answer_while_a_writer_holds_the_lock(on_sqlite):
+    """Probes poll them while the event path runs: the queue's figures are a reader's."""
+    on_sqlite.extensions["ms"].queue.enqueue("test", "k", {})
+    db.session.commit()
+    client = on_sqlite.test_client()
+    body = while_a_writer_holds_the_lock(on_sqlite, lambda: client.get("/readyz").get_json(), "/readyz")
+    assert body["database"] == "ok" and body["depth"] == 1
+    page = while_a_writer_holds_the_lock(on_sqlite, lambda: client.get("/metrics").get_data(as_text=True), "/metrics")
+    assert "ms_queue_depth 1.0" in page

@@ -50,6 +50,7 @@ from msapp import metrics
 from msapp.clock import utcnow
 from msapp.db import rawsql
 from msapp.db.models import Job
+from msapp.db.reader import read_only
 from msapp.db.work import Work
 from msapp.extensions import db
 from msapp.queue import wakeups
@@ -340,11 +341,19 @@ class JobQueue:
 
     # -- inspection ---------------------------------------------------------------------------
     def stats(self) -> dict:
+        """The queue's depth, its oldest pending job's age and its dead jobs. Each figure is counted through
+        ix_ms_jobs_due (status first), so the done jobs of a month are never read; a reader's transaction
+        (on SQLite outside the writers' lock: /readyz is polled while the event path runs)."""
         j = Job.__table__
+
+        def of(column, where):
+            return select(column).select_from(j).where(where).scalar_subquery()
+
+        read_only()
         row = db.session.execute(select(
-            func.count().filter(j.c.status.in_(ACTIVE)),
-            func.min(j.c.created_at).filter(j.c.status == "pending"),
-            func.count().filter(j.c.status == "dead"),
+            of(func.count(), j.c.status.in_(ACTIVE)),
+            of(func.min(j.c.created_at), j.c.status == "pending"),
+            of(func.count(), j.c.status == "dead"),
         )).one()
         db.session.commit()
         oldest = (utcnow() - row[1]).total_seconds() if row[1] else 0.0

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
 
 from msapp import metrics
 from msapp.errors import ApiError
@@ -30,8 +29,7 @@ def readyz():
     body = {"database": "ok", "workers": state.pool.alive(), "workers_expected": state.settings.workers}
     ready = True
     try:
-        db.session.execute(text("SELECT 1"))
-        body.update(state.queue.stats())
+        body.update(state.queue.stats())  # a read of the database: reached, or not ready
     except Exception as exc:  # any database failure means not ready
         db.session.rollback()
         body["database"] = f"error: {type(exc).__name__}"
