@@ -134,3 +134,43 @@ def a_month_of_other_callers(conn):
         for n in range(2000)])
     if conn.dialect.name == "postgresql":
         conn.execute(text("ANALYZE ms_calls"))
+
+
+def test_on_sqlite_a_recompute_reads_and_folds_outside_the_writers_lock(tmp_path, monkeypatch):
+    """The ticker reads a marked hour's calls and folds them while another thread holds the writers' lock
+    (which the event path's 202 waits for); only its delete and insert wait for the lock."""
+    import threading
+
+    from msapp.db.sqlite_lock import WRITE_LOCK
+    from msapp.services import analytics_rollup
+    from tests.conftest import dispose, make_app
+
+    app = make_app(f"sqlite:///{tmp_path / 'ms.db'}", tmp_path)
+    folded, done = threading.Event(), threading.Event()
+    real = analytics_rollup.hour_figures
+
+    def observed(calls):
+        folded.set()
+        return real(calls)
+
+    monkeypatch.setattr(analytics_rollup, "hour_figures", observed)
+    with app.app_context():
+        db.session.add(Enterprise(number="0367", name="Co", integrations_config={}))
+        db.session.commit()
+        b = {"unique_id": "b", "direction": "in", "phone": P, "start_time": "2026-11-23 11:00:00"}
+        play(app, {**b, "event_type": "hangup", "call_status": "missed", "end_time": "2026-11-23 11:00:30"})
+
+    def tick():
+        with app.app_context():
+            Rollup(app.extensions["ms"].configs).refresh()
+            done.set()
+
+    with WRITE_LOCK:
+        ticker = threading.Thread(target=tick, daemon=True)
+        ticker.start()
+        assert folded.wait(10), "the recompute waited for the writers' lock to read"
+        assert not done.is_set()  # its write waits for the lock
+    ticker.join(10)
+    with app.app_context():
+        assert done.is_set() and snapshot()[1][0][0] == P
+    dispose(app)

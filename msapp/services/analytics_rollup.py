@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Optional
+from typing import Any, Optional
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import and_, bindparam, delete, func, select
@@ -22,6 +23,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from msapp.db.models import AnalyticsMark, Call, CallbackEpisode, CallHour
+from msapp.db.reader import read_only
 from msapp.errors import ApiError
 from msapp.extensions import db
 
@@ -160,6 +162,7 @@ class Rollup:
         nobody marked it again meanwhile (a later event: recomputed at the next tick). Returns how many
         marks were done."""
         t = AnalyticsMark.__table__
+        read_only()
         marks = db.session.execute(select(t).order_by(t.c.marked_at).limit(limit)).all()
         db.session.commit()
         by_enterprise: dict = defaultdict(list)
@@ -184,13 +187,16 @@ class Rollup:
         return len(marks)
 
     def _hour(self, number: str, hour: datetime) -> None:
-        self._lock(number)
-        calls = _rows(select(*COLUMNS).where(Call.enterprise_number == number, Call.start_time >= hour,
-                                             Call.start_time < hour + HOUR, ENDED))
+        def figures() -> Optional[dict]:
+            calls = _rows(select(*COLUMNS).where(Call.enterprise_number == number, Call.start_time >= hour,
+                                                 Call.start_time < hour + HOUR, ENDED))
+            return hour_figures(calls) if calls else None
+
+        found = self._read(number, figures)
         t = CallHour.__table__
         db.session.execute(delete(t).where(t.c.enterprise_number == number, t.c.hour == hour))
-        if calls:
-            _insert_hour(number, hour, calls)
+        if found:
+            db.session.execute(t.insert().values(enterprise_number=number, hour=hour, **found))
         db.session.commit()
 
     def _phones(self, number: str, phones: list, zone: ZoneInfo, batch: int = 500) -> None:
@@ -198,12 +204,26 @@ class Rollup:
         t = CallbackEpisode.__table__
         for start in range(0, len(phones), batch):
             chunk = phones[start:start + batch]
-            self._lock(number)
-            episodes = _episodes_of_phones(number, chunk, zone)
+            episodes = self._read(number, lambda chunk=chunk: _episodes_of_phones(number, chunk, zone))
             db.session.execute(delete(t).where(t.c.enterprise_number == number, t.c.phone.in_(chunk)))
             if episodes:
                 db.session.execute(t.insert(), episodes)
             db.session.commit()
+
+    @staticmethod
+    def _read(number: str, compute: Callable[[], Any]) -> Any:
+        """What a recompute reads and folds, before it writes. PostgreSQL: under the enterprise's lock
+        (`_lock`), in the transaction that then writes. SQLite (one process, one ticker): in a reader's
+        transaction, so that the writers' lock, which the event path waits for, is held only for the
+        delete and insert (a frequent caller's thousands of calls are read and folded outside it). A call
+        that changes meanwhile marks its hour and phone again: recomputed at the next tick."""
+        if db.engine.dialect.name == "postgresql":
+            Rollup._lock(number)
+            return compute()
+        read_only()
+        out = compute()
+        db.session.commit()
+        return out
 
     @staticmethod
     def _lock(number: str) -> None:
@@ -215,10 +235,11 @@ class Rollup:
 
     def rebuild(self, number: str, batch: int = 500) -> None:
         """Recompute an enterprise's whole rollup from its calls: read a day, or `batch` phones, per short
-        transaction (on SQLite every transaction holds the writer lock), then written in one."""
+        reader's transaction, then written in one."""
         zone = self._zone(number)
         if zone is None:
             return
+        read_only()  # each read its own reader's transaction (SQLite: outside the writers' lock)
         first, last = db.session.execute(select(func.min(Call.start_time), func.max(Call.start_time))
                                          .where(Call.enterprise_number == number, ENDED)).one()
         phones = db.session.scalars(select(Call.phone).where(Call.enterprise_number == number).distinct()).all()
@@ -226,6 +247,7 @@ class Rollup:
         hours: list = []
         day = hour_of(first) if first else None
         while day is not None and day <= last:
+            read_only()
             calls = _rows(select(*COLUMNS).where(Call.enterprise_number == number, Call.start_time >= day,
                                                  Call.start_time < day + DAY, ENDED).order_by(Call.start_time))
             db.session.commit()
@@ -237,6 +259,7 @@ class Rollup:
             day += DAY
         episodes: list = []
         for start in range(0, len(phones), batch):
+            read_only()
             episodes += _episodes_of_phones(number, phones[start:start + batch], zone)
             db.session.commit()
         self._lock(number)
@@ -265,7 +288,3 @@ def _episodes_of_phones(number: str, phones: list, zone: ZoneInfo) -> list:
         rows.append(call)
     episodes += episodes_of(rows, zone)
     return [{"enterprise_number": number, **e} for e in episodes]
-
-
-def _insert_hour(number: str, hour: datetime, calls: list) -> None:
-    db.session.execute(CallHour.__table__.insert().values(enterprise_number=number, hour=hour, **hour_figures(calls)))
