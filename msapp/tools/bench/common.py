@@ -46,6 +46,11 @@ def _pct(values: list, q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
+def p50_p95_ms(seconds: list) -> tuple:
+    """The median and the 95th percentile of some durations (s), in ms to a tenth."""
+    return round(_pct(seconds, 50) * 1000, 1), round(_pct(seconds, 95) * 1000, 1)
+
+
 def _cpu_seconds(pid: int) -> float:
     """CPU time (utime + stime) a process has used, in seconds, from /proc/<pid>/stat."""
     with open(f"/proc/{pid}/stat", encoding="ascii") as fh:

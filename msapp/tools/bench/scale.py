@@ -21,7 +21,7 @@ import time
 from contextlib import contextmanager
 from datetime import timedelta
 
-from msapp.tools.bench.common import _database, _pct, release_db
+from msapp.tools.bench.common import _database, p50_p95_ms, release_db
 
 _MIGRATION_0013 = importlib.import_module("msapp.db.migrations.versions.0013_support_desk")
 
@@ -97,7 +97,7 @@ def measure_scale(kind: str, pg_url: str, calls: int, runs: int = 40, load_secon
                         t0 = time.perf_counter()
                         Analytics().report(BIG, period)
                         timings.append(time.perf_counter() - t0)
-                    figures[name] = (round(_pct(timings, 50) * 1000, 1), round(_pct(timings, 95) * 1000, 1))
+                    figures[name] = p50_p95_ms(timings)
                 journal_rows = db.session.scalar(text("SELECT count(*) FROM integration_logs"))
                 desk_requests = scale_desk.desk_requests(db, runs, big_calls)
                 release_db()
