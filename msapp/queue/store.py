@@ -341,9 +341,10 @@ class JobQueue:
 
     # -- inspection ---------------------------------------------------------------------------
     def stats(self) -> dict:
-        """The queue's depth, its oldest pending job's age and its dead jobs. Each figure is counted through
-        ix_ms_jobs_due (status first), so the done jobs of a month are never read; a reader's transaction
-        (on SQLite outside the writers' lock: /readyz is polled while the event path runs)."""
+        """The queue's depth, its oldest pending job's age and its dead jobs. Each figure is a search by
+        status (ix_ms_jobs_due, or the partial index of unfinished jobs), so the done jobs of a month are
+        never read; in a reader's transaction (on SQLite outside the writers' lock: /readyz is polled
+        while the event path runs)."""
         j = Job.__table__
 
         def of(column, where):
