@@ -93,12 +93,13 @@ def measure_prune_ack(kind: str, pg_url: str, rows: int, rate: float, seconds: f
             cleanup()
 
 
-def _quiet_app(db_url: str, tmp: str):
-    """An app on the database without workers, logging warnings only (fills and drives the bench's data)."""
+def _quiet_app(db_url: str, tmp: str, **settings: str):
+    """An app on the database without workers, logging warnings only (fills and drives the bench's data);
+    `settings`: more MS_* settings."""
     from msapp import create_app
 
     return create_app({"MS_DATABASE_URL": db_url, "MS_INSTANCE_DIR": tmp, "MS_LOG_DIR": tmp, "MS_WORKERS": "0",
-                       "MS_LOG_LEVEL": "WARNING"})
+                       "MS_LOG_LEVEL": "WARNING", **settings})
 
 
 def _journal_app(db_url: str, tmp: str, kind: str, rows: int):

@@ -151,10 +151,10 @@ def _old_rows(app, cutoff=None) -> dict:
 
 
 def desk_app(db_url: str, tmp: str):
-    from msapp import create_app
+    """The bench's quiet app, with this run's admin token (the desk's JSON API asks for it)."""
+    from msapp.tools.bench.queue_runs import _quiet_app
 
-    return create_app({"MS_DATABASE_URL": db_url, "MS_INSTANCE_DIR": tmp, "MS_LOG_DIR": tmp, "MS_WORKERS": "0",
-                       "MS_LOG_LEVEL": "WARNING", "MS_ADMIN_TOKEN": ADMIN_TOKEN})
+    return _quiet_app(db_url, tmp, MS_ADMIN_TOKEN=ADMIN_TOKEN)
 
 
 def report_desk(results: list) -> str:
