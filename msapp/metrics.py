@@ -24,3 +24,4 @@ BREAKER_OPEN = Gauge("ms_breaker_open", "1 while MoySklad is unreachable (outage
 BREAKER_WAITING = Gauge("ms_breaker_waiting_calls", "Calls waiting behind an open breaker", ["enterprise", "api"])
 TASKS = Counter("ms_tasks_total", "Missed-call tasks opened and closed in MoySklad", ["action"])
 PRUNED = Counter("ms_retention_deleted_total", "Rows deleted for being older than MS_RETENTION_DAYS", ["table"])
+GC_FROZEN = Gauge("ms_gc_frozen_objects", "Objects built at startup, kept out of the garbage collector's walks")

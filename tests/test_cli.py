@@ -1,8 +1,13 @@
 import json
+import os
 
+import pytest
+import requests
 from click.testing import CliRunner
 
 from msapp.cli import main
+from tests.conftest import dispose, free_port, make_app
+from tests.service_harness import start_process
 
 
 def run(app, *args, input=None):
@@ -36,3 +41,23 @@ def test_bad_input_is_one_line(app):
     assert r.exit_code == 1 and "JSON" in r.output
     r = run(app, "enterprise", "set-secret", "1", input="has space\n")
     assert r.exit_code == 1
+
+
+@pytest.mark.e2e
+def test_serve_keeps_its_startup_objects_out_of_the_collectors_walks(tmp_path):
+    """`ms serve` freezes what startup built (gc.freeze): a full collection, which stops every thread,
+    then walks only what requests left behind (docs/benchmarks.md)."""
+    db_url = f"sqlite:///{tmp_path / 'ms.db'}"
+    dispose(make_app(db_url, tmp_path))
+    port = free_port()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MS_")},
+           "MS_DATABASE_URL": db_url, "MS_PORT": str(port), "MS_WORKERS": "1",
+           "MS_INSTANCE_DIR": str(tmp_path / "instance"), "MS_LOG_DIR": str(tmp_path / "logs")}
+    proc = start_process(env, port)
+    try:
+        page = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    frozen = [line for line in page.splitlines() if line.startswith("ms_gc_frozen_objects ")]
+    assert frozen and float(frozen[0].split()[1]) > 10_000, frozen
