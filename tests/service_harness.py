@@ -1,6 +1,7 @@
 """End-to-end harness: the real service (waitress, worker pool) on a free port, pointed at the sandbox."""
 from __future__ import annotations
 
+import os
 import time
 
 import requests
@@ -147,6 +148,14 @@ class FakeOriginate:
 
     def stop(self):
         self.server.close()
+
+
+def service_env(db_url: str, port: int, home, workers: int, **settings: str) -> dict:
+    """The environment of a real `ms serve`: this process's own MS_* settings left out, the database, the
+    port, instance and log directories under `home`, the worker count, and `settings` (more MS_* ones)."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("MS_")},
+            "MS_DATABASE_URL": db_url, "MS_PORT": str(port), "MS_INSTANCE_DIR": str(home / "instance"),
+            "MS_LOG_DIR": str(home / "logs"), "MS_WORKERS": str(workers), **settings}
 
 
 def start_process(env: dict, port: int):

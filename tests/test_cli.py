@@ -1,5 +1,4 @@
 import json
-import os
 
 import pytest
 import requests
@@ -7,7 +6,7 @@ from click.testing import CliRunner
 
 from msapp.cli import main
 from tests.conftest import dispose, free_port, make_app
-from tests.service_harness import start_process
+from tests.service_harness import service_env, start_process
 
 
 def run(app, *args, input=None):
@@ -50,10 +49,7 @@ def test_serve_keeps_its_startup_objects_out_of_the_collectors_walks(tmp_path):
     db_url = f"sqlite:///{tmp_path / 'ms.db'}"
     dispose(make_app(db_url, tmp_path))
     port = free_port()
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MS_")},
-           "MS_DATABASE_URL": db_url, "MS_PORT": str(port), "MS_WORKERS": "1",
-           "MS_INSTANCE_DIR": str(tmp_path / "instance"), "MS_LOG_DIR": str(tmp_path / "logs")}
-    proc = start_process(env, port)
+    proc = start_process(service_env(db_url, port, tmp_path, workers=1), port)
     try:
         page = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     finally:

@@ -3,7 +3,6 @@
 The fake PBX originate server records every call the PBX would have placed: a refused click must leave
 it empty; a legitimate one must still become exactly one originate.
 """
-import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +15,7 @@ from msapp import clock
 from msapp.db.models import Click, Enterprise, IntegrationLog, Job
 from msapp.extensions import db
 from tests.conftest import ADMIN_TOKEN, dispose, free_port, make_app, require_pg
-from tests.service_harness import Service, start_process, wait_for
+from tests.service_harness import Service, service_env, start_process, wait_for
 
 pytestmark = pytest.mark.e2e
 LEGIT = {"srcNumber": "151", "destNumber": "+375297111222", "uid": "petrova@demo"}
@@ -244,11 +243,9 @@ def test_two_processes_hold_the_enterprise_limit_together(pg_schema, tmp_path, s
     try:
         for n in range(2):
             port = free_port()
-            env = {**{k: v for k, v in os.environ.items() if not k.startswith("MS_")}, "MS_DATABASE_URL": url,
-                   "MS_PORT": str(port), "MS_INSTANCE_DIR": str(tmp_path / f"i{n}"),
-                   "MS_LOG_DIR": str(tmp_path / f"l{n}"), "MS_PHONE_API_URL": sandbox.phone_url,
-                   "MS_JSON_API_URL": sandbox.json_url, "MS_ORIGINATE_URL": pbx.url, "MS_WORKERS": "2",
-                   "MS_ADMIN_TOKEN": ADMIN_TOKEN, "MS_PUBLIC_URL": "https://bot.example.by"}
+            env = service_env(url, port, tmp_path / f"p{n}", workers=2, MS_PHONE_API_URL=sandbox.phone_url,
+                              MS_JSON_API_URL=sandbox.json_url, MS_ORIGINATE_URL=pbx.url, MS_ADMIN_TOKEN=ADMIN_TOKEN,
+                              MS_PUBLIC_URL="https://bot.example.by")
             procs.append(start_process(env, port))
             bases.append(f"http://127.0.0.1:{port}")
         extensions = [("150", "ivanov@demo"), ("151", "petrova@demo"), ("152", "sidorov@demo")]

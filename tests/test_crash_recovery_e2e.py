@@ -1,5 +1,4 @@
 """The service killed with SIGKILL mid-call and restarted: the call completes, once."""
-import os
 import signal
 import time
 
@@ -9,7 +8,7 @@ import requests
 from msapp.db.models import Enterprise
 from msapp.extensions import db
 from tests.conftest import dispose, free_port, make_app
-from tests.service_harness import calls, shown_cards, start_process
+from tests.service_harness import calls, service_env, shown_cards, start_process
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 CALLER = "+375296254070"
@@ -24,10 +23,8 @@ def test_sigkill_mid_call_then_restart(db_url, tmp_path, sandbox):
         app.extensions["ms"].configs.save("0367", {"enabled": True, "integration_code": keys["phone_api_key"]})
     dispose(app)
     port = free_port()
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MS_")},
-           "MS_DATABASE_URL": db_url, "MS_PORT": str(port), "MS_WORKERS": "2",
-           "MS_INSTANCE_DIR": str(tmp_path / "instance"), "MS_LOG_DIR": str(tmp_path / "logs"),
-           "MS_PHONE_API_URL": sandbox.phone_url, "MS_JSON_API_URL": sandbox.json_url}
+    env = service_env(db_url, port, tmp_path, workers=2, MS_PHONE_API_URL=sandbox.phone_url,
+                      MS_JSON_API_URL=sandbox.json_url)
     url = f"http://127.0.0.1:{port}/internal/ms/call-event"
     call = dict(enterprise_number="0367", unique_id="crash-1", direction="in", phone=CALLER)
 

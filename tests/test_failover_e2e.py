@@ -1,7 +1,6 @@
 """Several real service processes on one PostgreSQL (docs/design.md 7, 10): enterprises spread over them,
 SIGKILL of one -> its enterprises' cards resume <= 3 s later and its calls in flight complete <= 5 s
 later; a process whose database connection is killed stops before another takes over."""
-import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +13,7 @@ from msapp.db.models import Enterprise
 from msapp.extensions import db
 from msapp.queue.ownership import balanced, bucket_of, snapshot
 from tests.conftest import PG_URL, dispose, free_port, make_app, require_pg
-from tests.service_harness import calls, start_process, wait_for
+from tests.service_harness import calls, service_env, start_process, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.slow]
 CALLER = "+375296254070"
@@ -32,9 +31,7 @@ class Cluster:
         self.procs, self.urls, self.ports = [], [], []
         for n in range(processes):
             port = free_port()
-            env = {**{k: v for k, v in os.environ.items() if not k.startswith("MS_")},
-                   "MS_DATABASE_URL": schema.url, "MS_PORT": str(port), "MS_INSTANCE_DIR": str(tmp_path / f"i{n}"),
-                   "MS_LOG_DIR": str(tmp_path / f"l{n}"), "MS_PHONE_API_URL": sandbox.phone_url, "MS_WORKERS": "4"}
+            env = service_env(schema.url, port, tmp_path / f"p{n}", workers=4, MS_PHONE_API_URL=sandbox.phone_url)
             self.procs.append(start_process(env, port))
             self.urls.append(f"http://127.0.0.1:{port}/internal/ms/call-event")
             self.ports.append(str(port))

@@ -1,5 +1,4 @@
 """Fault runs over real sockets: MoySklad refusing the key, and a burst cut by SIGKILL."""
-import os
 import signal
 import time
 
@@ -10,7 +9,7 @@ from sqlalchemy import func, select
 from msapp.db.models import Enterprise, Job
 from msapp.extensions import db
 from tests.conftest import dispose, free_port, make_app
-from tests.service_harness import Service, calls, phone_requests, start_process
+from tests.service_harness import Service, calls, phone_requests, service_env, start_process
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 CALLER = "+375296254070"
@@ -53,9 +52,7 @@ def test_sigkill_in_the_middle_of_a_burst(db_url, tmp_path, sandbox):
                                                    "integration_code": sandbox.state.keys()["demo"]["phone_api_key"]})
     dispose(app)
     port = free_port()
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MS_")}, "MS_DATABASE_URL": db_url,
-           "MS_PORT": str(port), "MS_INSTANCE_DIR": str(tmp_path / "i"), "MS_LOG_DIR": str(tmp_path / "l"),
-           "MS_PHONE_API_URL": sandbox.phone_url, "MS_WORKERS": "4"}
+    env = service_env(db_url, port, tmp_path, workers=4, MS_PHONE_API_URL=sandbox.phone_url)
     requests.post(f"{sandbox.url}/sandbox/api/faults", json={"latency_ms": 80})
     url = f"http://127.0.0.1:{port}/internal/ms/call-event"
     accepted = set()

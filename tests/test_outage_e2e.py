@@ -4,7 +4,6 @@ costs no attempts, a retry horizon in time, catching up in seconds, and one jour
 Long outages run on the project's clock (msapp.clock.advance): everything the service schedules
 through the database (job run times, probes, the horizon) follows it, so two hours pass in seconds.
 """
-import os
 import signal
 import time
 
@@ -16,7 +15,7 @@ from msapp import clock
 from msapp.db.models import Enterprise, IntegrationLog, Job
 from msapp.extensions import db
 from tests.conftest import ADMIN_TOKEN, dispose, free_port, make_app, require_pg
-from tests.service_harness import Service, calls, shown_cards, start_process, wait_for
+from tests.service_harness import Service, calls, service_env, shown_cards, start_process, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 CALLER = "+375296254070"
@@ -254,9 +253,7 @@ def test_two_processes_agree_on_the_breaker(pg_schema, tmp_path, sandbox):
     try:
         for n in range(2):
             port = free_port()
-            env = {**{k: v for k, v in os.environ.items() if not k.startswith("MS_")},
-                   "MS_DATABASE_URL": pg_schema.url, "MS_PORT": str(port), "MS_INSTANCE_DIR": str(tmp_path / f"i{n}"),
-                   "MS_LOG_DIR": str(tmp_path / f"l{n}"), "MS_PHONE_API_URL": sandbox.phone_url, "MS_WORKERS": "4"}
+            env = service_env(pg_schema.url, port, tmp_path / f"p{n}", workers=4, MS_PHONE_API_URL=sandbox.phone_url)
             procs.append(start_process(env, port))
             urls.append(f"http://127.0.0.1:{port}/internal/ms/call-event")
         faults(sandbox, **OUTAGE)
