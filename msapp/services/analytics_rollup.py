@@ -239,7 +239,7 @@ class Rollup:
         zone = self._zone(number)
         if zone is None:
             return
-        read_only()  # each read its own reader's transaction (SQLite: outside the writers' lock)
+        read_only()  # the bounds and the phones in one reader's transaction (SQLite: outside the writers' lock)
         first, last = db.session.execute(select(func.min(Call.start_time), func.max(Call.start_time))
                                          .where(Call.enterprise_number == number, ENDED)).one()
         phones = db.session.scalars(select(Call.phone).where(Call.enterprise_number == number).distinct()).all()
