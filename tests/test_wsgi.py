@@ -10,6 +10,7 @@ import pytest
 import requests
 
 from tests.conftest import ADMIN_TOKEN, dispose, free_port, make_app
+from tests.service_harness import service_env
 
 pytestmark = pytest.mark.e2e
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,9 +20,7 @@ LOOKUP = "/internal/ms/customer-name?enterprise_number=0367&phone=%2B37529711122
 def serve_wsgi(db_url, tmp_path, **env):
     make_app(db_url, tmp_path)  # migrated, as `./ms.sh migrate` would
     port = free_port()
-    environ = {**{k: v for k, v in os.environ.items() if not k.startswith("MS_")}, "MS_DATABASE_URL": db_url,
-               "MS_INSTANCE_DIR": str(tmp_path / "instance"), "MS_LOG_DIR": str(tmp_path / "logs"),
-               "MS_ADMIN_TOKEN": ADMIN_TOKEN, "MS_WORKERS": "1", **env}
+    environ = service_env(db_url, port, tmp_path, workers=1, MS_ADMIN_TOKEN=ADMIN_TOKEN, **env)
     waitress = os.path.join(os.path.dirname(sys.executable), "waitress-serve")
     proc = subprocess.Popen([waitress, f"--listen=127.0.0.1:{port}", "wsgi:app"], cwd=ROOT, env=environ,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
