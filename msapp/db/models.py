@@ -320,6 +320,8 @@ class AnalyticsMark(db.Model):
     kind: Mapped[str] = mapped_column(String(8), primary_key=True)  # hour | phone
     key: Mapped[str] = mapped_column(Text, primary_key=True)  # the hour (ISO, UTC) or the phone
     marked_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+    # a phone's: the earliest start of its calls changed since its last recompute (None: all; 0015)
+    since: Mapped[Optional[datetime]] = mapped_column(DateTime)
 
 
 class CustomerName(db.Model):

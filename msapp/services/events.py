@@ -277,13 +277,16 @@ def merge(call, ev: CallEvent) -> None:
 
 
 def _mark_analytics(tx, mark, enterprise: str, row: dict, state, now) -> None:
-    """The call's hour (and the hour it was in, if its start moved) and its phone, in the event's transaction."""
+    """The call's hour (and the hour it was in, if its start moved) and its phone, in the event's transaction;
+    the phone's mark says from which start on its calls changed (the earlier of the call's old and new)."""
     hours = {analytics_rollup.hour_of(state.start_time)}
+    since = state.start_time
     if row["call_status"] and row["start_time"]:
         hours.add(analytics_rollup.hour_of(row["start_time"]))
-    keys = [("hour", hour.isoformat()) for hour in sorted(hours)] + [("phone", state.phone)]
-    for kind, key in keys:
-        tx.later(mark, {"enterprise_number": enterprise, "kind": kind, "key": key, "marked_at": now},
+        since = min(since, row["start_time"])
+    marks = [("hour", hour.isoformat(), None) for hour in sorted(hours)] + [("phone", state.phone, since)]
+    for kind, key, at in marks:
+        tx.later(mark, {"enterprise_number": enterprise, "kind": kind, "key": key, "marked_at": now, "since": at},
                  analytics_rollup.MARK_KEYS)
 
 
