@@ -248,13 +248,14 @@ class Rollup:
         for start in range(0, len(phones), batch):
             chunk = {phone: since[phone] for phone in phones[start:start + batch]}
             anchors, episodes = self._read(number, lambda chunk=chunk: _replay(number, chunk, zone))
-            whole = [phone for phone, at in anchors.items() if at is None]
+            dated = _dated(anchors)
+            whole = [phone for phone in anchors if phone not in dated]
             if whole:
                 db.session.execute(delete(t).where(t.c.enterprise_number == number, t.c.phone.in_(whole)))
-            dated = [{"p": phone, "at": at} for phone, at in anchors.items() if at is not None]
             if dated:
                 db.session.execute(delete(t).where(t.c.enterprise_number == number, t.c.phone == bindparam("p"),
-                                                   t.c.first_missed_at >= bindparam("at")), dated)
+                                                   t.c.first_missed_at >= bindparam("at")),
+                                   [{"p": phone, "at": at} for phone, at in dated.items()])
             if episodes:
                 db.session.execute(t.insert(), episodes)
             db.session.commit()
@@ -317,6 +318,11 @@ class Rollup:
         db.session.commit()
 
 
+def _dated(anchors: dict) -> dict:
+    """The phones replayed from an anchor (-> it); the others (None) are replayed from their first call."""
+    return {phone: at for phone, at in anchors.items() if at is not None}
+
+
 def _anchors(number: str, since: dict) -> dict:
     """Per phone (-> the earliest start of its changed calls, or None: all its calls), the start from
     which its episodes are replayed: the latest time T <= since before which every stored episode of the
@@ -326,7 +332,7 @@ def _anchors(number: str, since: dict) -> dict:
     t = CallbackEpisode.__table__
     anchors = dict(since)
     while True:
-        dated = {phone: at for phone, at in anchors.items() if at is not None}
+        dated = _dated(anchors)
         if not dated:
             return anchors
         moved = False
@@ -343,8 +349,8 @@ def _anchors(number: str, since: dict) -> dict:
 def _replay(number: str, since: dict, zone: ZoneInfo) -> tuple:
     """(`_anchors`, the episodes from them on as rows for ms_callbacks) of some phones of one enterprise."""
     anchors = _anchors(number, since)
-    whole = [phone for phone, at in anchors.items() if at is None]
-    dated = {phone: at for phone, at in anchors.items() if at is not None}
+    dated = _dated(anchors)
+    whole = [phone for phone in anchors if phone not in dated]
     calls = []
     if whole:
         calls += _rows(select(*COLUMNS).where(Call.enterprise_number == number, Call.phone.in_(whole), ENDED))
