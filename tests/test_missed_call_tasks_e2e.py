@@ -1,4 +1,5 @@
 """Missed calls become callbacks (issue 12), over real sockets against the sandbox's tasks."""
+import threading
 import time
 
 import pytest
@@ -7,6 +8,7 @@ from sqlalchemy import func, select
 
 from msapp.db.models import IntegrationLog, Job, MsTask
 from msapp.extensions import db
+from msapp.services.tasks import Tasks
 from tests.service_harness import Service, calls
 
 pytestmark = pytest.mark.e2e
@@ -110,6 +112,28 @@ def test_a_callback_right_after_the_miss_still_closes_the_task(svc, sandbox):
     svc.wait_idle()
     (task,) = tasks(sandbox)
     assert task["done"] is True and len(task["notes"]) == 1
+
+
+def test_a_callback_that_asked_before_the_miss_queued_its_task_still_closes_it(svc, sandbox, monkeypatch):
+    """The two calls sync on two workers: here the callback's sync asks whether the caller has a task
+    before the miss's sync has queued the task's work, so nothing is queued to close it."""
+    original, asked = Tasks.after_call, threading.Event()
+
+    def callback_first(self, snap, cfg, save):
+        if snap.call_status == "answered":
+            original(self, snap, cfg, save)
+            asked.set()
+        else:
+            asked.wait(10)
+            original(self, snap, cfg, save)
+
+    monkeypatch.setattr(Tasks, "after_call", callback_first)
+    missed(svc, "r-1")
+    answered(svc, "r-2")
+    svc.wait_idle()
+    assert asked.is_set()
+    (task,) = tasks(sandbox)
+    assert task["done"] is True and "клиент перезвонил, ответил доб. 151" in task["notes"][0]["description"]
 
 
 def test_an_outgoing_answered_call_closes_it_too(svc, sandbox):

@@ -9,7 +9,8 @@ reached (config `missed_calls`, docs/design.md 4.1; tasks: docs/moysklad.md 2.11
   call + due_minutes); further misses extend its description; a task that a person completed or deleted
   in MoySklad is left alone and the next miss opens a new one.
 - **Close**: with close_on_callback, reaching the caller adds a note saying who and when, then marks the
-  task done.
+  task done. A task is also closed as soon as it is created when the caller was already reached after the
+  miss (the callback's sync ran first and found no task to close).
 - **Reliable**: every step is saved before the next request; a create whose answer was lost is found by
   the marker in its description before it is sent again. An account whose tasks are refused (403: no
   CRM option) is recorded once and task creation is suspended until the config is saved again; calls are
@@ -39,6 +40,10 @@ log = logging.getLogger("msapp.tasks")
 KIND = "task.sync"
 SUSPENDED = "crm"  # breaker kind (api "task") while MoySklad refuses the account's tasks
 SUSPEND_FOR = 10 * 365 * 86400.0  # until the config is saved again
+
+
+FACTS = ("id", "enterprise_number", "unique_id", "direction", "phone", "extensions", "answered_extension",
+         "start_time", "end_time", "counterparty_id", "call_status")  # what the job reads of a call
 
 
 def _key(enterprise: str, phone: str) -> str:
@@ -94,9 +99,7 @@ class Tasks:
         if call is None or ent is None:
             return
         cfg = self.configs.of(ent)
-        facts = {name: getattr(call, name) for name in ("id", "enterprise_number", "unique_id", "direction", "phone",
-                                                        "extensions", "answered_extension", "start_time",
-                                                        "end_time", "counterparty_id", "call_status")}
+        facts = {name: getattr(call, name) for name in FACTS}
         db.session.commit()
         breakers = self.clients.breakers
         if not cfg.get("enabled") or not cfg.get("api_token"):
@@ -163,6 +166,25 @@ class Tasks:
                                agent_id=call["counterparty_id"], due=to_moysklad_time(due)[:19])
         self._set(row.id, task_id=task.get("id"))
         metrics.TASKS.labels("opened").inc()
+        self._close_if_reached(call, cfg, work)
+
+    def _close_if_reached(self, call: dict, cfg: dict, work: Work) -> None:
+        """Close the task just opened when the caller was reached after this miss ended: that callback's sync
+        may have asked for a task (`_may_have_task`) before this miss's task work was queued, on another
+        worker, and then queued nothing that would close it. A callback that did queue its work finds the
+        task closed and stops there."""
+        if not (cfg.get("missed_calls") or {}).get("close_on_callback", True):
+            return
+        c = Call.__table__
+        since = call["end_time"] or call["start_time"]
+        reached = db.session.execute(
+            select(*(c.c[name] for name in FACTS))
+            .where(c.c.enterprise_number == call["enterprise_number"], c.c.phone == call["phone"],
+                   c.c.call_status == "answered", c.c.end_time.is_not(None), c.c.start_time >= since)
+            .order_by(c.c.start_time).limit(1)).first()
+        db.session.commit()
+        if reached is not None:
+            self._reached(dict(reached._mapping), cfg, work)
 
     def _still_open(self, api, row) -> bool:
         try:
