@@ -54,6 +54,12 @@ def test_waitress_serve_refuses_the_internal_face_and_metrics(wsgi_server, heade
                         headers={**headers, "Authorization": f"Bearer {ADMIN_TOKEN}"}).status_code == 200
 
 
+def test_waitress_serve_freezes_what_startup_built(wsgi_server):
+    page = requests.get(f"{wsgi_server}/metrics", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=5).text
+    (frozen,) = [line for line in page.splitlines() if line.startswith("ms_gc_frozen_objects ")]
+    assert float(frozen.split()[1]) > 10_000
+
+
 def test_waitress_serve_with_the_internal_token_serves_the_pbx(db_url, tmp_path):
     proc, base = serve_wsgi(db_url, tmp_path, MS_INTERNAL_TOKEN="pbx-side-token-1234567890")
     try:
