@@ -1,7 +1,6 @@
 """End-to-end harness: the real service (waitress, worker pool) on a free port, pointed at the sandbox."""
 from __future__ import annotations
 
-import os
 import time
 
 import requests
@@ -151,26 +150,14 @@ class FakeOriginate:
 
 
 def service_env(db_url: str, port: int, home, workers: int, **settings: str) -> dict:
-    """The environment of a real `ms serve`: this process's own MS_* settings left out, the database, the
-    port, instance and log directories under `home`, the worker count, and `settings` (more MS_* ones)."""
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("MS_")},
-            "MS_DATABASE_URL": db_url, "MS_PORT": str(port), "MS_INSTANCE_DIR": str(home / "instance"),
-            "MS_LOG_DIR": str(home / "logs"), "MS_WORKERS": str(workers), **settings}
+    """The environment of a real `ms serve` with its instance and log directories under `home`."""
+    from msapp.tools.bench.common import service_env as env_of
+
+    return env_of(db_url, port, str(home / "instance"), str(home / "logs"), workers, **settings)
 
 
 def start_process(env: dict, port: int):
     """`python -m msapp serve` as a real process with `env`; returns it once /healthz answers."""
-    import subprocess
-    import sys
+    from msapp.tools.bench.common import start_service
 
-    proc = subprocess.Popen([sys.executable, "-m", "msapp", "serve"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok:
-                return proc
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    proc.kill()
-    raise AssertionError("service did not start")
+    return start_service(env, port)

@@ -230,20 +230,34 @@ def _services(db_url: str, tmp: str, sandbox_url: str, workers: int, count: int)
         yield [url for url, _ in started], [proc for _, proc in started]
 
 
-@contextmanager
-def _service(db_url: str, tmp: str, sandbox_url: str, workers: int, settings: Optional[dict] = None):
-    port = _free_port()
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MS_")},
-           "MS_DATABASE_URL": db_url, "MS_PORT": str(port), "MS_INSTANCE_DIR": tmp, "MS_LOG_DIR": tmp,
-           "MS_WORKERS": str(workers), "MS_LOG_LEVEL": "WARNING",
-           "MS_PHONE_API_URL": f"{sandbox_url}/api/phone/1.0", "MS_JSON_API_URL": f"{sandbox_url}/api/remap/1.2",
-           **(settings or {})}
+def service_env(db_url: str, port: int, instance_dir: str, log_dir: str, workers: int, **settings: str) -> dict:
+    """The environment of a real `ms serve`: this process's own MS_* settings left out, the database, the
+    port, the instance and log directories, the worker count, and `settings` (more MS_* ones)."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("MS_")},
+            "MS_DATABASE_URL": db_url, "MS_PORT": str(port), "MS_INSTANCE_DIR": instance_dir,
+            "MS_LOG_DIR": log_dir, "MS_WORKERS": str(workers), **settings}
+
+
+def start_service(env: dict, port: int) -> subprocess.Popen:
+    """`python -m msapp serve` as a process of its own with `env`; returned once /healthz answers."""
     proc = subprocess.Popen([sys.executable, "-m", "msapp", "serve"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
-        url = f"http://127.0.0.1:{port}"
-        _wait_http(f"{url}/healthz")
-        yield url, proc
+        _wait_http(f"http://127.0.0.1:{port}/healthz")
+    except RuntimeError:
+        proc.kill()
+        raise
+    return proc
+
+
+@contextmanager
+def _service(db_url: str, tmp: str, sandbox_url: str, workers: int, settings: Optional[dict] = None):
+    port = _free_port()
+    proc = start_service(service_env(db_url, port, tmp, tmp, workers, MS_LOG_LEVEL="WARNING",
+                                     MS_PHONE_API_URL=f"{sandbox_url}/api/phone/1.0",
+                                     MS_JSON_API_URL=f"{sandbox_url}/api/remap/1.2", **(settings or {})), port)
+    try:
+        yield f"http://127.0.0.1:{port}", proc
     finally:
         proc.terminate()
         proc.wait(30)
