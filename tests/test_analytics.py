@@ -71,7 +71,8 @@ def week(ctx):
     db.session.add(MsTask(enterprise_number="0367", phone="+375291000006", state="open", task_id="task-6",
                           marker="m6", missed=[], created_at=NOW, updated_at=NOW))
     db.session.add(MsTask(enterprise_number="0367", phone="+375291000004", state="closed", task_id="task-4",
-                          marker="m4", missed=[], closed_reason="reached", closed_by_call="H", closed_at=at("2026-11-25T15:02:00"),
+                          marker="m4", missed=[], closed_reason="reached", closed_by_call="H", closed_by_ext="150",
+                          closed_at=at("2026-11-25T15:02:00"),
                           created_at=NOW, updated_at=NOW))
     db.session.commit()
     rollup(ctx).rebuild("0367")
@@ -222,7 +223,7 @@ def a_year_of_tasks(conn):
     conn.execute(MsTask.__table__.insert(), [{
         "enterprise_number": "0367", "phone": f"+37529{2000000 + n}", "state": "closed", "marker": f"old-{n}",
         "missed": [], "created_at": old, "updated_at": old, "closed_at": old, "closed_reason": "reached",
-        "closed_by_call": f"old-{n}"} for n in range(2000)])
+        "closed_by_call": f"old-{n}", "closed_by_ext": "150"} for n in range(2000)])
     for table in ("ms_calls", "ms_tasks"):
         conn.execute(text(f"ANALYZE {table}"))
 

@@ -123,3 +123,38 @@ def test_existing_platform_tables_are_left_unchanged(db_url, tmp_path):
                                             " AND j.unique_id = 'old-1' ORDER BY j.log_id")).scalars().all()
         assert linked == ["event.dial", "ms.phone.call.create"]
     dispose(app)
+
+
+def test_0016_fills_who_closed_the_tasks_closed_before(db_url, tmp_path):
+    """Tasks a call closed before 0016 get the closing extension from their call: the one that answered
+    an incoming call, the one that dialled an outgoing one; others stay empty."""
+    from flask_migrate import downgrade, upgrade
+
+    app = make_app(db_url, tmp_path)
+    directory = app.extensions["migrate"].directory
+    with app.app_context():
+        downgrade(directory=directory, revision="0015")
+        calls = [("in-1", "in", "151", '["150", "151"]'), ("out-1", "out", None, '["152"]')]
+        for uid, direction, answered, exts in calls:
+            db.session.execute(sa.text(
+                "INSERT INTO ms_calls (enterprise_number, unique_id, direction, phone, extensions, answered_extension,"
+                " status, call_status, notify, create_attempted, shown, hidden, answer_sent, end_sent, sequence,"
+                " customer_checked, customer_attempted, customer_created, order_attempted, task_queued, created_at,"
+                " updated_at) VALUES ('0367', :uid, :direction, '+375291000001', :exts, :answered, 'ended', 'answered',"
+                " true, true, '[]', '[]', true, true, 0, false, false, false, false, false, :at, :at)"),
+                {"uid": uid, "direction": direction, "answered": answered, "exts": exts, "at": "2026-12-01 10:00:00"})
+        for n, (reason, by_call) in enumerate([("reached", "in-1"), ("reached", "out-1"), ("person", None)]):
+            db.session.execute(sa.text(
+                "INSERT INTO ms_tasks (enterprise_number, phone, state, create_attempted, marker, missed, note_added,"
+                " created_at, updated_at, closed_at, closed_reason, closed_by_call) VALUES ('0367', :phone, 'closed',"
+                " true, :marker, '[]', false, :at, :at, :at, :reason, :by_call)"),
+                {"phone": f"+37529100000{n}", "marker": f"m{n}", "at": "2026-12-01 11:00:00", "reason": reason,
+                 "by_call": by_call})
+        db.session.commit()
+        upgrade(directory=directory)
+        closed = db.session.execute(sa.text("SELECT closed_by_call, closed_by_ext FROM ms_tasks ORDER BY id")).all()
+        db.session.commit()
+    assert [tuple(row) for row in closed] == [("in-1", "151"), ("out-1", "152"), (None, None)]
+    assert "ix_ms_tasks_closed_by" in _inspect(app)["ms_tasks"][1]
+    assert "ix_ms_tasks_closed" not in _inspect(app)["ms_tasks"][1]
+    dispose(app)

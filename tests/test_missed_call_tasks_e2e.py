@@ -102,8 +102,8 @@ def test_the_callback_closes_the_task_with_a_note(svc, sandbox):
     assert task["done"] is True
     (note,) = task["notes"]
     assert "ответил доб. 151" in note["description"] and "13.09.2025" in note["description"]
-    with svc.app.app_context():
-        assert db.session.scalars(select(MsTask.state)).all() == ["closed"]
+    with svc.app.app_context():  # who closed it, for the analytics' «tasks closed» per employee
+        assert db.session.execute(select(MsTask.state, MsTask.closed_by_ext)).all() == [("closed", "151")]
 
 
 def test_a_callback_right_after_the_miss_still_closes_the_task(svc, sandbox):
@@ -143,6 +143,8 @@ def test_an_outgoing_answered_call_closes_it_too(svc, sandbox):
     svc.wait_idle()
     (task,) = tasks(sandbox)
     assert task["done"] is True and "доб. 152 дозвонился" in task["notes"][0]["description"]
+    with svc.app.app_context():
+        assert db.session.scalar(select(MsTask.closed_by_ext)) == "152"
 
 
 def test_a_task_a_person_completed_is_left_alone(svc, sandbox):

@@ -46,6 +46,14 @@ FACTS = ("id", "enterprise_number", "unique_id", "direction", "phone", "extensio
          "start_time", "end_time", "counterparty_id", "call_status")  # what the job reads of a call
 
 
+def closing_extension(call: dict) -> Optional[str]:
+    """Who reached the caller (the analytics' «tasks closed»): the extension that answered their call, or
+    that dialled them."""
+    if call["direction"] == "in":
+        return call["answered_extension"]
+    return (call["extensions"] or [None])[0]
+
+
 def _key(enterprise: str, phone: str) -> str:
     return f"task:{enterprise}:{phone}"
 
@@ -276,7 +284,7 @@ class Tasks:
             self._set(row.id, note_added=True)
         api.update_task(row.task_id, {"done": True})
         self._set(row.id, state="closed", closed_at=utcnow(), closed_reason="reached",
-                  closed_by_call=call["unique_id"])
+                  closed_by_call=call["unique_id"], closed_by_ext=closing_extension(call))
         metrics.TASKS.labels("closed").inc()
 
     # -- the admin's today panel ----------------------------------------------------------------------

@@ -24,6 +24,7 @@ from datetime import timedelta
 from msapp.tools.bench.common import _database, p50_p95_ms, release_db
 
 _MIGRATION_0013 = importlib.import_module("msapp.db.migrations.versions.0013_support_desk")
+_MIGRATION_0016 = importlib.import_module("msapp.db.migrations.versions.0016_task_closed_by")
 
 BIG = "0100"
 ENTERPRISES = [BIG] + [f"01{n:02d}" for n in range(1, 10)]
@@ -74,6 +75,7 @@ def measure_scale(kind: str, pg_url: str, calls: int, runs: int = 40, load_secon
                 filled = time.perf_counter() - started
                 index_seconds = _build_indexes(db, kind)
                 backfill_seconds = _backfill_links(db, kind)
+                closers_seconds = _backfill_closers(db, kind)
                 configs = app.extensions["ms"].configs
                 from msapp.db.models import Enterprise
 
@@ -110,7 +112,7 @@ def measure_scale(kind: str, pg_url: str, calls: int, runs: int = 40, load_secon
                 load = scale_desk.under_load(db_url, tmp, desk_requests, load_seconds)
             return {"database": kind, "calls": calls, "big_enterprise_calls": big_calls,
                     "journal_rows": journal_rows, "fill_seconds": round(filled, 1), "index_seconds": index_seconds,
-                    "backfill_seconds": backfill_seconds, "table_bytes": sizes,
+                    "backfill_seconds": backfill_seconds, "closers_seconds": closers_seconds, "table_bytes": sizes,
                     "rebuild_seconds": round(rebuilt, 1), "analytics_ms": figures, "desk_ms": desk, "load": load}
         finally:
             cleanup()
@@ -158,7 +160,7 @@ INDEXES = {  # built after the fill as their migrations build them on a platform
     "0010": (("ix_ms_calls_enterprise_start", "ms_calls", "enterprise_number, start_time", None),
              ("ix_ms_calls_enterprise_phone", "ms_calls", "enterprise_number, phone", None)),
     "0013": tuple((name, table, ", ".join(columns), where) for name, table, columns, where in _MIGRATION_0013.PARTIAL),
-    "0014": (("ix_ms_tasks_closed", "ms_tasks", "enterprise_number, closed_at", None),),
+    "0016": ((_MIGRATION_0016.NAME, "ms_tasks", ", ".join(_MIGRATION_0016.COLUMNS), _MIGRATION_0016.WHERE),),
 }
 
 
@@ -213,6 +215,15 @@ def _backfill_links(db, kind: str) -> float:
     return round(time.perf_counter() - started, 1)
 
 
+def _backfill_closers(db, kind: str) -> float:
+    """Seconds for migration 0016 to fill in who closed each filled task, from its closing call."""
+    db.session.remove()
+    started = time.perf_counter()
+    with _as_migrations_run(db, kind) as conn:
+        _MIGRATION_0016.backfill(conn)
+    return round(time.perf_counter() - started, 1)
+
+
 def _zone():
     from zoneinfo import ZoneInfo
 
@@ -253,14 +264,16 @@ def _fill(db, kind: str, calls: int) -> None:
 
 def report_scale(results: list) -> str:
     lines = ["| database | calls (largest enterprise) | fill | indexes of 0010 | 0013: partial indexes, links "
-             "back-filled | index of 0014 | rollup rebuild (largest) | analytics p50 / p95: 30 days | 7 days | today |",
+             "back-filled | 0016: index, closers back-filled | rollup rebuild (largest) | "
+             "analytics p50 / p95: 30 days | 7 days | today |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     disk = ["| database | calls | " + " | ".join(SIZED) + " | bytes per call, all (the journal's 'ms' rows only) |",
             "|---|---|" + "---|" * len(SIZED) + "---|"]
     for r in results:
         a, built = r["analytics_ms"], r["index_seconds"]
         lines.append(f"| {r['database']} | {r['calls']:,} ({r['big_enterprise_calls']:,}) | {r['fill_seconds']} s | "
-                     f"{built['0010']} s | {built['0013']} s, {r['backfill_seconds']} s | {built['0014']} s | "
+                     f"{built['0010']} s | {built['0013']} s, {r['backfill_seconds']} s | {built['0016']} s, "
+                     f"{r['closers_seconds']} s | "
                      f"{r['rebuild_seconds']} s | "
                      f"{a['30 days'][0]} / {a['30 days'][1]} ms | {a['7 days'][0]} / {a['7 days'][1]} ms | "
                      f"{a['today'][0]} / {a['today'][1]} ms |")
