@@ -160,7 +160,8 @@ INDEXES = {  # built after the fill as their migrations build them on a platform
     "0010": (("ix_ms_calls_enterprise_start", "ms_calls", "enterprise_number, start_time", None),
              ("ix_ms_calls_enterprise_phone", "ms_calls", "enterprise_number, phone", None)),
     "0013": tuple((name, table, ", ".join(columns), where) for name, table, columns, where in _MIGRATION_0013.PARTIAL),
-    "0016": ((_MIGRATION_0016.NAME, "ms_tasks", ", ".join(_MIGRATION_0016.COLUMNS), _MIGRATION_0016.WHERE),),
+    "0016": ((_MIGRATION_0016.NAME, "ms_tasks", ", ".join(_MIGRATION_0016.COLUMNS), _MIGRATION_0016.WHERE),
+             (_MIGRATION_0016.CREATED, "ms_tasks", ", ".join(_MIGRATION_0016.CREATED_COLUMNS), None)),
 }
 
 

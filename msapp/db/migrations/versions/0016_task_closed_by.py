@@ -1,8 +1,9 @@
 """The analytics' «tasks closed» per employee counts the period's tasks a call closed by the extension that
 closed each (`ms_tasks.closed_by_ext`, written with the close: services/tasks.py), from one partial index
 (enterprise, closed_at, closed_by_ext), instead of looking up each task's closing call (docs/design.md
-5.4); it takes the place of 0014's index, which nothing else reads. A nullable column: no rewrite of the
-table. The tasks closed before are filled here from their
+5.4); it takes the place of 0014's index. The enterprise page's today panel counts the tasks opened
+today by a second index (enterprise, created_at) and those closed today by the first, instead of walking
+the enterprise's tasks. A nullable column: no rewrite of the table. The tasks closed before are filled here from their
 closing calls, in ranges of ids, each one short statement (committed on its own on PostgreSQL, where the
 index is built CONCURRENTLY), so the event path keeps writing meanwhile.
 
@@ -19,6 +20,7 @@ branch_labels = None
 depends_on = None
 
 OLD = "ix_ms_tasks_closed"
+CREATED, CREATED_COLUMNS = "ix_ms_tasks_created", ["enterprise_number", "created_at"]
 NAME, COLUMNS, WHERE = "ix_ms_tasks_closed_by", ["enterprise_number", "closed_at", "closed_by_ext"], \
     "closed_reason = 'reached'"
 RANGE = 50_000  # task ids per backfill statement
@@ -38,10 +40,12 @@ def upgrade():
             backfill(bind)
             op.create_index(NAME, "ms_tasks", COLUMNS, postgresql_concurrently=True, if_not_exists=True,
                             postgresql_where=sa.text(WHERE))
+            op.create_index(CREATED, "ms_tasks", CREATED_COLUMNS, postgresql_concurrently=True, if_not_exists=True)
             op.drop_index(OLD, table_name="ms_tasks", postgresql_concurrently=True, if_exists=True)
     else:
         backfill(bind)
         op.create_index(NAME, "ms_tasks", COLUMNS, sqlite_where=sa.text(WHERE))
+        op.create_index(CREATED, "ms_tasks", CREATED_COLUMNS)
         op.drop_index(OLD, table_name="ms_tasks")
 
 
@@ -55,6 +59,7 @@ def backfill(bind) -> None:
 
 def downgrade():
     op.create_index(OLD, "ms_tasks", ["enterprise_number", "closed_at"])
+    op.drop_index(CREATED, table_name="ms_tasks")
     op.drop_index(NAME, table_name="ms_tasks")
     with op.batch_alter_table("ms_tasks") as batch:
         batch.drop_column("closed_by_ext")
