@@ -2,6 +2,8 @@
 index from the day on, not the enterprise's month of tasks."""
 from datetime import datetime, timedelta
 
+from sqlalchemy import text
+
 from msapp.db.models import MsTask
 from msapp.extensions import db
 from msapp.services.tasks import Tasks
@@ -38,8 +40,6 @@ def test_today_walks_the_day_not_the_enterprises_month(ctx):
 
 def a_month_of_tasks(conn):
     """2,000 tasks of the enterprise over the month before, each closed by a call, and fresh statistics."""
-    from sqlalchemy import text
-
     conn.execute(MsTask.__table__.insert(), [{
         "enterprise_number": "0367", "phone": f"+37529{2000000 + n}", "state": "closed", "task_id": f"t{n}",
         "marker": f"old-{n}", "missed": [], "created_at": DAY - timedelta(minutes=20 * n - 1),

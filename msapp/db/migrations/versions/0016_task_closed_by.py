@@ -3,9 +3,11 @@ closed each (`ms_tasks.closed_by_ext`, written with the close: services/tasks.py
 (enterprise, closed_at, closed_by_ext), instead of looking up each task's closing call (docs/design.md
 5.4); it takes the place of 0014's index. The enterprise page's today panel counts the tasks opened
 today by a second index (enterprise, created_at) and those closed today by the first, instead of walking
-the enterprise's tasks. A nullable column: no rewrite of the table. The tasks closed before are filled here from their
-closing calls, in ranges of ids, each one short statement (committed on its own on PostgreSQL, where the
-index is built CONCURRENTLY), so the event path keeps writing meanwhile.
+the enterprise's tasks.
+
+A nullable column: no rewrite of the table. The tasks closed before are filled here from their closing
+calls, in ranges of ids, each one short statement (committed on its own on PostgreSQL, where the indexes
+are built CONCURRENTLY), so the event path keeps writing meanwhile.
 
 Revision ID: 0016
 Revises: 0015
