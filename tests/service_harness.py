@@ -156,8 +156,15 @@ def service_env(db_url: str, port: int, home, workers: int, **settings: str) -> 
     return env_of(db_url, port, str(home / "instance"), str(home / "logs"), workers, **settings)
 
 
-def start_process(env: dict, port: int):
-    """`python -m msapp serve` as a real process with `env`; returns it once /healthz answers."""
+def start_process(env: dict, port: int, command=None, cwd=None):
+    """`python -m msapp serve` (or `command`, from `cwd`) as a real process with `env`; returns it once
+    /healthz answers."""
     from msapp.tools.bench.common import start_service
 
-    return start_service(env, port)
+    return start_service(env, port, command, cwd)
+
+
+def frozen_objects(metrics_page: str) -> float:
+    """The gauge `ms_gc_frozen_objects` of a /metrics page: what startup froze out of the collector's walks."""
+    (line,) = [line for line in metrics_page.splitlines() if line.startswith("ms_gc_frozen_objects ")]
+    return float(line.split()[1])

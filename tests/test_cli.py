@@ -6,7 +6,7 @@ from click.testing import CliRunner
 
 from msapp.cli import main
 from tests.conftest import dispose, free_port, make_app
-from tests.service_harness import service_env, start_process
+from tests.service_harness import frozen_objects, service_env, start_process
 
 
 def run(app, *args, input=None):
@@ -55,5 +55,4 @@ def test_serve_keeps_its_startup_objects_out_of_the_collectors_walks(tmp_path):
     finally:
         proc.terminate()
         proc.wait(30)
-    frozen = [line for line in page.splitlines() if line.startswith("ms_gc_frozen_objects ")]
-    assert frozen and float(frozen[0].split()[1]) > 10_000, frozen
+    assert frozen_objects(page) > 10_000

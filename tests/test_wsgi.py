@@ -2,15 +2,13 @@
 them, so a request a local proxy forwarded would look local. The internal face and /metrics must refuse
 it there (the internal token still admits), while `./ms.sh start`'s server keeps serving local callers."""
 import os
-import subprocess
 import sys
-import time
 
 import pytest
 import requests
 
 from tests.conftest import ADMIN_TOKEN, dispose, free_port, make_app
-from tests.service_harness import service_env
+from tests.service_harness import frozen_objects, service_env, start_process
 
 pytestmark = pytest.mark.e2e
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,18 +20,8 @@ def serve_wsgi(db_url, tmp_path, **env):
     port = free_port()
     environ = service_env(db_url, port, tmp_path, workers=1, MS_ADMIN_TOKEN=ADMIN_TOKEN, **env)
     waitress = os.path.join(os.path.dirname(sys.executable), "waitress-serve")
-    proc = subprocess.Popen([waitress, f"--listen=127.0.0.1:{port}", "wsgi:app"], cwd=ROOT, env=environ,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{base}/healthz", timeout=1).ok:
-                return proc, base
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    proc.kill()
-    raise AssertionError("waitress-serve wsgi:app did not start")
+    proc = start_process(environ, port, [waitress, f"--listen=127.0.0.1:{port}", "wsgi:app"], cwd=ROOT)
+    return proc, f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture
@@ -56,8 +44,7 @@ def test_waitress_serve_refuses_the_internal_face_and_metrics(wsgi_server, heade
 
 def test_waitress_serve_freezes_what_startup_built(wsgi_server):
     page = requests.get(f"{wsgi_server}/metrics", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=5).text
-    (frozen,) = [line for line in page.splitlines() if line.startswith("ms_gc_frozen_objects ")]
-    assert float(frozen.split()[1]) > 10_000
+    assert frozen_objects(page) > 10_000
 
 
 def test_waitress_serve_with_the_internal_token_serves_the_pbx(db_url, tmp_path):

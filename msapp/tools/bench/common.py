@@ -238,10 +238,11 @@ def service_env(db_url: str, port: int, instance_dir: str, log_dir: str, workers
             "MS_LOG_DIR": log_dir, "MS_WORKERS": str(workers), **settings}
 
 
-def start_service(env: dict, port: int) -> subprocess.Popen:
-    """`python -m msapp serve` as a process of its own with `env`; returned once /healthz answers."""
-    proc = subprocess.Popen([sys.executable, "-m", "msapp", "serve"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+def start_service(env: dict, port: int, command: Optional[list] = None, cwd: Optional[str] = None) -> subprocess.Popen:
+    """`python -m msapp serve` (or `command`, from `cwd`) as a process of its own with `env`; returned once
+    /healthz answers on `port`."""
+    proc = subprocess.Popen(command or [sys.executable, "-m", "msapp", "serve"], cwd=cwd, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_http(f"http://127.0.0.1:{port}/healthz")
     except RuntimeError:

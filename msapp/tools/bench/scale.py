@@ -209,19 +209,20 @@ def _backfill_links(db, kind: str) -> float:
     """Seconds for migration 0013 to link the filled journal's rows to their calls, with its own walk."""
     from sqlalchemy import text
 
-    db.session.remove()
-    started = time.perf_counter()
-    with _as_migrations_run(db, kind) as conn:
-        _MIGRATION_0013._backfill(conn, text(_MIGRATION_0013.BACKFILL[kind]))
-    return round(time.perf_counter() - started, 1)
+    return _timed_step(db, kind, lambda conn: _MIGRATION_0013._backfill(conn, text(_MIGRATION_0013.BACKFILL[kind])))
 
 
 def _backfill_closers(db, kind: str) -> float:
     """Seconds for migration 0016 to fill in who closed each filled task, from its closing call."""
+    return _timed_step(db, kind, _MIGRATION_0016.backfill)
+
+
+def _timed_step(db, kind: str, step) -> float:
+    """Seconds for a migration's long step, `step(conn)`, on a connection as the migrations run it."""
     db.session.remove()
     started = time.perf_counter()
     with _as_migrations_run(db, kind) as conn:
-        _MIGRATION_0016.backfill(conn)
+        step(conn)
     return round(time.perf_counter() - started, 1)
 
 
