@@ -120,12 +120,15 @@ def create_app(config: Optional[Mapping[str, str]] = None) -> Flask:
     from msapp.web.ops import bp as ops_bp
     from msapp.web.webhook import bp as webhook_bp
 
-    app.register_blueprint(ops_bp)
-    app.register_blueprint(internal_bp)
-    app.register_blueprint(webhook_bp)
-    from msapp.web import admin
+    app.register_blueprint(ops_bp)  # the probes, on every face
+    if "internal" in settings.faces:
+        app.register_blueprint(internal_bp)
+    if "webhook" in settings.faces:
+        app.register_blueprint(webhook_bp)
+    if "admin" in settings.faces:
+        from msapp.web import admin
 
-    admin.register(app)
+        admin.register(app)
     _register_errors(app)
 
     from msapp.cli import enterprise_group

@@ -102,7 +102,7 @@ def serve():
 
     single = None  # held (referenced) for the process's life: its file lock is the SQLite rule
     try:
-        if s.is_sqlite:  # one process per SQLite file: a second one stops here with one line
+        if s.is_sqlite and s.workers:  # one process with workers per SQLite file: a second stops here
             from sqlalchemy.engine import make_url
 
             single = SqliteOwnership(make_url(s.database_url).database or "ms.db")
@@ -117,7 +117,7 @@ def serve():
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    log.info("serving on http://%s:%s with %s workers", s.host, s.port, s.workers)
+    log.info("serving %s on http://%s:%s with %s workers", ", ".join(s.faces), s.host, s.port, s.workers)
     click.echo(f"serving on http://{s.host}:{s.port}")
     freeze_startup_objects()
     server.run()

@@ -20,6 +20,9 @@ DEFAULT_JSON_API_URL = "https://api.moysklad.ru/api/remap/1.2"
 DEFAULT_ORIGINATE_URL = "http://127.0.0.1:8018/api/makecallexternal"
 
 
+FACES = ("internal", "webhook", "admin")  # docs/design.md 1; the probes are on every process
+
+
 class SettingsError(ValueError):
     """A setting is invalid; the message is one line naming the variable."""
 
@@ -37,6 +40,9 @@ class Settings:
     secret_key: str = ""
     originate_url: str = DEFAULT_ORIGINATE_URL
     workers: int = 4
+    # The faces this process answers besides the probes (docs/operations.md, "The admin face in a
+    # process of its own").
+    faces: tuple = FACES
     log_dir: str = "logs"
     log_level: str = "INFO"
     lookup_timeout: float = 1.5
@@ -143,6 +149,18 @@ def _database_url(env: Mapping[str, str], instance_dir: str) -> str:
     return raw
 
 
+def _faces(env: Mapping[str, str]) -> tuple:
+    raw = env.get("MS_FACES") or ",".join(FACES)
+    named = {part.strip() for part in raw.split(",")} - {""}
+    chosen = tuple(face for face in FACES if face in named)
+    if named - set(FACES) or not chosen:
+        raise SettingsError(f"MS_FACES={raw!r}: give some of internal, webhook, admin (comma-separated)")
+    if "admin" in chosen and "webhook" not in chosen and not env.get("MS_PUBLIC_URL"):
+        raise SettingsError("MS_FACES without webhook needs MS_PUBLIC_URL for the admin: the address of the "
+                            "process that answers the webhook, which the admin shows in each webhook URL")
+    return chosen
+
+
 def _networks(env: Mapping[str, str], name: str) -> tuple:
     """Comma- or space-separated addresses or networks (`127.0.0.1, 10.0.0.0/8`)."""
     raw = env.get(name) or ""
@@ -194,6 +212,7 @@ def load(env: Optional[Mapping[str, str]] = None) -> Settings:
         secret_key=env.get("MS_SECRET_KEY") or _generated_secret(instance_dir, "secret_key"),
         originate_url=_http_url(env, "MS_ORIGINATE_URL", DEFAULT_ORIGINATE_URL),
         workers=_int(env, "MS_WORKERS", 4, 0, 64),
+        faces=_faces(env),
         log_dir=os.path.abspath(env.get("MS_LOG_DIR") or "logs"),
         log_level=log_level,
         lookup_timeout=_float(env, "MS_LOOKUP_TIMEOUT", 1.5, 0.05, 30.0),

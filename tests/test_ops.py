@@ -107,3 +107,27 @@ def test_readyz_names_no_enterprise_to_strangers(client, app):
     assert "0367" not in stranger.text
     admin = client.get("/readyz", environ_base=REMOTE, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
     assert admin.get_json()["breakers"][0]["enterprise"] == "0367"
+
+
+@pytest.mark.parametrize("faces, served", [
+    ("internal,webhook,admin", {"internal", "webhook", "admin"}),
+    ("internal,webhook", {"internal", "webhook"}),
+    ("admin", {"admin"}),
+    ("webhook", {"webhook"}),
+])
+def test_a_process_answers_only_its_faces_and_the_probes(tmp_path, faces, served):
+    """A face left out has no routes: its paths are the app's plain 404, not its own answers."""
+    from tests.conftest import dispose, make_app
+
+    def routed(resp) -> bool:
+        return resp.status_code != 404 or resp.get_json() != {"error": "not found"}
+
+    app = make_app(f"sqlite:///{tmp_path / 'ms.db'}", tmp_path, MS_FACES=faces)
+    c = app.test_client()
+    answered = {"internal": routed(c.post("/internal/ms/call-event", json={})),
+                "webhook": routed(c.post("/ms/webhook/no-such-uuid", json={})),
+                "admin": routed(c.get("/ms-admin/api/config/0367", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}))}
+    assert {face for face, yes in answered.items() if yes} == served
+    assert c.get("/ms.png").status_code == (200 if "admin" in served else 404)
+    assert c.get("/healthz").status_code == 200 and c.get("/readyz").status_code == 200
+    dispose(app)

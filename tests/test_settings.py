@@ -68,6 +68,9 @@ def test_ms_database_url_wins_over_database_url(tmp_path):
     ("MS_LOG_LEVEL", "LOUD", "MS_LOG_LEVEL"),
     ("MS_PG_PREPARE", "yes", "MS_PG_PREPARE"),
     ("MS_PG_PREPARE", "2", "out of range"),
+    ("MS_FACES", "events", "MS_FACES"),
+    ("MS_FACES", "internal,webhook,metrics", "MS_FACES"),
+    ("MS_FACES", ",", "MS_FACES"),
 ])
 def test_invalid_settings_are_one_line_errors(tmp_path, name, value, fragment):
     with pytest.raises(SettingsError) as info:
@@ -99,3 +102,18 @@ def test_credentials_in_the_originate_url_never_reach_an_error(tmp_path):
     with pytest.raises(settings.SettingsError) as err:
         settings.load(base_env(tmp_path, MS_ORIGINATE_URL="ftp://user:s3cret@pbx/x?key=k3y"))
     assert "s3cret" not in str(err.value) and "k3y" not in str(err.value)
+
+
+def test_faces_default_to_all_and_may_be_some(tmp_path):
+    assert settings.load(base_env(tmp_path)).faces == ("internal", "webhook", "admin")
+    chosen = settings.load(base_env(tmp_path, MS_FACES=" webhook, internal,"))
+    assert chosen.faces == ("internal", "webhook")
+    alone = settings.load(base_env(tmp_path, MS_FACES="admin", MS_PUBLIC_URL="https://bot.example.by"))
+    assert alone.faces == ("admin",)
+
+
+def test_the_admin_face_without_the_webhook_needs_its_address(tmp_path):
+    """The process's own port would otherwise be the base of every webhook URL the admin shows."""
+    for faces in ("admin", "internal,admin"):
+        with pytest.raises(SettingsError, match="needs MS_PUBLIC_URL"):
+            settings.load(base_env(tmp_path, MS_FACES=faces, MS_PORT="8024"))

@@ -15,7 +15,9 @@ heartbeat is older than FENCE seconds, so it stops before the server lets anothe
 Jobs left running by a dead process are handed back ORPHAN_GRACE seconds after their bucket changed
 hands (long enough for a cut-off process's request in flight to end, short enough for the call).
 
-SQLite (one process): an exclusive lock on a file beside the database refuses a second process.
+SQLite (one process with workers): an exclusive lock on a file beside the database refuses a second
+process with workers. Processes without workers (`MS_WORKERS=0`, e.g. the admin face alone) take no
+lock: they only answer HTTP, and the jobs they queue wait for the worker process's idle poll.
 """
 from __future__ import annotations
 
@@ -84,7 +86,8 @@ class SecondProcess(RuntimeError):
 
 
 class SqliteOwnership:
-    """One process per SQLite file (`serve` takes it, for the process's life): a second one is refused."""
+    """One process with workers per SQLite file (`serve` takes it, for the process's life): a second one
+    is refused."""
 
     def __init__(self, database_path: str):
         self.path = database_path + ".lock"
@@ -99,8 +102,9 @@ class SqliteOwnership:
             other = fh.read().strip() or "?"
             fh.close()
             if exc.errno in (errno.EAGAIN, errno.EACCES):
-                raise SecondProcess(f"another ms process (pid {other}) already serves the SQLite database "
-                                    f"{self.path[:-5]}; SQLite is for one process, use PostgreSQL for several"
+                raise SecondProcess(f"another ms process (pid {other}) already runs the workers of the SQLite "
+                                    f"database {self.path[:-5]}; SQLite is for one process with workers (others "
+                                    f"may only answer HTTP, MS_WORKERS=0), use PostgreSQL for several"
                                     ) from None
             raise
         fh.seek(0)
