@@ -1,6 +1,7 @@
 """`bench --scale`, the support desk's part: each desk operation through the admin JSON API on the filled
-database, then the event path's 202 at 200/s quiet, while a client loops the desk's requests, and across
-retention's tick (docs/benchmarks.md). The fill is scale.py's.
+database, then the event path's 202 at 200/s quiet, while a client loops the desk's requests (of the
+events' process, and of an admin-only process beside it), and across retention's tick
+(docs/benchmarks.md). The fill is scale.py's.
 """
 from __future__ import annotations
 
@@ -61,13 +62,16 @@ def time_desk(client, requests_by_op: dict) -> dict:
     return out
 
 
+ROUNDS = 2  # of each shape of the desk under load, alternating: one process, the desk apart, one, apart ...
+
+
 def under_load(db_url: str, tmp: str, requests_by_op: dict, seconds: float, rate: float = 200.0) -> dict:
     """The service on the filled database: the 202 at `rate` quiet, then while a client loops the desk's
-    requests over HTTP (the service's own retention off for both), then across retention's first tick in
-    a service with it on. The client runs in a process of its own, so that the senders' process does only
+    requests over HTTP, in alternating rounds of two shapes (the service's own retention off for all):
+    the desk asked of the process that takes the events ("one process"), and of an admin-only process
+    beside it (`MS_FACES=admin`, `MS_WORKERS=0`: "desk apart"); then across retention's first tick in a
+    service with it on. The client runs in a process of its own, so that the senders' process does only
     the sending (docs/benchmarks.md: no difference measured at 300 k on PostgreSQL)."""
-    import multiprocessing
-
     import requests as http
 
     from msapp.tools.bench.common import Env, _ack_latency, _sandbox, _service
@@ -82,22 +86,35 @@ def under_load(db_url: str, tmp: str, requests_by_op: dict, seconds: float, rate
         with _service(db_url, tmp, sandbox_url, 4, quiet_service) as (url, proc):
             env = Env(sandbox_url, [url], [proc], [(BIG, "scale")])
             _ack_latency(env, 50, 2, tag="warm")
-            out = {"quiet": _ack_latency(env, rate, seconds, tag="quiet")}
-            spawn = multiprocessing.get_context("spawn")
-            stop, results = spawn.Event(), spawn.Queue()
+            out = {"quiet": _ack_latency(env, rate, seconds, tag="quiet"), "searching": {}}
             paths = [p for name in DESK_OPS for p in requests_by_op[name]]
-            searcher = spawn.Process(target=search_loop, args=(url, ADMIN_TOKEN, paths, stop, results), daemon=True)
-            searcher.start()
-            out["searching"] = _ack_latency(env, rate, seconds, tag="search")
-            stop.set()
-            timings = results.get(timeout=120)
-            searcher.join(60)
-            p50, p95 = p50_p95_ms(timings)
-            out["searches"] = {"count": len(timings), "p50_ms": p50, "p95_ms": p95}
+            desk_alone = {**quiet_service, "MS_FACES": "admin", "MS_PUBLIC_URL": url}
+            with _service(db_url, tmp, sandbox_url, 0, desk_alone) as (admin_url, _):
+                for i, (shape, desk_url) in enumerate((("one process", url), ("desk apart", admin_url)) * ROUNDS):
+                    out["searching"].setdefault(shape, []).append(
+                        _while_searching(env, desk_url, paths, rate, seconds, tag=f"search{i}"))
         out.update(_while_service_prunes(app, db_url, tmp, sandbox_url, rate, seconds))
         with app.app_context():
             release_db()
     return out
+
+
+def _while_searching(env, desk_url: str, paths: list, rate: float, seconds: float, tag: str) -> dict:
+    """The 202 at `rate` while a client in a process of its own loops `paths` on `desk_url`."""
+    import multiprocessing
+
+    from msapp.tools.bench.common import _ack_latency
+
+    spawn = multiprocessing.get_context("spawn")
+    stop, results = spawn.Event(), spawn.Queue()
+    searcher = spawn.Process(target=search_loop, args=(desk_url, ADMIN_TOKEN, paths, stop, results), daemon=True)
+    searcher.start()
+    ack = _ack_latency(env, rate, seconds, tag=tag)
+    stop.set()
+    timings = results.get(timeout=120)
+    searcher.join(60)
+    p50, p95 = p50_p95_ms(timings)
+    return {**ack, "searches": {"count": len(timings), "p50_ms": p50, "p95_ms": p95}}
 
 
 def search_loop(url: str, token: str, paths: list, stop, results) -> None:
@@ -164,15 +181,18 @@ def report_desk(results: list) -> str:
         d = r["desk_ms"]
         lines.append(f"| {r['database']} | {r['calls']:,} ({r['big_enterprise_calls']:,}) | {r['journal_rows']:,} | "
                      + " | ".join(f"{d[name][0]} / {d[name][1]}" for name in DESK_OPS) + " |")
-    lines += ["", "| database | 202 p50 / p99 quiet | while searching | searches (count, p50 / p95) | "
-              "across retention's tick | rows one tick pruned |", "|---|---|---|---|---|---|"]
+    lines += ["", "| database | 202 p50 / p99 quiet | while searching, one process (searches: count, p50 / p95) | "
+              "while searching, the desk apart (same) | across retention's tick | rows one tick pruned |",
+              "|---|---|---|---|---|---|"]
     for r in results:
         load = r.get("load")
         if not load:
             continue
-        q, s, p = load["quiet"], load["searching"], load["pruning"]
-        lines.append(f"| {r['database']} | {q['ack_p50_ms']} / {q['ack_p99_ms']} ms | {s['ack_p50_ms']} / "
-                     f"{s['ack_p99_ms']} ms | {load['searches']['count']}, {load['searches']['p50_ms']} / "
-                     f"{load['searches']['p95_ms']} ms | {p['ack_p50_ms']} / {p['ack_p99_ms']} ms | "
+        q, p = load["quiet"], load["pruning"]
+        shapes = {shape: "; ".join(f"{a['ack_p50_ms']} / {a['ack_p99_ms']} ms ({a['searches']['count']:,}, "
+                                   f"{a['searches']['p50_ms']} / {a['searches']['p95_ms']} ms)" for a in rounds)
+                  for shape, rounds in load["searching"].items()}
+        lines.append(f"| {r['database']} | {q['ack_p50_ms']} / {q['ack_p99_ms']} ms | {shapes['one process']} | "
+                     f"{shapes['desk apart']} | {p['ack_p50_ms']} / {p['ack_p99_ms']} ms | "
                      f"{load['pruned']['rows']:,} |")
     return "\n".join(lines)
