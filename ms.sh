@@ -13,6 +13,11 @@ PY="$VENV/bin/python"
 INSTANCE="${MS_INSTANCE_DIR:-$ROOT/instance}"
 LOGDIR="${MS_LOG_DIR:-$ROOT/logs}"
 PIDFILE="$INSTANCE/ms.pid"
+# MS_ADMIN_PORT: the admin face in a process of its own on this port (docs/operations.md, "The admin face
+# in a process of its own"), with its own pid file and log directory.
+ADMIN_PORT="${MS_ADMIN_PORT:-}"
+ADMIN_PIDFILE="$INSTANCE/ms-admin.pid"
+ADMIN_LOGDIR="$LOGDIR/admin"
 SETUP_LOG="$LOGDIR/setup.log"
 PYTHON_VERSION="3.11"  # the one CI runs the whole suite on
 export MS_INSTANCE_DIR="$INSTANCE" MS_LOG_DIR="$LOGDIR"
@@ -24,7 +29,8 @@ usage() {
     cat <<'EOF_USAGE'
 usage: ./ms.sh COMMAND
 
-  start | stop | restart | status   run the service (SQLite in instance/ unless MS_DATABASE_URL is set)
+  start | stop | restart | status   run the service (SQLite in instance/ unless MS_DATABASE_URL is set;
+                                    with MS_ADMIN_PORT, the admin face in a second process on that port)
   logs [-f | N]                     the service's log
   test [pytest args]                the whole test suite
   migrate | check                   upgrade the database; check the settings and the database
@@ -89,11 +95,13 @@ PYEOF
     touch "$stamp"
 }
 
-# pid_of_ours: print the pid from the pid file if that process is this checkout's server.
+# pid_of_ours [PIDFILE]: print the pid from the pid file (the service's by default) if that process is
+# this checkout's server.
 pid_of_ours() {
-    [ -f "$PIDFILE" ] || return 1
+    local file="${1:-$PIDFILE}"
+    [ -f "$file" ] || return 1
     local pid
-    pid="$(cat "$PIDFILE" 2>/dev/null || true)"
+    pid="$(cat "$file" 2>/dev/null || true)"
     case "$pid" in ''|*[!0-9]*) return 1 ;; esac
     [ -r "/proc/$pid/cmdline" ] || return 1
     local cmd cwd
@@ -113,12 +121,13 @@ status_code() {
 health_url() {
     local host="${MS_HOST:-127.0.0.1}"
     case "$host" in 0.0.0.0|'') host=127.0.0.1 ;; ::|'[::]') host='[::1]' ;; esac
-    echo "http://$host:${MS_PORT:-8023}/healthz"
+    echo "http://$host:${1:-${MS_PORT:-8023}}/healthz"
 }
 
+# wait_healthy PID [PORT]
 wait_healthy() {
     local pid="$1" url
-    url="$(health_url)"
+    url="$(health_url "${2:-}")"
     for _ in $(seq 1 150); do
         if ! kill -0 "$pid" 2>/dev/null; then return 1; fi
         if "$PY" - "$url" <<'PYEOF' 2>/dev/null; then return 0; fi
@@ -131,8 +140,36 @@ PYEOF
     return 1
 }
 
+# launch PIDFILE LOGDIR PORT [VAR=VALUE...]: `msapp serve` in the background with the settings given;
+# returns once /healthz answers on PORT, or stops the script with the process's own `ms:` line.
+launch() {
+    local pidfile="$1" logdir="$2" port="$3"; shift 3
+    mkdir -p "$logdir"
+    rm -f "$pidfile"
+    env "$@" nohup "$PY" -m msapp serve >>"$logdir/stdout.log" 2>&1 </dev/null &
+    local pid=$!
+    echo "$pid" > "$pidfile"
+    if ! wait_healthy "$pid" "$port"; then
+        local reason
+        reason="$(grep '^ms: ' "$logdir/stdout.log" | tail -n 1 || true)"
+        kill "$pid" 2>/dev/null || true
+        rm -f "$pidfile"
+        die "did not start${reason:+: ${reason#ms: }} (see $logdir/stdout.log)"
+    fi
+}
+
+# start_admin: the admin face alone on MS_ADMIN_PORT, no workers, the events' address for its webhook URLs.
+start_admin() {
+    launch "$ADMIN_PIDFILE" "$ADMIN_LOGDIR" "$ADMIN_PORT" MS_FACES=admin MS_WORKERS=0 MS_PORT="$ADMIN_PORT" \
+        MS_LOG_DIR="$ADMIN_LOGDIR" MS_PUBLIC_URL="${MS_PUBLIC_URL:-http://localhost:${MS_PORT:-8023}}"
+}
+
 cmd_start() {
     if pid="$(pid_of_ours)"; then
+        if [ -n "$ADMIN_PORT" ] && ! pid_of_ours "$ADMIN_PIDFILE" >/dev/null; then
+            start_admin
+            say "admin face started again (pid $(cat "$ADMIN_PIDFILE")) on port $ADMIN_PORT"
+        fi
         say "already running (pid $pid) on http://${MS_HOST:-127.0.0.1}:${MS_PORT:-8023}"
         return 0
     fi
@@ -140,27 +177,27 @@ cmd_start() {
     mkdir -p "$INSTANCE" "$LOGDIR"
     "$PY" -m msapp check >/dev/null || exit 1
     step "migrating the database" "$PY" -m msapp migrate
-    rm -f "$PIDFILE"
-    nohup "$PY" -m msapp serve >>"$LOGDIR/stdout.log" 2>&1 </dev/null &
-    local pid=$!
-    echo "$pid" > "$PIDFILE"
-    if ! wait_healthy "$pid"; then
-        local reason
-        reason="$(grep '^ms: ' "$LOGDIR/stdout.log" | tail -n 1 || true)"
-        kill "$pid" 2>/dev/null || true
-        rm -f "$PIDFILE"
-        die "did not start${reason:+: ${reason#ms: }} (see $LOGDIR/stdout.log)"
+    local admin_url="http://${MS_HOST:-127.0.0.1}:${MS_PORT:-8023}/ms-admin/"
+    if [ -n "$ADMIN_PORT" ]; then
+        [ "$ADMIN_PORT" != "${MS_PORT:-8023}" ] || die "MS_ADMIN_PORT must differ from MS_PORT" 2
+        launch "$PIDFILE" "$LOGDIR" "${MS_PORT:-8023}" MS_FACES=internal,webhook
+        start_admin
+        admin_url="http://${MS_HOST:-127.0.0.1}:$ADMIN_PORT/ms-admin/"
+        say "events: pid $(cat "$PIDFILE") on port ${MS_PORT:-8023}; admin: pid $(cat "$ADMIN_PIDFILE")"
+    else
+        launch "$PIDFILE" "$LOGDIR" "${MS_PORT:-8023}"
     fi
     local token_note="from MS_ADMIN_TOKEN"
     [ -z "${MS_ADMIN_TOKEN:-}" ] && token_note="in $INSTANCE/admin_token"
-    say "running (pid $pid) at http://${MS_HOST:-127.0.0.1}:${MS_PORT:-8023}/ms-admin/"
+    say "running (pid $(cat "$PIDFILE")) at $admin_url"
     say "admin token: $token_note; log: $LOGDIR/ms.log"
 }
 
-cmd_stop() {
-    local pid
-    if ! pid="$(pid_of_ours)"; then
-        [ -f "$PIDFILE" ] && { rm -f "$PIDFILE"; say "not running (removed a stale pid file)"; return 0; }
+# stop_one PIDFILE: SIGTERM this checkout's server named by PIDFILE, SIGKILL after 20 s.
+stop_one() {
+    local file="$1" pid
+    if ! pid="$(pid_of_ours "$file")"; then
+        [ -f "$file" ] && { rm -f "$file"; say "not running (removed a stale pid file)"; return 0; }
         say "not running"
         return 0
     fi
@@ -173,8 +210,13 @@ cmd_stop() {
         say "pid $pid did not stop in 20 s; sending SIGKILL"
         kill -KILL "$pid" 2>/dev/null || true
     fi
-    rm -f "$PIDFILE"
+    rm -f "$file"
     say "stopped"
+}
+
+cmd_stop() {
+    if [ -f "$ADMIN_PIDFILE" ]; then stop_one "$ADMIN_PIDFILE"; fi  # started with MS_ADMIN_PORT
+    stop_one "$PIDFILE"
 }
 
 cmd_status() {
@@ -185,6 +227,11 @@ cmd_status() {
         1) say "dead, but the pid file $PIDFILE exists" ;;
         *) say "not running" ;;
     esac
+    if [ -f "$ADMIN_PIDFILE" ]; then
+        local admin
+        if admin="$(pid_of_ours "$ADMIN_PIDFILE")"; then say "admin face: running (pid $admin)"
+        else say "admin face: dead, but the pid file $ADMIN_PIDFILE exists"; [ "$rc" -ne 0 ] || rc=1; fi
+    fi
     return "$rc"
 }
 

@@ -1,6 +1,7 @@
 """End to end: ms.sh start/status/stop in a temporary copy of the project, on a free port."""
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -8,8 +9,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.conftest import free_port
+from tests.service_harness import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.e2e
@@ -56,6 +59,43 @@ def test_start_status_stop(project):
     assert sh(dest, env, "stop").returncode == 0
     assert sh(dest, env, "status").returncode == 3
     assert sh(dest, env, "stop").returncode == 0  # idempotent
+
+
+def answers(url):
+    """The HTTP status of a GET, or None when nothing listens."""
+    try:
+        return requests.get(url, timeout=5).status_code
+    except requests.ConnectionError:
+        return None
+
+
+def test_the_admin_face_in_a_process_of_its_own(project):
+    """MS_ADMIN_PORT: `start` runs the events' process and an admin-only one beside it on the one SQLite
+    file; `status` tells both; `stop` stops both."""
+    dest, env, port = project
+    admin_port = free_port()
+    env = {**env, "MS_ADMIN_PORT": str(admin_port)}
+    started = sh(dest, env, "start")
+    assert started.returncode == 0, started.stderr + started.stdout
+    assert f"http://127.0.0.1:{admin_port}/ms-admin/" in started.stdout
+    events, admin = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}"
+    assert answers(f"{admin}/ms-admin/login") == 200 and answers(f"{events}/ms-admin/login") == 404
+    assert answers(f"{events}/healthz") == 200 and answers(f"{admin}/healthz") == 200
+    assert (dest / "logs" / "admin" / "ms.log").exists()  # each process rotates a log of its own
+    status = sh(dest, env, "status")
+    assert status.returncode == 0 and "admin face: running" in status.stdout
+    admin_pid = int((dest / "instance" / "ms-admin.pid").read_text())
+    os.kill(admin_pid, signal.SIGKILL)  # the admin process dies; the events' goes on
+    assert wait_for(lambda: answers(f"{admin}/healthz") is None)
+    dead = sh(dest, env, "status")
+    assert dead.returncode == 1 and "admin face: dead" in dead.stdout
+    again = sh(dest, env, "start")  # starts the missing one only
+    assert again.returncode == 0 and "admin face started again" in again.stdout, again.stderr + again.stdout
+    assert answers(f"{admin}/ms-admin/login") == 200
+    assert sh(dest, env, "stop").returncode == 0
+    assert answers(f"{admin}/healthz") is None and answers(f"{events}/healthz") is None
+    assert sh(dest, env, "status").returncode == 3
+    assert not (dest / "instance" / "ms-admin.pid").exists()
 
 
 def test_a_second_process_on_the_same_sqlite_file_is_refused(project):
