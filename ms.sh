@@ -13,6 +13,7 @@ PY="$VENV/bin/python"
 INSTANCE="${MS_INSTANCE_DIR:-$ROOT/instance}"
 LOGDIR="${MS_LOG_DIR:-$ROOT/logs}"
 PIDFILE="$INSTANCE/ms.pid"
+PORT="${MS_PORT:-8023}"
 # MS_ADMIN_PORT: the admin face in a process of its own on this port (docs/operations.md, "The admin face
 # in a process of its own"), with its own pid file and log directory.
 ADMIN_PORT="${MS_ADMIN_PORT:-}"
@@ -121,13 +122,13 @@ status_code() {
 health_url() {
     local host="${MS_HOST:-127.0.0.1}"
     case "$host" in 0.0.0.0|'') host=127.0.0.1 ;; ::|'[::]') host='[::1]' ;; esac
-    echo "http://$host:${1:-${MS_PORT:-8023}}/healthz"
+    echo "http://$host:$1/healthz"
 }
 
-# wait_healthy PID [PORT]
+# wait_healthy PID PORT
 wait_healthy() {
     local pid="$1" url
-    url="$(health_url "${2:-}")"
+    url="$(health_url "$2")"
     for _ in $(seq 1 150); do
         if ! kill -0 "$pid" 2>/dev/null; then return 1; fi
         if "$PY" - "$url" <<'PYEOF' 2>/dev/null; then return 0; fi
@@ -161,7 +162,7 @@ launch() {
 # start_admin: the admin face alone on MS_ADMIN_PORT, no workers, the events' address for its webhook URLs.
 start_admin() {
     launch "$ADMIN_PIDFILE" "$ADMIN_LOGDIR" "$ADMIN_PORT" MS_FACES=admin MS_WORKERS=0 MS_PORT="$ADMIN_PORT" \
-        MS_LOG_DIR="$ADMIN_LOGDIR" MS_PUBLIC_URL="${MS_PUBLIC_URL:-http://localhost:${MS_PORT:-8023}}"
+        MS_LOG_DIR="$ADMIN_LOGDIR" MS_PUBLIC_URL="${MS_PUBLIC_URL:-http://localhost:$PORT}"
 }
 
 cmd_start() {
@@ -170,22 +171,22 @@ cmd_start() {
             start_admin
             say "admin face started again (pid $(cat "$ADMIN_PIDFILE")) on port $ADMIN_PORT"
         fi
-        say "already running (pid $pid) on http://${MS_HOST:-127.0.0.1}:${MS_PORT:-8023}"
+        say "already running (pid $pid) on http://${MS_HOST:-127.0.0.1}:$PORT"
         return 0
     fi
     ensure_venv
     mkdir -p "$INSTANCE" "$LOGDIR"
     "$PY" -m msapp check >/dev/null || exit 1
     step "migrating the database" "$PY" -m msapp migrate
-    local admin_url="http://${MS_HOST:-127.0.0.1}:${MS_PORT:-8023}/ms-admin/"
+    local admin_url="http://${MS_HOST:-127.0.0.1}:$PORT/ms-admin/"
     if [ -n "$ADMIN_PORT" ]; then
-        [ "$ADMIN_PORT" != "${MS_PORT:-8023}" ] || die "MS_ADMIN_PORT must differ from MS_PORT" 2
-        launch "$PIDFILE" "$LOGDIR" "${MS_PORT:-8023}" MS_FACES=internal,webhook
+        [ "$ADMIN_PORT" != "$PORT" ] || die "MS_ADMIN_PORT must differ from MS_PORT" 2
+        launch "$PIDFILE" "$LOGDIR" "$PORT" MS_FACES=internal,webhook
         start_admin
         admin_url="http://${MS_HOST:-127.0.0.1}:$ADMIN_PORT/ms-admin/"
-        say "events: pid $(cat "$PIDFILE") on port ${MS_PORT:-8023}; admin: pid $(cat "$ADMIN_PIDFILE")"
+        say "events: pid $(cat "$PIDFILE") on port $PORT; admin: pid $(cat "$ADMIN_PIDFILE")"
     else
-        launch "$PIDFILE" "$LOGDIR" "${MS_PORT:-8023}"
+        launch "$PIDFILE" "$LOGDIR" "$PORT"
     fi
     local token_note="from MS_ADMIN_TOKEN"
     [ -z "${MS_ADMIN_TOKEN:-}" ] && token_note="in $INSTANCE/admin_token"
@@ -223,7 +224,7 @@ cmd_status() {
     local rc=0
     status_code || rc=$?
     case "$rc" in
-        0) say "running (pid $(pid_of_ours)) on http://${MS_HOST:-127.0.0.1}:${MS_PORT:-8023}" ;;
+        0) say "running (pid $(pid_of_ours)) on http://${MS_HOST:-127.0.0.1}:$PORT" ;;
         1) say "dead, but the pid file $PIDFILE exists" ;;
         *) say "not running" ;;
     esac
